@@ -1,0 +1,52 @@
+"""Build the compiled twins of fasthub's hot-path modules.
+
+Each compiled module is a Cython-friendly ``*_py.py`` file compiled under the ``*_c`` name, so
+the augmenting ``*_c.pxd`` beside it types it (aiohttp's ``_websocket/reader_c`` pattern); a
+``.pyx`` is used only where raw pointers are needed. ``FASTHUB_NO_EXTENSIONS=1`` at build time
+gives a pure-Python install; a failed compile is fatal unless ``FASTHUB_OPTIONAL_EXTENSIONS=1``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from setuptools import Extension, setup
+
+# (extension module name, source file)
+COMPILED = [
+    ("fasthub._core.outbox_c", "fasthub/_core/outbox_py.py"),
+    ("fasthub._wire.frames_c", "fasthub/_wire/frames_py.py"),
+    ("fasthub._wire.protocol_c", "fasthub/_wire/protocol_py.py"),
+    ("fasthub._wire.mask_c", "fasthub/_wire/mask_c.pyx"),
+    ("fasthub._wire.utf8_c", "fasthub/_wire/utf8_c.pyx"),
+]
+
+NO_EXTENSIONS = bool(os.environ.get("FASTHUB_NO_EXTENSIONS")) or sys.implementation.name != "cpython"
+OPTIONAL = bool(os.environ.get("FASTHUB_OPTIONAL_EXTENSIONS"))
+
+
+def extensions() -> list[Extension]:
+    if NO_EXTENSIONS:
+        return []
+    from Cython.Build import cythonize
+
+    exts = [
+        Extension(name, [src], extra_compile_args=["-O3"], optional=OPTIONAL)
+        for name, src in COMPILED
+        if os.path.exists(src)
+    ]
+    return cythonize(
+        exts,
+        language_level=3,
+        compiler_directives={
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+            "embedsignature": True,
+        },
+        quiet=True,
+    )
+
+
+setup(ext_modules=extensions())
