@@ -44,6 +44,8 @@ def extensions() -> list[Extension]:
             "wraparound": False,
             "cdivision": True,
             "embedsignature": True,
+            # the .pxd is the type spec; annotations in *_py.py are for mypy
+            "annotation_typing": False,
         },
         quiet=True,
     )

@@ -1,0 +1,47 @@
+# Types for outbox_py.py compiled as fasthub._core.outbox_c (the hot-path spec).
+cimport cython
+
+cdef int _KIND_TEXT, _KIND_BINARY, _KIND_CLOSE
+cdef int _QUEUED, _DROPPED, _OVERFLOW, _CLOSED
+
+cdef class Payload:
+    cdef readonly int kind
+    cdef readonly bytes data
+    cdef readonly Py_ssize_t nbytes
+    cdef readonly int code
+    cdef readonly str reason
+    cdef object _frame
+    cdef object _asgi
+    cpdef bytes frame(self)
+    cpdef dict asgi(self)
+
+cdef class Outbox:
+    cdef public list items
+    cdef public Py_ssize_t pending
+    cdef public Py_ssize_t inflight
+    cdef public Py_ssize_t buffered
+    cdef public Py_ssize_t budget
+    cdef public Py_ssize_t dropped
+    cdef public bint drop_when_full
+    cdef public bint closing
+    cdef public bint scheduled
+    cdef public object sink
+    cpdef int push(self, Payload p)
+    cpdef list take(self)
+    cpdef done(self, Py_ssize_t n)
+    cpdef close_with(self, Payload p, bint discard)
+    cpdef Py_ssize_t discard(self)
+    cpdef Py_ssize_t size(self)
+
+cdef class Fanout:
+    cdef public list dirty
+    cdef public object schedule
+    cdef public bint flush_scheduled
+    cdef public long long delivered
+    cdef public long long dropped
+    cpdef _mark(self, Outbox ob)
+    cpdef int push(self, Outbox ob, Payload p)
+    @cython.locals(count=Py_ssize_t, ob=Outbox, overflow=list)
+    cpdef tuple push_many(self, dict members, Payload p, object exclude=*)
+    @cython.locals(ob=Outbox, dirty=list)
+    cpdef flush(self)

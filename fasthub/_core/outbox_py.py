@@ -1,0 +1,202 @@
+"""Per-connection outbound queues, byte budgets and the once-per-tick flush.
+
+This is the fan-out hot path: ``Fanout.push_many`` hands one shared ``Payload`` to every member's
+``Outbox`` without awaiting anything, and the first push of a tick schedules one ``flush`` for the
+whole hub, which hands every dirty outbox to its sink once (one ``writelines`` on the fast path,
+one wake-up of the writer task on the portable path). Nothing here knows asyncio or HTTP: the
+server layer injects ``schedule`` (``loop.call_soon``) and the sinks.
+
+Compiled as ``fasthub._core.outbox_c`` with ``outbox_c.pxd``; this file is also the pure twin.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cython
+
+# Public names for Python callers; the underscored twins are C ints in the compiled module.
+_KIND_TEXT = 1
+_KIND_BINARY = 2
+_KIND_CLOSE = 8
+KIND_TEXT = _KIND_TEXT
+KIND_BINARY = _KIND_BINARY
+KIND_CLOSE = _KIND_CLOSE
+
+# Outbox.push results
+_QUEUED = 0
+_DROPPED = 1  # over budget, policy "drop": the message is counted and discarded
+_OVERFLOW = 2  # over budget, policy "close": the caller closes the connection (slow consumer)
+_CLOSED = 3  # the outbox takes no more messages (closing or closed)
+QUEUED = _QUEUED
+DROPPED = _DROPPED
+OVERFLOW = _OVERFLOW
+CLOSED = _CLOSED
+
+
+class Payload:
+    """One encoded message, shared by every receiver; its wire forms are built once, lazily."""
+
+    def __init__(self, kind: int, data: bytes, code: int = 0, reason: str = "") -> None:
+        self.kind = kind
+        self.data = data
+        self.nbytes = len(data)
+        self.code = code
+        self.reason = reason
+        self._frame: bytes | None = None
+        self._asgi: dict[str, Any] | None = None
+
+    def frame(self) -> bytes:
+        """The complete server frame (unmasked, so identical for every receiver)."""
+        if self._frame is None:
+            from fasthub._wire import OP_BINARY, OP_TEXT, build_close, build_frame
+
+            if self.kind == _KIND_CLOSE:
+                self._frame = build_close(self.code, self.reason)
+            else:
+                self._frame = build_frame(OP_TEXT if self.kind == _KIND_TEXT else OP_BINARY, self.data)
+        return self._frame
+
+    def asgi(self) -> dict[str, Any]:
+        """The ASGI send event; one dict shared by every receiver (servers only read it)."""
+        if self._asgi is None:
+            if self.kind == _KIND_TEXT:
+                self._asgi = {"type": "websocket.send", "text": self.data.decode()}
+            elif self.kind == _KIND_BINARY:
+                self._asgi = {"type": "websocket.send", "bytes": self.data}
+            else:
+                self._asgi = {"type": "websocket.close", "code": self.code, "reason": self.reason}
+        return self._asgi
+
+
+class Outbox:
+    """Ordered queue of payloads for one connection, bounded by a byte budget.
+
+    The budget counts ``pending`` (queued here), ``inflight`` (taken by a writer, not yet
+    confirmed) and ``buffered`` (the transport's write buffer when last flushed), and is checked
+    before appending, so memory per connection is bounded by ``budget`` plus one message.
+    """
+
+    def __init__(self, budget: int, drop_when_full: bool = False) -> None:
+        self.items: list[Payload] = []
+        self.pending = 0
+        self.inflight = 0
+        self.buffered = 0
+        self.budget = budget
+        self.dropped = 0
+        self.drop_when_full = drop_when_full
+        self.closing = False
+        self.scheduled = False
+        self.sink: Any = None
+
+    def push(self, p: Payload) -> int:
+        if self.closing:
+            return _CLOSED
+        if self.pending + self.inflight + self.buffered + p.nbytes > self.budget:
+            if self.drop_when_full:
+                self.dropped += 1
+                return _DROPPED
+            return _OVERFLOW
+        self.items.append(p)
+        self.pending += p.nbytes
+        return _QUEUED
+
+    def take(self) -> list[Payload]:
+        """Hand every queued payload to the writer; their bytes count as in flight."""
+        items = self.items
+        self.items = []
+        self.inflight += self.pending
+        self.pending = 0
+        return items
+
+    def done(self, n: int) -> None:
+        """The writer confirms ``n`` bytes of taken payloads."""
+        self.inflight -= n
+        if self.inflight < 0:
+            self.inflight = 0
+
+    def close_with(self, p: Payload, discard: bool) -> None:
+        """Queue the close ``p`` past the budget and refuse everything after it.
+
+        With ``discard`` the queued messages are dropped first (a slow consumer gets its close
+        without waiting for the backlog it cannot read).
+        """
+        if discard:
+            self.discard()
+        self.closing = True
+        self.items.append(p)
+        self.pending += p.nbytes
+
+    def discard(self) -> int:
+        """Drop everything queued (the connection is going away); returns how many."""
+        n = len(self.items)
+        self.items = []
+        self.pending = 0
+        return n
+
+    def size(self) -> int:
+        return self.pending + self.inflight + self.buffered
+
+
+class Fanout:
+    """Delivers payloads to outboxes and flushes every dirty outbox once per loop tick."""
+
+    def __init__(self, schedule: Any = None) -> None:
+        self.dirty: list[Outbox] = []
+        self.schedule = schedule
+        self.flush_scheduled = False
+        self.delivered = 0
+        self.dropped = 0
+
+    def _mark(self, ob: Outbox) -> None:
+        ob.scheduled = True
+        self.dirty.append(ob)
+        if not self.flush_scheduled and self.schedule is not None:
+            self.flush_scheduled = True
+            self.schedule(self.flush)
+
+    def push(self, ob: Outbox, p: Payload) -> int:
+        r = ob.push(p)
+        if r == _QUEUED:
+            self.delivered += 1
+            if not ob.scheduled:
+                self._mark(ob)
+        elif r == _DROPPED:
+            self.dropped += 1
+        return r
+
+    def push_many(
+        self, members: dict[Any, Outbox], p: Payload, exclude: Any = None
+    ) -> tuple[int, list[Outbox]]:
+        """Push ``p`` to every outbox in ``members`` whose key is not in ``exclude``.
+
+        Returns how many accepted it and the outboxes that overflowed (policy "close"), which the
+        caller closes after the loop so that ``members`` is not changed while it is iterated.
+        """
+        overflow: list[Outbox] = []
+        count = 0
+        r: cython.int
+        for key, ob in members.items():
+            if exclude is not None and key in exclude:
+                continue
+            r = ob.push(p)
+            if r == _QUEUED:
+                count += 1
+                if not ob.scheduled:
+                    self._mark(ob)
+            elif r == _DROPPED:
+                self.dropped += 1
+            elif r == _OVERFLOW:
+                overflow.append(ob)
+        self.delivered += count
+        return count, overflow
+
+    def flush(self) -> None:
+        """Hand each dirty outbox to its sink: called once per tick via ``schedule``."""
+        self.flush_scheduled = False
+        dirty = self.dirty
+        self.dirty = []
+        for ob in dirty:
+            ob.scheduled = False
+            if ob.sink is not None:
+                ob.sink.flush()

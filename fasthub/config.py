@@ -1,0 +1,93 @@
+"""HubConfig: every limit and timer of the hub in one frozen dataclass.
+
+The defaults of the original Go package are kept (ping 54 s, pong timeout 60 s, write timeout
+10 s, max message 512 KiB, cleanup 30 s); the other limits are ours and are documented in the
+README. Invalid values fail at construction, not at the first connection.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+SlowConsumerPolicy = Literal["close", "drop"]
+
+_ROOM_PATTERN = re.compile(r"[A-Za-z0-9_.:@/+\-=#~!$*]+")
+
+
+@dataclass(frozen=True, slots=True)
+class HubConfig:
+    """Limits and timers of one hub. All durations are seconds, all sizes bytes."""
+
+    #: WebSocket ping period (the fast path pings; on the portable path the server's own ping does).
+    ping_interval: float = 54.0
+    #: A connection that sends nothing and answers no ping for this long is closed (1011).
+    pong_timeout: float = 60.0
+    #: A connection whose writes make no progress for this long is closed (1008 "write timeout").
+    write_timeout: float = 10.0
+    #: Largest message accepted from a client, on the wire (close 1009 above it).
+    max_message_size: int = 512 * 1024
+    #: Period of the sweep that removes dead connections and enforces write_timeout.
+    cleanup_interval: float = 30.0
+    #: Outbound budget per connection: bytes queued in the hub plus bytes in the transport buffer.
+    send_buffer_size: int = 1024 * 1024
+    #: Over budget: "close" the connection with 1008 "slow consumer", or "drop" the message (counted).
+    slow_consumer: SlowConsumerPolicy = "close"
+    #: user_joined/user_left events go to the other members only while a room has at most this
+    #: many members (0 disables them); big rooms would otherwise cost O(members^2) on a join storm.
+    member_events_limit: int = 256
+    #: Rooms one connection may be in at once.
+    max_rooms_per_connection: int = 1000
+    #: Longest room name, and the characters a room name may use.
+    max_room_name_length: int = 128
+    room_name_pattern: str = _ROOM_PATTERN.pattern
+    #: Deepest JSON nesting accepted in an envelope.
+    max_json_depth: int = 32
+    #: Write-buffer high-water mark set on transports (low mark is a quarter of it).
+    transport_high_water: int = 64 * 1024
+    # compiled room_name_pattern, set in __post_init__
+    _compiled_room_pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        positive = {
+            "ping_interval": self.ping_interval,
+            "pong_timeout": self.pong_timeout,
+            "write_timeout": self.write_timeout,
+            "cleanup_interval": self.cleanup_interval,
+        }
+        for name, value in positive.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                raise ValueError(f"HubConfig.{name} must be a number > 0, got {value!r}")
+        sizes = {
+            "max_message_size": (self.max_message_size, 1),
+            "send_buffer_size": (self.send_buffer_size, 1024),
+            "member_events_limit": (self.member_events_limit, 0),
+            "max_rooms_per_connection": (self.max_rooms_per_connection, 1),
+            "max_room_name_length": (self.max_room_name_length, 1),
+            "max_json_depth": (self.max_json_depth, 2),
+            "transport_high_water": (self.transport_high_water, 1024),
+        }
+        for name, (value, low) in sizes.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"HubConfig.{name} must be an integer >= {low}, got {value!r}")
+        if self.slow_consumer not in ("close", "drop"):
+            raise ValueError(f"HubConfig.slow_consumer must be 'close' or 'drop', got {self.slow_consumer!r}")
+        if self.send_buffer_size < self.max_message_size:
+            raise ValueError(
+                "HubConfig.send_buffer_size must be >= max_message_size "
+                f"({self.send_buffer_size} < {self.max_message_size})"
+            )
+        try:
+            compiled = re.compile(self.room_name_pattern)
+        except re.error as exc:
+            raise ValueError(f"HubConfig.room_name_pattern is not a valid regex: {exc}") from None
+        object.__setattr__(self, "_compiled_room_pattern", compiled)
+
+    def valid_room_name(self, name: object) -> bool:
+        """True when ``name`` is a string of allowed length and characters."""
+        return (
+            isinstance(name, str)
+            and 0 < len(name) <= self.max_room_name_length
+            and self._compiled_room_pattern.fullmatch(name) is not None
+        )

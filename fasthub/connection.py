@@ -1,0 +1,129 @@
+"""Connection: one client socket as the hub and the application see it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._core import KIND_BINARY, KIND_CLOSE, KIND_TEXT, OVERFLOW, QUEUED, Outbox, Payload
+from .messages import encode
+
+if TYPE_CHECKING:
+    from .hub import Hub
+
+
+class Connection:
+    """A live WebSocket connection registered in a hub.
+
+    Sends never await: they queue on the connection's outbox and return whether the message was
+    accepted (``False`` when the connection is closing, or the message was dropped by the
+    slow-consumer policy). Metadata and the room set are created on first use.
+    """
+
+    __slots__ = (
+        "_metadata",
+        "_outbox",
+        "_rooms",
+        "anonymous",
+        "close_code",
+        "close_reason",
+        "connected_at",
+        "hub",
+        "id",
+        "last_seen",
+        "scope",
+        "user_id",
+    )
+
+    def __init__(
+        self,
+        hub: Hub,
+        conn_id: str,
+        user_id: str,
+        outbox: Outbox,
+        scope: dict[str, Any] | None = None,
+        anonymous: bool = False,
+        now: float = 0.0,
+    ) -> None:
+        self.hub = hub
+        self.id = conn_id
+        self.user_id = user_id
+        self.anonymous = anonymous
+        self.scope = scope
+        self._outbox = outbox
+        self._metadata: dict[str, Any] | None = None
+        self._rooms: set[str] | None = None
+        self.connected_at = now
+        self.last_seen = now
+        self.close_code: int | None = None
+        self.close_reason = ""
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def send_json(self, obj: Any) -> bool:
+        """Encode ``obj`` with orjson and queue it as a text frame."""
+        return self._push(Payload(KIND_TEXT, encode(obj)))
+
+    def send_text(self, text: str) -> bool:
+        return self._push(Payload(KIND_TEXT, text.encode()))
+
+    def send_bytes(self, data: bytes) -> bool:
+        """Queue a binary frame."""
+        return self._push(Payload(KIND_BINARY, bytes(data)))
+
+    def _push(self, payload: Payload) -> bool:
+        result = self.hub._fanout.push(self._outbox, payload)
+        if result == OVERFLOW:
+            self.hub._slow_consumer(self._outbox)
+        return result == QUEUED
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close after the messages already queued; later sends are refused."""
+        if self._outbox.closing:
+            return
+        self._queue_close(code, reason, discard=False)
+
+    def _queue_close(self, code: int, reason: str, discard: bool) -> None:
+        self.close_code = code
+        self.close_reason = reason
+        self._outbox.close_with(Payload(KIND_CLOSE, b"", code, reason), discard)
+        self._mark_dirty()
+
+    def _mark_dirty(self) -> None:
+        ob = self._outbox
+        if not ob.scheduled:
+            self.hub._fanout._mark(ob)
+
+    @property
+    def closed(self) -> bool:
+        """True once a close is queued or the connection is gone."""
+        return bool(self._outbox.closing)
+
+    # -- metadata and rooms ----------------------------------------------------------------------
+
+    def set_metadata(self, key: str, value: Any) -> None:
+        if self._metadata is None:
+            self._metadata = {}
+        self._metadata[key] = value
+
+    def get_metadata(self, key: str, default: Any = None) -> Any:
+        if self._metadata is None:
+            return default
+        return self._metadata.get(key, default)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """A copy of the metadata."""
+        return dict(self._metadata) if self._metadata else {}
+
+    @property
+    def rooms(self) -> frozenset[str]:
+        return frozenset(self._rooms) if self._rooms else frozenset()
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes queued for this connection, in the hub and in the transport."""
+        return int(self._outbox.size())
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id} user={self.user_id!r}>"
+

@@ -1,0 +1,384 @@
+"""Hub: the registry of connections, users and rooms, and the send/broadcast API.
+
+Every send is a plain function: it encodes once, wraps the bytes in one shared ``Payload`` and
+queues it on each receiver's outbox (``_core``); nothing here awaits. The server layer attaches
+the hub to its event loop (``_attach``) and gives each connection a sink that drains its outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from . import _ext
+from ._core import KIND_BINARY, KIND_TEXT, Fanout, Outbox, Payload
+from .config import HubConfig
+from .connection import Connection
+from .exceptions import HubError
+from .messages import MessageType, encode, utc_timestamp
+from .room import Room
+
+log = logging.getLogger("fasthub")
+
+Exclude = str | Iterable[str] | None
+
+
+class Sink(Protocol):
+    """What the server layer attaches to each outbox (see ``server/``)."""
+
+    conn: Connection | None
+
+    def flush(self) -> None:
+        """Write (or schedule the writing of) everything queued in the outbox."""
+
+    def sweep(self, now: float) -> None:
+        """Periodic check: close the connection if it is dead or its writes are stuck."""
+
+    def abort(self) -> None:
+        """Drop the connection now (used when a close cannot be written)."""
+
+
+def _exclude_set(exclude: Exclude) -> Any:
+    if exclude is None:
+        return None
+    if isinstance(exclude, str):
+        return (exclude,)
+    return frozenset(exclude)
+
+
+class Hub:
+    """Connections, users and rooms of one process, and the API to reach them."""
+
+    def __init__(self, config: HubConfig | None = None) -> None:
+        self.config = config if config is not None else HubConfig()
+        self._connections: dict[str, Connection] = {}
+        self._outboxes: dict[str, Outbox] = {}
+        self._users: dict[str, dict[str, Outbox]] = {}
+        self._rooms: dict[str, Room] = {}
+        self._fanout = Fanout()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._started_wall = time.time()
+        self._started = time.monotonic()
+        # counters for stats()
+        self.messages_in = 0
+        self.bytes_in = 0
+        self.connections_opened = 0
+        self.connections_closed = 0
+        self.slow_consumer_closes = 0
+
+    # -- event loop ------------------------------------------------------------------------------
+
+    def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Bind to the running loop (first connection or lifespan startup)."""
+        if self._loop is loop:
+            return
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._loop = loop
+        self._fanout.schedule = loop.call_soon
+        self._fanout.flush_scheduled = False
+        if self._fanout.dirty:
+            self._fanout.flush_scheduled = True
+            loop.call_soon(self._fanout.flush)
+        self._sweeper = loop.call_later(self._sweep_period(), self._sweep)
+
+    def _sweep_period(self) -> float:
+        c = self.config
+        return max(0.05, min(c.cleanup_interval, c.write_timeout / 2, c.pong_timeout / 2))
+
+    def _sweep(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        now = loop.time()
+        for outbox in list(self._outboxes.values()):
+            sink = outbox.sink
+            if sink is not None:
+                try:
+                    sink.sweep(now)
+                except Exception:  # a broken sink must not stop the sweep
+                    log.exception("fasthub: sweep failed for a connection")
+        self._sweeper = loop.call_later(self._sweep_period(), self._sweep)
+
+    def run_threadsafe(self, func: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
+        """Run ``func(*args)`` on the hub's event loop from any thread; the one thread-safe entry.
+
+        Every other method must be called on the loop thread. Example, from a worker thread::
+
+            hub.run_threadsafe(hub.broadcast_json, {"event": "deploy"}).result(timeout=5)
+        """
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            raise RuntimeError("the hub is not attached to a running event loop yet")
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def call() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(func(*args))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        loop.call_soon_threadsafe(call)
+        return future
+
+    # -- registry (server layer) -----------------------------------------------------------------
+
+    def _register(self, sink: Sink, user_id: str | None, scope: dict[str, Any] | None = None) -> Connection:
+        conn_id = secrets.token_urlsafe(12)
+        anonymous = user_id is None
+        uid = f"anon-{conn_id}" if user_id is None else str(user_id)
+        outbox = Outbox(self.config.send_buffer_size, self.config.slow_consumer == "drop")
+        now = self._loop.time() if self._loop is not None else 0.0
+        conn = Connection(self, conn_id, uid, outbox, scope, anonymous, now)
+        outbox.sink = sink
+        sink.conn = conn
+        self._connections[conn_id] = conn
+        self._outboxes[conn_id] = outbox
+        self._users.setdefault(uid, {})[conn_id] = outbox
+        self.connections_opened += 1
+        return conn
+
+    def _unregister(self, conn: Connection) -> None:
+        if self._connections.pop(conn.id, None) is None:
+            return
+        self._outboxes.pop(conn.id, None)
+        outbox = conn._outbox
+        outbox.closing = True
+        outbox.discard()
+        if conn._rooms:
+            for name in list(conn._rooms):
+                self._leave(conn, name, reply_id=None, reply=False)
+        user = self._users.get(conn.user_id)
+        if user is not None:
+            user.pop(conn.id, None)
+            if not user:
+                del self._users[conn.user_id]
+        self.connections_closed += 1
+
+    def _slow_consumer(self, outbox: Outbox) -> None:
+        """An outbox went over budget under policy "close": close it now, dropping its backlog."""
+        sink = outbox.sink
+        conn = sink.conn if sink is not None else None
+        if conn is None or outbox.closing:
+            return
+        self.slow_consumer_closes += 1
+        log.info("fasthub: closing %s: slow consumer (%d bytes buffered)", conn.id, outbox.size())
+        conn._queue_close(1008, "slow consumer", discard=True)
+
+    def _deliver(self, members: dict[str, Outbox], payload: Payload, exclude: Any = None) -> int:
+        count, overflow = self._fanout.push_many(members, payload, exclude)
+        for outbox in overflow:
+            self._slow_consumer(outbox)
+        return int(count)
+
+    # -- connections and users -------------------------------------------------------------------
+
+    def get_connection(self, conn_id: str) -> Connection | None:
+        return self._connections.get(conn_id)
+
+    def get_user_connections(self, user_id: str | int) -> list[Connection]:
+        conns = self._users.get(str(user_id))
+        if not conns:
+            return []
+        return [self._connections[cid] for cid in conns]
+
+    @property
+    def connections(self) -> list[Connection]:
+        return list(self._connections.values())
+
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    def user_count(self) -> int:
+        return len(self._users)
+
+    def _conn(self, conn_id: str) -> Connection:
+        conn = self._connections.get(conn_id)
+        if conn is None:
+            raise HubError(f"no connection {conn_id!r}")
+        return conn
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    def broadcast_json(self, obj: Any, exclude: Exclude = None) -> int:
+        """Send ``obj`` (encoded once) to every connection; returns how many accepted it."""
+        return self._deliver(self._outboxes, Payload(KIND_TEXT, encode(obj)), _exclude_set(exclude))
+
+    def broadcast_text(self, text: str, exclude: Exclude = None) -> int:
+        return self._deliver(self._outboxes, Payload(KIND_TEXT, text.encode()), _exclude_set(exclude))
+
+    def broadcast_bytes(self, data: bytes, exclude: Exclude = None) -> int:
+        return self._deliver(self._outboxes, Payload(KIND_BINARY, bytes(data)), _exclude_set(exclude))
+
+    def send_to_user_json(self, user_id: str | int, obj: Any) -> int:
+        """Send ``obj`` to every connection of ``user_id``; returns how many accepted it (0: offline)."""
+        members = self._users.get(str(user_id))
+        if not members:
+            return 0
+        return self._deliver(members, Payload(KIND_TEXT, encode(obj)))
+
+    def send_to_user_bytes(self, user_id: str | int, data: bytes) -> int:
+        members = self._users.get(str(user_id))
+        if not members:
+            return 0
+        return self._deliver(members, Payload(KIND_BINARY, bytes(data)))
+
+    # -- rooms -----------------------------------------------------------------------------------
+
+    def create_room(self, name: str, metadata: dict[str, Any] | None = None) -> Room:
+        """Get or create the room ``name``; a room created here persists when it empties."""
+        room = self._rooms.get(name)
+        if room is None:
+            if not self.config.valid_room_name(name):
+                raise HubError(f"invalid room name {name!r}")
+            room = self._rooms[name] = Room(name, metadata, persistent=True)
+        else:
+            room.persistent = True
+            if metadata:
+                room.metadata.update(metadata)
+        return room
+
+    def get_room(self, name: str) -> Room | None:
+        return self._rooms.get(name)
+
+    def list_rooms(self) -> list[str]:
+        return list(self._rooms)
+
+    def room_count(self) -> int:
+        return len(self._rooms)
+
+    def delete_room(self, name: str) -> bool:
+        """Remove a room; its members are told with a ``system`` ``room_deleted`` event."""
+        room = self._rooms.pop(name, None)
+        if room is None:
+            return False
+        if room._members:
+            self._deliver(room._members, self._system({"event": "room_deleted", "room": name}, room=name))
+            for cid in room._members:
+                conn = self._connections.get(cid)
+                if conn is not None and conn._rooms is not None:
+                    conn._rooms.discard(name)
+        room._members.clear()
+        return True
+
+    def join_room(self, conn_id: str, name: str, *, reply_id: Any = None) -> Room:
+        """Add a connection to a room (created if needed).
+
+        The joiner gets a ``system`` ``joined`` reply and, while the room has at most
+        ``member_events_limit`` members, the others get ``user_joined``.
+        """
+        conn = self._conn(conn_id)
+        room = self._rooms.get(name)
+        if room is not None and conn.id in room._members:
+            self._reply_membership(conn, room, "joined", reply_id)
+            return room
+        if not self.config.valid_room_name(name):
+            raise HubError(f"invalid room name {name!r}")
+        if conn._rooms is not None and len(conn._rooms) >= self.config.max_rooms_per_connection:
+            raise HubError(f"connection is in {len(conn._rooms)} rooms already (max_rooms_per_connection)")
+        if room is None:
+            room = self._rooms[name] = Room(name)
+        if room._members and len(room._members) < self.config.member_events_limit:
+            self._deliver(room._members, self._member_event("user_joined", room, conn, len(room._members) + 1))
+        room._members[conn.id] = conn._outbox
+        if conn._rooms is None:
+            conn._rooms = set()
+        conn._rooms.add(name)
+        self._reply_membership(conn, room, "joined", reply_id)
+        return room
+
+    def leave_room(self, conn_id: str, name: str, *, reply_id: Any = None) -> bool:
+        """Remove a connection from a room; False if it was not a member."""
+        return self._leave(self._conn(conn_id), name, reply_id, reply=True)
+
+    def _leave(self, conn: Connection, name: str, reply_id: Any, reply: bool) -> bool:
+        room = self._rooms.get(name)
+        if room is None or room._members.pop(conn.id, None) is None:
+            return False
+        if conn._rooms is not None:
+            conn._rooms.discard(name)
+        if reply:
+            self._reply_membership(conn, room, "left", reply_id)
+        if room._members:
+            if len(room._members) < self.config.member_events_limit:
+                self._deliver(room._members, self._member_event("user_left", room, conn, len(room._members)))
+        elif not room.persistent:
+            del self._rooms[name]
+        return True
+
+    def broadcast_to_room_json(self, name: str, obj: Any, exclude: Exclude = None) -> int:
+        """Send ``obj`` (encoded once) to the members of a room; 0 if the room does not exist."""
+        room = self._rooms.get(name)
+        if room is None or not room._members:
+            return 0
+        return self._deliver(room._members, Payload(KIND_TEXT, encode(obj)), _exclude_set(exclude))
+
+    def broadcast_to_room_bytes(self, name: str, data: bytes, exclude: Exclude = None) -> int:
+        room = self._rooms.get(name)
+        if room is None or not room._members:
+            return 0
+        return self._deliver(room._members, Payload(KIND_BINARY, bytes(data)), _exclude_set(exclude))
+
+    def _system(self, payload: dict[str, Any], room: str | None = None, reply_id: Any = None) -> Payload:
+        env: dict[str, Any] = {"type": MessageType.SYSTEM.value, "payload": payload, "timestamp": utc_timestamp()}
+        if room is not None:
+            env["room"] = room
+        if reply_id is not None:
+            env["id"] = reply_id
+        return Payload(KIND_TEXT, encode(env))
+
+    def _reply_membership(self, conn: Connection, room: Room, action: str, reply_id: Any) -> None:
+        payload = {"event": action, "action": action, "room": room.name, "members": len(room._members)}
+        conn._push(self._system(payload, room.name, reply_id))
+
+    def _member_event(self, action: str, room: Room, conn: Connection, members: int) -> Payload:
+        payload = {"event": action, "action": action, "room": room.name, "user_id": conn.user_id, "members": members}
+        return self._system(payload, room.name)
+
+    # -- shutdown and stats ----------------------------------------------------------------------
+
+    def close_all(self, code: int = 1001, reason: str = "server shutting down") -> None:
+        for conn in list(self._connections.values()):
+            conn.close(code, reason)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for ``/ws/stats``: the original's four keys plus traffic and uptime."""
+        buffered = 0
+        for outbox in self._outboxes.values():
+            buffered += outbox.size()
+        rss = _rss_bytes()
+        conns = len(self._connections)
+        return {
+            "connections": conns,
+            "users": len(self._users),
+            "rooms": len(self._rooms),
+            "room_list": list(self._rooms),
+            "messages_in": self.messages_in,
+            "messages_out": int(self._fanout.delivered),
+            "bytes_in": self.bytes_in,
+            "dropped": int(self._fanout.dropped),
+            "slow_consumer_closes": self.slow_consumer_closes,
+            "connections_opened": self.connections_opened,
+            "connections_closed": self.connections_closed,
+            "bytes_buffered": buffered,
+            "rss_bytes": rss,
+            "uptime_s": round(time.monotonic() - self._started, 3),
+            "started_at": self._started_wall,
+            "compiled": all(_ext.LIVE.values()) if _ext.LIVE else False,
+        }
+
+
+def _rss_bytes() -> int:
+    with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{os.getpid()}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return 0

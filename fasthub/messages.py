@@ -1,0 +1,171 @@
+"""The JSON envelope ``{type, payload, room, to, from, timestamp, metadata, id}``.
+
+Decoding validates what the hub relies on and turns every problem into an ``EnvelopeError``
+with a stable code, so a client always gets an ``error`` envelope naming what was wrong and the
+offending message's ``id``. Encoding is orjson; absent fields are omitted.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+from .exceptions import EnvelopeError
+
+
+class MessageType(StrEnum):
+    PING = "ping"
+    PONG = "pong"
+    MESSAGE = "message"
+    BROADCAST = "broadcast"
+    JOIN_ROOM = "join_room"
+    LEAVE_ROOM = "leave_room"
+    ROOM_MESSAGE = "room_message"
+    USER_MESSAGE = "user_message"
+    NOTIFICATION = "notification"
+    ERROR = "error"
+    SYSTEM = "system"
+
+
+class ErrorCode(StrEnum):
+    """Codes of ``error`` envelopes (``payload.code``)."""
+
+    INVALID_JSON = "invalid_json"  # not JSON, or not UTF-8
+    INVALID_MESSAGE = "invalid_message"  # JSON but not an object, or a field of the wrong type
+    UNKNOWN_TYPE = "unknown_type"  # ``type`` missing or not one of MessageType
+    MISSING_FIELD = "missing_field"  # ``room`` or ``to`` missing for a type that needs it
+    INVALID_ROOM = "invalid_room"  # room name too long or with forbidden characters
+    NOT_MEMBER = "not_member"  # room_message to a room the sender is not in
+    UNKNOWN_USER = "unknown_user"  # user_message to a user with no live connection
+    UNSUPPORTED_DATA = "unsupported_data"  # a binary frame (the protocol is JSON text)
+    UNHANDLED = "unhandled"  # a type with no built-in meaning and no on_message handler
+    FORBIDDEN = "forbidden"  # refused by an access hook (can_join, can_publish, ...)
+    TOO_MANY_ROOMS = "too_many_rooms"  # over HubConfig.max_rooms_per_connection
+    INTERNAL_ERROR = "internal_error"  # the application's handler raised
+
+
+MESSAGE_TYPES: frozenset[str] = frozenset(t.value for t in MessageType)
+_ID_TYPES = (str, int)
+_MAX_ID_LENGTH = 128
+
+
+def utc_timestamp() -> str:
+    """RFC 3339 UTC time with milliseconds, e.g. ``2026-11-26T12:00:00.123Z``."""
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+
+
+@dataclass(slots=True)
+class Message:
+    """A decoded envelope. ``from_`` is spelled with an underscore in Python only."""
+
+    type: str
+    payload: Any = None
+    room: str | None = None
+    to: str | None = None
+    from_: str | None = None
+    timestamp: str | None = None
+    metadata: dict[str, Any] | None = None
+    id: str | int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The envelope as it goes on the wire (absent fields omitted)."""
+        out: dict[str, Any] = {"type": self.type}
+        if self.payload is not None:
+            out["payload"] = self.payload
+        if self.room is not None:
+            out["room"] = self.room
+        if self.to is not None:
+            out["to"] = self.to
+        if self.from_ is not None:
+            out["from"] = self.from_
+        if self.timestamp is not None:
+            out["timestamp"] = self.timestamp
+        if self.metadata is not None:
+            out["metadata"] = self.metadata
+        if self.id is not None:
+            out["id"] = self.id
+        return out
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return False
+
+
+def decode(data: bytes | str, max_depth: int = 32) -> Message:
+    """Parse and validate one client envelope; raise ``EnvelopeError`` when it is refused."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise EnvelopeError(ErrorCode.INVALID_JSON, f"message is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise EnvelopeError(ErrorCode.INVALID_MESSAGE, "message must be a JSON object")
+    msg_id = obj.get("id")
+    if msg_id is not None and (
+        not isinstance(msg_id, _ID_TYPES)
+        or isinstance(msg_id, bool)
+        or (isinstance(msg_id, str) and len(msg_id) > _MAX_ID_LENGTH)
+    ):
+        raise EnvelopeError(ErrorCode.INVALID_MESSAGE, f"id must be a string (<= {_MAX_ID_LENGTH}) or integer")
+    # Counting brackets is a C-speed filter; only suspicious messages are walked.
+    if isinstance(data, bytes):
+        brackets = data.count(b"{") + data.count(b"[")
+    else:
+        brackets = data.count("{") + data.count("[")
+    if brackets > max_depth and _depth_exceeds(obj, max_depth):
+        raise EnvelopeError(ErrorCode.INVALID_MESSAGE, f"message nests deeper than {max_depth}", msg_id)
+    mtype = obj.get("type")
+    if not isinstance(mtype, str) or mtype not in MESSAGE_TYPES:
+        raise EnvelopeError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {mtype!r}"[:200], msg_id)
+    room = obj.get("room")
+    if room is not None and not isinstance(room, str):
+        raise EnvelopeError(ErrorCode.INVALID_MESSAGE, "room must be a string", msg_id)
+    to = obj.get("to")
+    if to is not None:
+        if isinstance(to, bool) or not isinstance(to, _ID_TYPES):
+            raise EnvelopeError(ErrorCode.INVALID_MESSAGE, "to must be a user id (string or integer)", msg_id)
+        to = str(to)
+    metadata = obj.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise EnvelopeError(ErrorCode.INVALID_MESSAGE, "metadata must be an object", msg_id)
+    timestamp = obj.get("timestamp")
+    if timestamp is not None and not isinstance(timestamp, str):
+        raise EnvelopeError(ErrorCode.INVALID_MESSAGE, "timestamp must be a string", msg_id)
+    return Message(
+        type=mtype,
+        payload=obj.get("payload"),
+        room=room,
+        to=to,
+        timestamp=timestamp,
+        metadata=metadata,
+        id=msg_id,
+    )
+
+
+def encode(obj: Any) -> bytes:
+    """Serialize once with orjson (str keys; datetimes and dataclasses as orjson does)."""
+    return orjson.dumps(obj)
+
+
+def error_envelope(code: str, message: str, msg_id: Any = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "type": MessageType.ERROR.value,
+        "payload": {"code": str(code), "message": message},
+        "timestamp": utc_timestamp(),
+    }
+    if msg_id is not None:
+        out["id"] = msg_id
+    return out

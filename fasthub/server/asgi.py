@@ -1,0 +1,368 @@
+"""The ASGI application: ``/ws``, ``/ws/stats``, the demo page. Runs on any ASGI server.
+
+This is the portable path: each connection's outbox is drained by one writer task that awaits
+the server's ``send`` per message, in order, so a server that applies backpressure in ``send``
+(most do) holds the writer back and the hub's budget sees the backlog. On the fast path
+(``server/uvicorn.py``) the hub writes frames to the transport itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any
+
+import orjson
+
+from .._core import KIND_CLOSE, Outbox
+from ..connection import Connection
+from ..dispatch import AccessHook, Dispatcher, MessageHandler, UserHook
+from ..exceptions import Denied
+from ..hub import Hub
+from ..messages import MessageType, utc_timestamp
+from .types import Receive, Scope, Send
+
+log = logging.getLogger("fasthub")
+
+Authenticate = Callable[[Scope], "Awaitable[str | int | None] | str | int | None"]
+ConnectionCallback = Callable[[Connection], "Awaitable[None] | None"]
+
+_STATIC_FILES = {
+    "fasthub.js": "text/javascript; charset=utf-8",
+    "demo.js": "text/javascript; charset=utf-8",
+    "demo.css": "text/css; charset=utf-8",
+}
+_SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+]
+
+
+async def _resolve(value: Any) -> Any:
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+def route_path(scope: Scope) -> str:
+    """The path below the mount point (servers and Starlette's Mount keep the prefix in ``path``)."""
+    path: str = scope.get("path", "/")
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
+        path = path[len(root) :]
+    return path or "/"
+
+
+class AsgiSink:
+    """Drains one outbox through ASGI ``send``, in order, with one writer task."""
+
+    __slots__ = ("_wake", "aborted", "conn", "handler", "loop", "outbox", "send", "write_started")
+
+    def __init__(self, send: Send, loop: asyncio.AbstractEventLoop, handler: asyncio.Task[Any] | None) -> None:
+        self.send = send
+        self.loop = loop
+        self.handler = handler
+        self.conn: Connection | None = None
+        self.outbox: Outbox | None = None
+        self._wake: asyncio.Future[None] | None = None
+        self.write_started = 0.0
+        self.aborted = False
+
+    def flush(self) -> None:
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    def sweep(self, now: float) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        timeout = conn.hub.config.write_timeout
+        if self.write_started and now - self.write_started > timeout:
+            log.info("fasthub: %s: no write progress for %.1f s, dropping it", conn.id, timeout)
+            self.abort()
+
+    def abort(self) -> None:
+        """Stop serving the connection: the app returns and the server drops the socket."""
+        if self.aborted:
+            return
+        self.aborted = True
+        if self.handler is not None:
+            self.handler.cancel()
+
+    async def run_writer(self) -> None:
+        outbox = self.outbox
+        assert outbox is not None
+        loop = self.loop
+        send = self.send
+        while True:
+            if not outbox.items:
+                self._wake = loop.create_future()
+                await self._wake
+                self._wake = None
+            for p in outbox.take():
+                self.write_started = loop.time()
+                await send(p.asgi())
+                outbox.done(p.nbytes)
+                if p.kind == KIND_CLOSE:
+                    self.write_started = 0.0
+                    return
+            self.write_started = 0.0
+
+
+class FasthubApp:
+    """ASGI app serving a hub; build it with ``create_app``."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        on_message: MessageHandler | None = None,
+        on_connect: ConnectionCallback | None = None,
+        on_disconnect: ConnectionCallback | None = None,
+        authenticate: Authenticate | None = None,
+        can_join: AccessHook | None = None,
+        can_publish: AccessHook | None = None,
+        can_message: UserHook | None = None,
+        ws_path: str = "/ws",
+        stats_path: str | None = "/ws/stats",
+        demo: bool = True,
+    ) -> None:
+        self.hub = hub
+        self.dispatcher = Dispatcher(hub, on_message, can_join, can_publish, can_message)
+        self.on_connect = on_connect
+        self.on_disconnect = on_disconnect
+        self.authenticate = authenticate
+        self.ws_path = ws_path
+        self.stats_path = stats_path
+        self.demo = demo
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "websocket":
+            if route_path(scope) == self.ws_path:
+                await self.serve_websocket(scope, receive, send)
+            else:
+                await receive()
+                await send({"type": "websocket.close", "code": 1008, "reason": "no such endpoint"})
+        elif kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    # -- lifespan ------------------------------------------------------------------------------
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.hub._attach(asyncio.get_running_loop())
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def shutdown(self, timeout: float = 2.0) -> None:
+        """Close every connection with 1001 and give writers a moment to send the close."""
+        hub = self.hub
+        hub.close_all(1001, "server shutting down")
+        deadline = asyncio.get_running_loop().time() + timeout
+        while hub._connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+
+    # -- websocket -----------------------------------------------------------------------------
+
+    async def serve_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one WebSocket connection (usable from a Starlette/FastAPI route too)."""
+        loop = asyncio.get_running_loop()
+        hub = self.hub
+        hub._attach(loop)
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        user_id: Any = None
+        if self.authenticate is not None:
+            try:
+                user_id = await _resolve(self.authenticate(scope))
+            except Denied as exc:
+                await self._deny(scope, send, exc.status, exc.reason)
+                return
+            except Exception:
+                log.exception("fasthub: authenticate hook failed")
+                await self._deny(scope, send, 500, "authentication failed")
+                return
+        await send({"type": "websocket.accept"})
+        sink = AsgiSink(send, loop, asyncio.current_task())
+        conn = hub._register(sink, user_id, dict(scope))
+        sink.outbox = conn._outbox
+        writer = loop.create_task(sink.run_writer())
+        conn.send_json(
+            {
+                "type": MessageType.SYSTEM.value,
+                "payload": {"event": "connected", "connection_id": conn.id, "user_id": conn.user_id},
+                "timestamp": utc_timestamp(),
+            }
+        )
+        try:
+            if self.on_connect is not None:
+                try:
+                    await _resolve(self.on_connect(conn))
+                except Exception:
+                    log.exception("fasthub: on_connect failed")
+                    conn.close(1011, "internal error")
+            await self._receive_loop(conn, receive)
+        except asyncio.CancelledError:
+            if not sink.aborted:
+                raise
+        except Exception:
+            log.exception("fasthub: connection %s failed", conn.id)
+        finally:
+            hub._unregister(conn)
+            if not writer.done():
+                # let a queued close go out when the peer is still there
+                if conn.closed and sink.outbox is not None and sink.outbox.items and not sink.aborted:
+                    sink.flush()
+                    await asyncio.wait([writer], timeout=0.5)
+                writer.cancel()
+            if self.on_disconnect is not None:
+                try:
+                    await _resolve(self.on_disconnect(conn))
+                except Exception:
+                    log.exception("fasthub: on_disconnect failed")
+
+    async def _receive_loop(self, conn: Connection, receive: Receive) -> None:
+        hub = self.hub
+        loop = asyncio.get_running_loop()
+        dispatcher = self.dispatcher
+        max_size = hub.config.max_message_size
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.receive":
+                conn.last_seen = loop.time()
+                text = message.get("text")
+                if text is not None:
+                    n = len(text)
+                    if n > max_size or (n * 4 > max_size and len(text.encode()) > max_size):
+                        conn._queue_close(1009, "message too big", discard=False)
+                        continue
+                    hub.bytes_in += n
+                    if not conn.closed:
+                        await dispatcher.handle(conn, text)
+                else:
+                    data = message.get("bytes") or b""
+                    if len(data) > max_size:
+                        conn._queue_close(1009, "message too big", discard=False)
+                        continue
+                    hub.bytes_in += len(data)
+                    if not conn.closed:
+                        dispatcher.binary(conn)
+            elif kind == "websocket.disconnect":
+                if conn.close_code is None:
+                    conn.close_code = int(message.get("code", 1005))
+                    conn.close_reason = str(message.get("reason") or "")
+                return
+
+    async def _deny(self, scope: Scope, send: Send, status: int, reason: str) -> None:
+        if "websocket.http.response" in scope.get("extensions", {}):
+            body = orjson.dumps({"error": reason, "status": status})
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                }
+            )
+            await send({"type": "websocket.http.response.body", "body": body})
+        else:
+            await send({"type": "websocket.close", "code": 1008, "reason": reason})
+
+    # -- http ----------------------------------------------------------------------------------
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = route_path(scope)
+        method = scope.get("method", "GET")
+        if method not in ("GET", "HEAD"):
+            await _respond(send, 405, b"method not allowed", b"text/plain", [(b"allow", b"GET, HEAD")])
+            return
+        if self.stats_path is not None and path == self.stats_path:
+            await _respond(send, 200, orjson.dumps(self.hub.stats()), b"application/json", [(b"cache-control", b"no-store")])
+        elif self.demo and path in ("/", "/index.html"):
+            root = html.escape(scope.get("root_path", ""), quote=True)
+            page = _static("demo.html").replace(b"{{FASTHUB_ROOT}}", root.encode())
+            await _respond(send, 200, page, b"text/html; charset=utf-8", [(b"cache-control", b"no-cache")])
+        elif self.demo and path.startswith("/static/") and path[8:] in _STATIC_FILES:
+            name = path[8:]
+            await _respond(send, 200, _static(name), _STATIC_FILES[name].encode(), [(b"cache-control", b"no-cache")])
+        else:
+            await _respond(send, 404, b"not found", b"text/plain")
+
+
+_static_cache: dict[str, bytes] = {}
+
+
+def _static(name: str) -> bytes:
+    data = _static_cache.get(name)
+    if data is None:
+        data = _static_cache[name] = resources.files("fasthub").joinpath("static", name).read_bytes()
+    return data
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, content_type: bytes, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *_SECURITY_HEADERS]
+    if extra:
+        headers.extend(extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(
+    hub: Hub | None = None,
+    *,
+    on_message: MessageHandler | None = None,
+    on_connect: ConnectionCallback | None = None,
+    on_disconnect: ConnectionCallback | None = None,
+    authenticate: Authenticate | None = None,
+    can_join: AccessHook | None = None,
+    can_publish: AccessHook | None = None,
+    can_message: UserHook | None = None,
+    ws_path: str = "/ws",
+    stats_path: str | None = "/ws/stats",
+    demo: bool = True,
+) -> FasthubApp:
+    """A raw ASGI app serving ``hub`` (a new one with default config if omitted).
+
+    Args:
+        on_message: ``(conn, msg)`` for every decoded client message, sync or async; return
+            ``True`` to take the message over (the built-in handling is skipped).
+        on_connect, on_disconnect: ``(conn)`` callbacks, sync or async.
+        authenticate: ``(scope) -> user id | None`` (None: anonymous, a user of its own);
+            raise ``fasthub.Denied(status)`` to refuse before the upgrade.
+        can_join, can_publish: ``(conn, room) -> bool``; ``can_publish`` replaces the default
+            rule that only members may post to a room.
+        can_message: ``(conn, to_user) -> bool`` for ``user_message``.
+        ws_path, stats_path: endpoint paths below the mount point (``stats_path=None`` disables
+            the stats endpoint).
+        demo: serve the demo page at ``/``.
+    """
+    return FasthubApp(
+        hub if hub is not None else Hub(),
+        on_message=on_message,
+        on_connect=on_connect,
+        on_disconnect=on_disconnect,
+        authenticate=authenticate,
+        can_join=can_join,
+        can_publish=can_publish,
+        can_message=can_message,
+        ws_path=ws_path,
+        stats_path=stats_path,
+        demo=demo,
+    )

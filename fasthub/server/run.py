@@ -1,0 +1,50 @@
+"""Run a hub app under uvicorn with uvloop and httptools."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..hub import Hub
+from .asgi import FasthubApp, create_app
+
+
+def uvicorn_config(app: FasthubApp, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info", **kw: Any) -> Any:
+    """A ``uvicorn.Config`` tuned for the hub: its limits and timers come from ``HubConfig``."""
+    import uvicorn
+
+    cfg = app.hub.config
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_level": log_level,
+        "loop": "uvloop",
+        "http": "httptools",
+        "ws": "websockets-sansio",
+        "ws_max_size": cfg.max_message_size,
+        "ws_ping_interval": cfg.ping_interval,
+        "ws_ping_timeout": cfg.pong_timeout,
+        "ws_per_message_deflate": False,
+        "lifespan": "on",
+        "access_log": False,
+        "backlog": 4096,
+        "timeout_graceful_shutdown": 5,
+    }
+    options.update(kw)
+    return uvicorn.Config(app, **options)
+
+
+def run(
+    app: FasthubApp | Hub | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    log_level: str = "info",
+    **uvicorn_options: Any,
+) -> None:
+    """Serve ``app`` (or a hub, or a new default hub) until interrupted."""
+    import uvicorn
+
+    if not isinstance(app, FasthubApp):
+        app = create_app(app)
+    logging.getLogger("fasthub").setLevel(log_level.upper())
+    uvicorn.Server(uvicorn_config(app, host, port, log_level, **uvicorn_options)).run()
