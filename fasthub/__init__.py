@@ -46,6 +46,6 @@ __all__ = [
     "Room",
     "__version__",
     "compiled",
-    "run",
     "create_app",
+    "run",
 ]

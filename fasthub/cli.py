@@ -17,14 +17,25 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     serve.add_argument(
-        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="log level"
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="log level",
     )
     serve.add_argument("--ping-interval", type=float, help="seconds between WebSocket pings (default 54)")
-    serve.add_argument("--pong-timeout", type=float, help="seconds without a pong before closing (default 60)")
-    serve.add_argument("--max-message-size", type=int, help="largest client message in bytes (default 524288)")
-    serve.add_argument("--send-buffer-size", type=int, help="outbound budget per connection in bytes (default 1 MiB)")
     serve.add_argument(
-        "--slow-consumer", choices=["close", "drop"], help="over budget: close with 1008 (default) or drop messages"
+        "--pong-timeout", type=float, help="seconds without a pong before closing (default 60)"
+    )
+    serve.add_argument(
+        "--max-message-size", type=int, help="largest client message in bytes (default 524288)"
+    )
+    serve.add_argument(
+        "--send-buffer-size", type=int, help="outbound budget per connection in bytes (default 1 MiB)"
+    )
+    serve.add_argument(
+        "--slow-consumer",
+        choices=["close", "drop"],
+        help="over budget: close with 1008 (default) or drop messages",
     )
     serve.add_argument("--no-demo", action="store_true", help="do not serve the demo page at /")
     return parser

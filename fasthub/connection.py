@@ -126,4 +126,3 @@ class Connection:
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} user={self.user_id!r}>"
-

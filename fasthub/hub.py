@@ -289,7 +289,9 @@ class Hub:
         if room is None:
             room = self._rooms[name] = Room(name)
         if room._members and len(room._members) < self.config.member_events_limit:
-            self._deliver(room._members, self._member_event("user_joined", room, conn, len(room._members) + 1))
+            self._deliver(
+                room._members, self._member_event("user_joined", room, conn, len(room._members) + 1)
+            )
         room._members[conn.id] = conn._outbox
         if conn._rooms is None:
             conn._rooms = set()
@@ -330,7 +332,11 @@ class Hub:
         return self._deliver(room._members, Payload(KIND_BINARY, bytes(data)), _exclude_set(exclude))
 
     def _system(self, payload: dict[str, Any], room: str | None = None, reply_id: Any = None) -> Payload:
-        env: dict[str, Any] = {"type": MessageType.SYSTEM.value, "payload": payload, "timestamp": utc_timestamp()}
+        env: dict[str, Any] = {
+            "type": MessageType.SYSTEM.value,
+            "payload": payload,
+            "timestamp": utc_timestamp(),
+        }
         if room is not None:
             env["room"] = room
         if reply_id is not None:
@@ -342,7 +348,13 @@ class Hub:
         conn._push(self._system(payload, room.name, reply_id))
 
     def _member_event(self, action: str, room: Room, conn: Connection, members: int) -> Payload:
-        payload = {"event": action, "action": action, "room": room.name, "user_id": conn.user_id, "members": members}
+        payload = {
+            "event": action,
+            "action": action,
+            "room": room.name,
+            "user_id": conn.user_id,
+            "members": members,
+        }
         return self._system(payload, room.name)
 
     # -- shutdown and stats ----------------------------------------------------------------------

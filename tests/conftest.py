@@ -118,8 +118,13 @@ def serve(
         sock.close()
 
 
-@pytest.fixture(params=[pytest.param((ws, mount), id=f"{ws}-{'mounted' if mount else 'plain'}")
-                        for ws in WS_IMPLS for mount in (False, True)])
+@pytest.fixture(
+    params=[
+        pytest.param((ws, mount), id=f"{ws}-{'mounted' if mount else 'plain'}")
+        for ws in WS_IMPLS
+        for mount in (False, True)
+    ]
+)
 def server_kind(request: pytest.FixtureRequest) -> tuple[str, bool]:
     return request.param  # type: ignore[no-any-return]
 

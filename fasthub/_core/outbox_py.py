@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import cython
-
 # Public names for Python callers; the underscored twins are C ints in the compiled module.
 _KIND_TEXT = 1
 _KIND_BINARY = 2
@@ -175,7 +173,6 @@ class Fanout:
         """
         overflow: list[Outbox] = []
         count = 0
-        r: cython.int
         for key, ob in members.items():
             if exclude is not None and key in exclude:
                 continue

@@ -63,7 +63,9 @@ class AsgiSink:
 
     __slots__ = ("_wake", "aborted", "conn", "handler", "loop", "outbox", "send", "write_started")
 
-    def __init__(self, send: Send, loop: asyncio.AbstractEventLoop, handler: asyncio.Task[Any] | None) -> None:
+    def __init__(
+        self, send: Send, loop: asyncio.AbstractEventLoop, handler: asyncio.Task[Any] | None
+    ) -> None:
         self.send = send
         self.loop = loop
         self.handler = handler
@@ -168,13 +170,15 @@ class FasthubApp:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def shutdown(self, timeout: float = 2.0) -> None:
-        """Close every connection with 1001 and give writers a moment to send the close."""
+    async def shutdown(self, grace: float = 2.0) -> None:
+        """Close every connection with 1001 and give their handlers ``grace`` seconds to finish."""
         hub = self.hub
+        handlers = [
+            ob.sink.handler for ob in hub._outboxes.values() if isinstance(ob.sink, AsgiSink) and ob.sink.handler
+        ]
         hub.close_all(1001, "server shutting down")
-        deadline = asyncio.get_running_loop().time() + timeout
-        while hub._connections and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.02)
+        if handlers:
+            await asyncio.wait(handlers, timeout=grace)
 
     # -- websocket -----------------------------------------------------------------------------
 
@@ -276,7 +280,10 @@ class FasthubApp:
                 {
                     "type": "websocket.http.response.start",
                     "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
                 }
             )
             await send({"type": "websocket.http.response.body", "body": body})
@@ -292,14 +299,22 @@ class FasthubApp:
             await _respond(send, 405, b"method not allowed", b"text/plain", [(b"allow", b"GET, HEAD")])
             return
         if self.stats_path is not None and path == self.stats_path:
-            await _respond(send, 200, orjson.dumps(self.hub.stats()), b"application/json", [(b"cache-control", b"no-store")])
+            await _respond(
+                send,
+                200,
+                orjson.dumps(self.hub.stats()),
+                b"application/json",
+                [(b"cache-control", b"no-store")],
+            )
         elif self.demo and path in ("/", "/index.html"):
             root = html.escape(scope.get("root_path", ""), quote=True)
             page = _static("demo.html").replace(b"{{FASTHUB_ROOT}}", root.encode())
             await _respond(send, 200, page, b"text/html; charset=utf-8", [(b"cache-control", b"no-cache")])
         elif self.demo and path.startswith("/static/") and path[8:] in _STATIC_FILES:
             name = path[8:]
-            await _respond(send, 200, _static(name), _STATIC_FILES[name].encode(), [(b"cache-control", b"no-cache")])
+            await _respond(
+                send, 200, _static(name), _STATIC_FILES[name].encode(), [(b"cache-control", b"no-cache")]
+            )
         else:
             await _respond(send, 404, b"not found", b"text/plain")
 
@@ -317,7 +332,11 @@ def _static(name: str) -> bytes:
 async def _respond(
     send: Send, status: int, body: bytes, content_type: bytes, extra: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *_SECURITY_HEADERS]
+    headers = [
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode()),
+        *_SECURITY_HEADERS,
+    ]
     if extra:
         headers.extend(extra)
     await send({"type": "http.response.start", "status": status, "headers": headers})

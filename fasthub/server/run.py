@@ -9,7 +9,9 @@ from ..hub import Hub
 from .asgi import FasthubApp, create_app
 
 
-def uvicorn_config(app: FasthubApp, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info", **kw: Any) -> Any:
+def uvicorn_config(
+    app: FasthubApp, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info", **kw: Any
+) -> Any:
     """A ``uvicorn.Config`` tuned for the hub: its limits and timers come from ``HubConfig``."""
     import uvicorn
 
