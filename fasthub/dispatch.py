@@ -17,7 +17,7 @@ from typing import Any
 
 from ._core import KIND_TEXT, Payload
 from .connection import Connection
-from .exceptions import EnvelopeError, HubError
+from .exceptions import EnvelopeError
 from .hub import Hub
 from .messages import ErrorCode, Message, MessageType, decode, encode, error_envelope, utc_timestamp
 
@@ -28,12 +28,6 @@ AccessHook = Callable[[Connection, str], "Awaitable[bool] | bool"]
 UserHook = Callable[[Connection, str], "Awaitable[bool] | bool"]
 
 SERVER_ONLY = frozenset({MessageType.ERROR.value, MessageType.SYSTEM.value})
-
-
-async def _resolve(value: Any) -> Any:
-    if inspect.isawaitable(value):
-        return await value
-    return value
 
 
 class Dispatcher:
@@ -52,7 +46,7 @@ class Dispatcher:
         self.can_join = can_join
         self.can_publish = can_publish
         self.can_message = can_message
-        self._builtins: dict[str, Callable[[Connection, Message], Awaitable[None]]] = {
+        self._builtins: dict[str, Callable[[Connection, Message], Awaitable[None] | None]] = {
             MessageType.PING.value: self._ping,
             MessageType.PONG.value: self._pong,
             MessageType.JOIN_ROOM.value: self._join_room,
@@ -62,24 +56,55 @@ class Dispatcher:
             MessageType.BROADCAST.value: self._broadcast,
         }
 
-    async def handle(self, conn: Connection, data: bytes | str) -> None:
-        """One text message from ``conn``."""
+    def dispatch(self, conn: Connection, data: bytes | str) -> Awaitable[None] | None:
+        """Handle one text message from ``conn``.
+
+        Runs synchronously and returns None unless a handler or hook is async; then it returns
+        an awaitable finishing the job, which the caller awaits before the connection's next
+        message (so one connection's messages are handled in order).
+        """
         hub = self.hub
         hub.messages_in += 1
         try:
             msg = decode(data, hub.config.max_json_depth)
         except EnvelopeError as exc:
             conn.send_json(error_envelope(exc.code, exc.message, exc.msg_id))
-            return
+            return None
         if self.on_message is not None:
             try:
-                taken = await _resolve(self.on_message(conn, msg))
+                taken = self.on_message(conn, msg)
             except Exception:
-                log.exception("fasthub: on_message raised for %r", msg.type)
-                conn.send_json(error_envelope(ErrorCode.INTERNAL_ERROR, "the message handler failed", msg.id))
-                return
+                self._handler_failed(conn, msg)
+                return None
+            if inspect.isawaitable(taken):
+                return self._after_handler(conn, msg, taken)
             if taken is True or msg.type not in self._builtins:
-                return
+                return None
+        return self._builtin(conn, msg)
+
+    async def handle(self, conn: Connection, data: bytes | str) -> None:
+        """``dispatch`` as a coroutine, for callers that always await."""
+        pending = self.dispatch(conn, data)
+        if pending is not None:
+            await pending
+
+    async def _after_handler(self, conn: Connection, msg: Message, pending: Awaitable[Any]) -> None:
+        try:
+            taken = await pending
+        except Exception:
+            self._handler_failed(conn, msg)
+            return
+        if taken is True or msg.type not in self._builtins:
+            return
+        rest = self._builtin(conn, msg)
+        if rest is not None:
+            await rest
+
+    def _handler_failed(self, conn: Connection, msg: Message) -> None:
+        log.exception("fasthub: on_message raised for %r", msg.type)
+        conn.send_json(error_envelope(ErrorCode.INTERNAL_ERROR, "the message handler failed", msg.id))
+
+    def _builtin(self, conn: Connection, msg: Message) -> Awaitable[None] | None:
         builtin = self._builtins.get(msg.type)
         if builtin is None:
             if msg.type in SERVER_ONLY:
@@ -87,9 +112,31 @@ class Dispatcher:
             else:
                 text = f"no handler for message type {msg.type!r}"
             conn.send_json(error_envelope(ErrorCode.UNHANDLED, text, msg.id))
-            return
+            return None
         try:
-            await builtin(conn, msg)
+            return builtin(conn, msg)
+        except EnvelopeError as exc:
+            conn.send_json(error_envelope(exc.code, exc.message, msg.id))
+            return None
+
+    def _gate(
+        self, conn: Connection, msg: Message, allowed: Any, then: Callable[[], None], denied: EnvelopeError
+    ) -> Awaitable[None] | None:
+        """Run ``then`` if an access hook's answer (maybe awaitable) allows it, else raise ``denied``."""
+        if inspect.isawaitable(allowed):
+            return self._gate_async(conn, msg, allowed, then, denied)
+        if not allowed:
+            raise denied
+        then()
+        return None
+
+    async def _gate_async(
+        self, conn: Connection, msg: Message, allowed: Awaitable[Any], then: Callable[[], None], denied: EnvelopeError
+    ) -> None:
+        try:
+            if not await allowed:
+                raise denied
+            then()
         except EnvelopeError as exc:
             conn.send_json(error_envelope(exc.code, exc.message, msg.id))
 
@@ -102,7 +149,7 @@ class Dispatcher:
 
     # -- built-ins ---------------------------------------------------------------------------------
 
-    async def _ping(self, conn: Connection, msg: Message) -> None:
+    def _ping(self, conn: Connection, msg: Message) -> None:
         out: dict[str, Any] = {"type": MessageType.PONG.value, "timestamp": utc_timestamp()}
         if msg.payload is not None:
             out["payload"] = msg.payload
@@ -110,7 +157,7 @@ class Dispatcher:
             out["id"] = msg.id
         conn.send_json(out)
 
-    async def _pong(self, conn: Connection, msg: Message) -> None:
+    def _pong(self, conn: Connection, msg: Message) -> None:
         """An app-level pong only proves liveness, which receiving it already recorded."""
 
     def _room_name(self, msg: Message) -> str:
@@ -125,48 +172,66 @@ class Dispatcher:
             )
         return room
 
-    async def _join_room(self, conn: Connection, msg: Message) -> None:
+    def _join_room(self, conn: Connection, msg: Message) -> Awaitable[None] | None:
         room = self._room_name(msg)
-        if self.can_join is not None and not await _resolve(self.can_join(conn, room)):
-            raise EnvelopeError(ErrorCode.FORBIDDEN, f"not allowed to join {room!r}")
-        rooms = conn._rooms
-        limit = self.hub.config.max_rooms_per_connection
-        if rooms is not None and room not in rooms and len(rooms) >= limit:
-            raise EnvelopeError(ErrorCode.TOO_MANY_ROOMS, f"a connection may be in at most {limit} rooms")
-        try:
-            self.hub.join_room(conn.id, room, reply_id=msg.id)
-        except HubError as exc:  # raced with a close
-            raise EnvelopeError(ErrorCode.INVALID_MESSAGE, str(exc)) from None
 
-    async def _leave_room(self, conn: Connection, msg: Message) -> None:
+        def join() -> None:
+            rooms = conn._rooms
+            limit = self.hub.config.max_rooms_per_connection
+            if rooms is not None and room not in rooms and len(rooms) >= limit:
+                raise EnvelopeError(ErrorCode.TOO_MANY_ROOMS, f"a connection may be in at most {limit} rooms")
+            if conn.id not in self.hub._connections:  # closed while an async hook ran
+                return
+            self.hub.join_room(conn.id, room, reply_id=msg.id)
+
+        if self.can_join is None:
+            join()
+            return None
+        denied = EnvelopeError(ErrorCode.FORBIDDEN, f"not allowed to join {room!r}")
+        return self._gate(conn, msg, self.can_join(conn, room), join, denied)
+
+    def _leave_room(self, conn: Connection, msg: Message) -> None:
         room = self._room_name(msg)
         if not self.hub._leave(conn, room, msg.id, reply=True):
             raise EnvelopeError(ErrorCode.NOT_MEMBER, f"not a member of {room!r}")
 
-    async def _room_message(self, conn: Connection, msg: Message) -> None:
+    def _room_message(self, conn: Connection, msg: Message) -> Awaitable[None] | None:
         name = self._room_name(msg)
-        room = self.hub._rooms.get(name)
-        if self.can_publish is not None:
-            if not await _resolve(self.can_publish(conn, name)):
-                raise EnvelopeError(ErrorCode.FORBIDDEN, f"not allowed to publish to {name!r}")
-        elif room is None or conn.id not in room._members:
-            raise EnvelopeError(ErrorCode.NOT_MEMBER, f"join {name!r} before sending to it")
-        if room is None or not room._members:
-            return
-        self.hub._deliver(room._members, self._relay(conn, msg))
+        hub = self.hub
 
-    async def _user_message(self, conn: Connection, msg: Message) -> None:
+        def publish() -> None:
+            room = hub._rooms.get(name)
+            if room is not None and room._members:
+                hub._deliver(room._members, self._relay(conn, msg))
+
+        if self.can_publish is None:
+            room = hub._rooms.get(name)
+            if room is None or conn.id not in room._members:
+                raise EnvelopeError(ErrorCode.NOT_MEMBER, f"join {name!r} before sending to it")
+            hub._deliver(room._members, self._relay(conn, msg))
+            return None
+        denied = EnvelopeError(ErrorCode.FORBIDDEN, f"not allowed to publish to {name!r}")
+        return self._gate(conn, msg, self.can_publish(conn, name), publish, denied)
+
+    def _user_message(self, conn: Connection, msg: Message) -> Awaitable[None] | None:
         to = msg.to
         if to is None:
             raise EnvelopeError(ErrorCode.MISSING_FIELD, "user_message needs a 'to'")
-        if self.can_message is not None and not await _resolve(self.can_message(conn, to)):
-            raise EnvelopeError(ErrorCode.FORBIDDEN, f"not allowed to message user {to!r}")
-        members = self.hub._users.get(to)
-        if not members:
-            raise EnvelopeError(ErrorCode.UNKNOWN_USER, f"user {to!r} is not connected")
-        self.hub._deliver(members, self._relay(conn, msg))
+        hub = self.hub
 
-    async def _broadcast(self, conn: Connection, msg: Message) -> None:
+        def send() -> None:
+            members = hub._users.get(to)
+            if not members:
+                raise EnvelopeError(ErrorCode.UNKNOWN_USER, f"user {to!r} is not connected")
+            hub._deliver(members, self._relay(conn, msg))
+
+        if self.can_message is None:
+            send()
+            return None
+        denied = EnvelopeError(ErrorCode.FORBIDDEN, f"not allowed to message user {to!r}")
+        return self._gate(conn, msg, self.can_message(conn, to), send, denied)
+
+    def _broadcast(self, conn: Connection, msg: Message) -> None:
         self.hub._deliver(self.hub._outboxes, self._relay(conn, msg))
 
     @staticmethod

@@ -258,7 +258,9 @@ class FasthubApp:
                         continue
                     hub.bytes_in += n
                     if not conn.closed:
-                        await dispatcher.handle(conn, text)
+                        pending = dispatcher.dispatch(conn, text)
+                        if pending is not None:
+                            await pending
                 else:
                     data = message.get("bytes") or b""
                     if len(data) > max_size:
