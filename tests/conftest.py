@@ -24,8 +24,9 @@ import websockets
 
 from fasthub import Hub, HubConfig, create_app
 from fasthub.server.asgi import FasthubApp
+from fasthub.server.uvicorn import HubProtocol
 
-WS_IMPLS = ["websockets-sansio"]
+WS_IMPLS = ["fasthub", "websockets-sansio"]
 
 
 def query_user(scope: Any) -> str | None:
@@ -101,6 +102,8 @@ def serve(
         "lifespan": "on" if not mount else "auto",
         "timeout_graceful_shutdown": 2,
     }
+    if ws == "fasthub":
+        options["ws"] = HubProtocol
     options.update(uvicorn_kwargs or {})
     server = uvicorn.Server(uvicorn.Config(asgi, **options))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

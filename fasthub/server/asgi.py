@@ -202,17 +202,15 @@ class FasthubApp:
                 await self._deny(scope, send, 500, "authentication failed")
                 return
         await send({"type": "websocket.accept"})
+        fast = scope.get("extensions", {}).get("fasthub.transport")
+        if fast is not None:
+            await self._serve_fast(fast["protocol"], scope, user_id)
+            return
         sink = AsgiSink(send, loop, asyncio.current_task())
         conn = hub._register(sink, user_id, dict(scope))
         sink.outbox = conn._outbox
         writer = loop.create_task(sink.run_writer())
-        conn.send_json(
-            {
-                "type": MessageType.SYSTEM.value,
-                "payload": {"event": "connected", "connection_id": conn.id, "user_id": conn.user_id},
-                "timestamp": utc_timestamp(),
-            }
-        )
+        self._hello(conn)
         try:
             if self.on_connect is not None:
                 try:
@@ -234,6 +232,38 @@ class FasthubApp:
                     sink.flush()
                     await asyncio.wait([writer], timeout=0.5)
                 writer.cancel()
+            if self.on_disconnect is not None:
+                try:
+                    await _resolve(self.on_disconnect(conn))
+                except Exception:
+                    log.exception("fasthub: on_disconnect failed")
+
+    @staticmethod
+    def _hello(conn: Connection) -> None:
+        conn.send_json(
+            {
+                "type": MessageType.SYSTEM.value,
+                "payload": {"event": "connected", "connection_id": conn.id, "user_id": conn.user_id},
+                "timestamp": utc_timestamp(),
+            }
+        )
+
+    async def _serve_fast(self, protocol: Any, scope: Scope, user_id: Any) -> None:
+        """Fast path: the protocol feeds the dispatcher from its callbacks and writes frames itself."""
+        hub = self.hub
+        conn = hub._register(protocol, user_id, dict(scope))
+        closed = protocol.attach(conn, self.dispatcher)
+        self._hello(conn)
+        try:
+            if self.on_connect is not None:
+                try:
+                    await _resolve(self.on_connect(conn))
+                except Exception:
+                    log.exception("fasthub: on_connect failed")
+                    conn.close(1011, "internal error")
+            await closed
+        finally:
+            hub._unregister(conn)
             if self.on_disconnect is not None:
                 try:
                     await _resolve(self.on_disconnect(conn))

@@ -1,0 +1,518 @@
+"""``HubProtocol``: fasthub's WebSocket protocol class for uvicorn (the fast path).
+
+Use it with ``uvicorn.Config(app, ws=HubProtocol)`` or ``uvicorn app:app --ws
+fasthub.server.uvicorn:HubProtocol``. uvicorn parses the HTTP upgrade request, then hands the
+socket over (``connection_made`` + the re-serialized request in ``data_received``); from then on
+this class owns the bytes: frames are parsed by ``fasthub._wire`` and written straight to the
+transport. To the ASGI app it speaks the standard ``websocket`` scope, send and receive, so any
+ASGI app runs on it; a fasthub app also finds ``scope["extensions"]["fasthub.transport"]`` and
+attaches the connection to the hub, which then queues frames on the connection's outbox and
+flushes every dirty connection with one ``writelines`` per event-loop tick.
+
+Modelled on uvicorn's ``websockets_sansio_impl.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from .._core import KIND_BINARY, KIND_CLOSE, KIND_TEXT, Outbox, Payload
+from .._wire import OP_BINARY, OP_CLOSE, OP_TEXT, ServerProtocol, build_frame
+from ..exceptions import ConnectionClosed
+from . import handshake
+
+if TYPE_CHECKING:
+    from ..connection import Connection
+    from ..dispatch import Dispatcher
+
+log = logging.getLogger("fasthub")
+
+# connection phases
+_HANDSHAKE = 0  # waiting for the upgrade request / the app's accept
+_OPEN = 1
+_CLOSING = 2  # close frame sent, waiting for the peer's
+_CLOSED = 3
+_RESPONDED = 4  # answered with an HTTP response instead of upgrading
+
+_RECEIVE_QUEUE_HIGH = 16  # generic ASGI apps: pause reading above this many queued events
+_CLOSE_TIMEOUT = 5.0  # seconds to wait for the peer's close frame before dropping TCP
+
+
+def _client_disconnected() -> Exception:
+    try:
+        from uvicorn.protocols.utils import ClientDisconnected
+
+        return ClientDisconnected()
+    except ImportError:  # pragma: no cover - uvicorn always has it
+        return ConnectionClosed("the client disconnected")
+
+
+class HubProtocol(asyncio.Protocol):
+    """One WebSocket connection served by fasthub's own engine under uvicorn."""
+
+    def __init__(
+        self,
+        config: Any,
+        server_state: Any,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        if not config.loaded:
+            config.load()
+        self.config = config
+        self.app = config.loaded_app
+        self.loop = _loop or asyncio.get_event_loop()
+        self.root_path: str = config.root_path
+        self.app_state = app_state
+        self.connections = server_state.connections
+        self.tasks = server_state.tasks
+        self.default_headers: list[tuple[bytes, bytes]] = server_state.default_headers
+
+        # Connection state
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.phase = _HANDSHAKE
+        self.wire: ServerProtocol | None = None
+        self.scope: dict[str, Any] | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.request_buffer = b""
+        self.key = b""
+        self.response_start: dict[str, Any] | None = None  # denial response in progress
+        self.response_body: list[bytes] = []
+        self.close_timer: asyncio.TimerHandle | None = None
+
+        # Generic ASGI apps: events for receive()
+        self.queue: collections.deque[dict[str, Any]] = collections.deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.read_paused = False
+
+        # Hub-attached connections (fast path)
+        self.conn: Connection | None = None
+        self.outbox: Outbox | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.busy: asyncio.Task[None] | None = None  # an async handler in progress
+        self.backlog: collections.deque[tuple[int, object]] | None = None
+        self.closed_waiter: asyncio.Future[None] | None = None
+
+        # Keep-alive (the hub's sweep drives it for attached connections)
+        self.last_received = 0.0
+        self.last_ping = 0.0
+        self.stall_size = 0
+        self.stall_since = 0.0
+        self.ping_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio callbacks ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.connections.add(self)
+        self.last_received = self.loop.time()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_received = self.loop.time()
+        wire = self.wire
+        if wire is None:
+            self._handshake_data(data)
+            return
+        wire.receive_data(data)
+        events = wire.events_received()
+        if events:
+            if self.dispatcher is not None:
+                self._dispatch_events(events)
+            else:
+                self._queue_events(events)
+        self._write_wire()
+
+    def eof_received(self) -> bool | None:
+        if self.wire is not None:
+            self.wire.receive_eof()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connections.discard(self)
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+            self.close_timer = None
+        if self.ping_timer is not None:
+            self.ping_timer.cancel()
+            self.ping_timer = None
+        was_open = self.phase in (_OPEN, _CLOSING)
+        self.phase = _CLOSED
+        if self.conn is not None and self.conn.close_code is None:
+            wire = self.wire
+            if wire is not None and wire.close_received is not None:
+                self.conn.close_code, self.conn.close_reason = wire.close_received
+            else:
+                self.conn.close_code = 1006 if was_open else 1005
+        if self.closed_waiter is not None and not self.closed_waiter.done():
+            self.closed_waiter.set_result(None)
+        if self.dispatcher is None:
+            code = 1006
+            if self.wire is not None and self.wire.close_received is not None:
+                code = self.wire.close_received[0]
+            self._put({"type": "websocket.disconnect", "code": code})
+        if self.busy is not None and not self.busy.done():
+            self.busy.cancel()
+
+    def pause_writing(self) -> None:
+        """The transport is over its high-water mark; the budget already counts its buffer."""
+
+    def resume_writing(self) -> None:
+        if self.outbox is not None:
+            self.outbox.buffered = self.transport.get_write_buffer_size()
+
+    def shutdown(self) -> None:
+        """Server shutdown: close open connections with 1012 (service restart)."""
+        if self.phase == _OPEN:
+            if self.conn is not None:
+                self.conn._queue_close(1012, "server restarting", discard=False)
+                self.flush()
+            else:
+                self._send_close(1012, "server restarting")
+                self._put({"type": "websocket.disconnect", "code": 1012})
+            # like uvicorn's own protocols: no waiting for the peer's close frame on shutdown
+            self.transport.close()
+        elif self.phase == _HANDSHAKE:
+            self._write_response(500, [(b"content-type", b"text/plain")], b"server shutting down\n")
+        else:
+            self.transport.close()
+
+    # -- handshake --------------------------------------------------------------------------------
+
+    def _handshake_data(self, data: bytes) -> None:
+        if self.phase != _HANDSHAKE or self.scope is not None:
+            return  # bytes before the app accepted: RFC 6455 clients wait for the 101
+        self.request_buffer += data
+        if b"\r\n\r\n" not in self.request_buffer:
+            if len(self.request_buffer) > handshake.MAX_REQUEST_SIZE:
+                self._write_response(431, [], b"request header fields too large\n")
+            return
+        try:
+            request = handshake.parse_request(self.request_buffer)
+        except handshake.HandshakeError as exc:
+            self.phase = _RESPONDED
+            self.transport.write(handshake.error_response(exc))
+            self.transport.close()
+            return
+        self.request_buffer = b""
+        self.key = request.key
+        raw_path, _, query = request.target.partition(b"?")
+        path = unquote(raw_path.decode("ascii", "replace"))
+        full_path = self.root_path + path
+        full_raw_path = self.root_path.encode("ascii") + raw_path
+        transport = self.transport
+        from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
+
+        self.scope = {
+            "type": "websocket",
+            "asgi": {"version": self.config.asgi_version, "spec_version": "2.4"},
+            "http_version": "1.1",
+            "scheme": "wss" if is_ssl(transport) else "ws",
+            "server": get_local_addr(transport),
+            "client": get_remote_addr(transport),
+            "root_path": self.root_path,
+            "path": full_path,
+            "raw_path": full_raw_path,
+            "query_string": query,
+            "headers": request.headers,
+            "subprotocols": request.subprotocols,
+            "state": self.app_state.copy(),
+            "extensions": {"websocket.http.response": {}, "fasthub.transport": {"protocol": self}},
+        }
+        self._put({"type": "websocket.connect"})
+        task = self.loop.create_task(self.run_asgi())
+        self.task = task
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def run_asgi(self) -> None:
+        try:
+            await self.app(self.scope, self.receive, self.send)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError) and self.phase == _CLOSED:
+                return
+            log.exception("fasthub: exception in ASGI application", exc_info=exc)
+            if self.phase == _HANDSHAKE:
+                self._write_response(500, [(b"content-type", b"text/plain")], b"internal server error\n")
+            elif self.phase == _OPEN:
+                self._send_close(1011, "internal error")
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+        else:
+            if self.phase == _HANDSHAKE:
+                self._write_response(500, [(b"content-type", b"text/plain")], b"no response from the app\n")
+            elif self.phase == _OPEN:
+                self._send_close(1000, "")
+
+    def _write_response(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        self.phase = _RESPONDED
+        self.transport.write(handshake.http_response(status, list(self.default_headers) + headers, body))
+        self.transport.close()
+
+    # -- ASGI send / receive ------------------------------------------------------------------------
+
+    async def send(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        phase = self.phase
+        if phase == _HANDSHAKE:
+            if kind == "websocket.accept":
+                self._accept(message)
+            elif kind == "websocket.close":
+                self._write_response(403, [(b"content-type", b"text/plain")], b"forbidden\n")
+            elif kind == "websocket.http.response.start":
+                if self.response_start is not None:
+                    raise RuntimeError("websocket.http.response.start sent twice")
+                self.response_start = dict(message)
+            elif kind == "websocket.http.response.body" and self.response_start is not None:
+                self.response_body.append(bytes(message.get("body", b"")))
+                if not message.get("more_body", False):
+                    start = self.response_start
+                    headers = [(bytes(n), bytes(v)) for n, v in start.get("headers", [])]
+                    self._write_response(int(start["status"]), headers, b"".join(self.response_body))
+            else:
+                raise RuntimeError(
+                    "Expected ASGI message 'websocket.accept', 'websocket.close' or "
+                    f"'websocket.http.response.start' before the handshake, but got {kind!r}"
+                )
+        elif phase == _OPEN:
+            if kind == "websocket.send":
+                text = message.get("text")
+                if text is not None:
+                    kind_, data = KIND_TEXT, text.encode()
+                else:
+                    raw = message.get("bytes")
+                    if raw is None:
+                        raise RuntimeError("websocket.send needs 'text' or 'bytes'")
+                    kind_, data = KIND_BINARY, bytes(raw)
+                conn = self.conn
+                if conn is not None:
+                    # one ordered path: the hub's outbox carries ASGI sends too
+                    conn._push(Payload(kind_, data))
+                else:
+                    self.transport.write(build_frame(OP_TEXT if kind_ == KIND_TEXT else OP_BINARY, data))
+            elif kind == "websocket.close":
+                code = int(message.get("code") or 1000)
+                reason = message.get("reason") or ""
+                if self.conn is not None:
+                    self.conn._queue_close(code, reason, discard=False)
+                else:
+                    self._send_close(code, reason)
+            else:
+                raise RuntimeError(f"Expected ASGI message 'websocket.send' or 'websocket.close', but got {kind!r}")
+        else:
+            raise _client_disconnected()
+
+    def _accept(self, message: dict[str, Any]) -> None:
+        extra = list(self.default_headers)
+        subprotocol = message.get("subprotocol")
+        if subprotocol:
+            extra.append((b"sec-websocket-protocol", subprotocol.encode()))
+        for name, value in message.get("headers") or []:
+            extra.append((bytes(name), bytes(value)))
+        self.transport.write(handshake.accept_response(self.key, extra))
+        self.phase = _OPEN
+        self.wire = ServerProtocol(self.config.ws_max_size or 0)
+        self.transport.set_write_buffer_limits(high=64 * 1024, low=16 * 1024)
+
+    async def receive(self) -> dict[str, Any]:
+        while not self.queue:
+            if self.read_paused:
+                self.read_paused = False
+                self.transport.resume_reading()
+            self.waiter = self.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        event = self.queue.popleft()
+        if self.read_paused and len(self.queue) <= _RECEIVE_QUEUE_HIGH // 2:
+            self.read_paused = False
+            self.transport.resume_reading()
+        return event
+
+    def _put(self, event: dict[str, Any]) -> None:
+        self.queue.append(event)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _queue_events(self, events: list[tuple[int, object]]) -> None:
+        """Events for a generic ASGI app (no hub attached): through receive()."""
+        for opcode, data in events:
+            if opcode == OP_TEXT:
+                self._put({"type": "websocket.receive", "text": data.decode()})  # type: ignore[attr-defined]
+            elif opcode == OP_BINARY:
+                self._put({"type": "websocket.receive", "bytes": data})
+            elif opcode == OP_CLOSE:
+                self._on_close_frame()
+        if len(self.queue) > _RECEIVE_QUEUE_HIGH and not self.read_paused and self.phase != _CLOSED:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    # -- the hub's fast path ------------------------------------------------------------------------
+
+    def attach(self, conn: Connection, dispatcher: Dispatcher) -> asyncio.Future[None]:
+        """Serve ``conn`` from protocol callbacks; returns a future done when the socket is gone."""
+        self.conn = conn
+        self.outbox = conn._outbox
+        self.dispatcher = dispatcher
+        self.closed_waiter = self.loop.create_future()
+        if self.phase == _CLOSED:
+            self.closed_waiter.set_result(None)
+        # anything queued before attach (not expected: clients wait for the 101) goes through too
+        pending = [e for e in self.queue if e["type"] == "websocket.receive"]
+        self.queue.clear()
+        for event in pending:
+            text = event.get("text")
+            self._dispatch_events([(OP_TEXT, text.encode())] if text is not None else [(OP_BINARY, event["bytes"])])
+        return self.closed_waiter
+
+    def _dispatch_events(self, events: list[tuple[int, object]]) -> None:
+        if self.backlog is not None:
+            self.backlog.extend(events)
+            return
+        conn = self.conn
+        dispatcher = self.dispatcher
+        assert conn is not None and dispatcher is not None
+        hub = conn.hub
+        for i, (opcode, data) in enumerate(events):
+            if opcode == OP_TEXT:
+                hub.bytes_in += len(data)  # type: ignore[arg-type]
+                if conn._outbox.closing:
+                    continue
+                pending = dispatcher.dispatch(conn, data)  # type: ignore[arg-type]
+                if pending is not None:
+                    # an async handler: later messages wait for it, reading pauses meanwhile
+                    self.backlog = collections.deque(events[i + 1 :])
+                    self.busy = self.loop.create_task(self._finish(pending))
+                    if not self.read_paused:
+                        self.read_paused = True
+                        self.transport.pause_reading()
+                    return
+            elif opcode == OP_BINARY:
+                hub.bytes_in += len(data)  # type: ignore[arg-type]
+                if not conn._outbox.closing:
+                    dispatcher.binary(conn)
+            elif opcode == OP_CLOSE:
+                self._on_close_frame()
+
+    async def _finish(self, pending: Any) -> None:
+        try:
+            await pending
+        except Exception:
+            log.exception("fasthub: message handling failed")
+        backlog = self.backlog
+        self.backlog = None
+        self.busy = None
+        if backlog:
+            self._dispatch_events(list(backlog))
+        if self.backlog is None and self.read_paused and self.phase != _CLOSED:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    # -- Sink interface (hub/_core) -----------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write everything queued on the outbox with one ``writelines`` (one writev)."""
+        outbox = self.outbox
+        if outbox is None:
+            return
+        items = outbox.take()
+        if self.phase != _OPEN or self.wire is None:
+            outbox.done(outbox.inflight)
+            return
+        frames = []
+        close = None
+        for p in items:
+            if p.kind == KIND_CLOSE:
+                close = p
+                break
+            frames.append(p.frame())
+        if frames:
+            self.transport.writelines(frames)
+        outbox.inflight = 0
+        if close is not None:
+            self._send_close(close.code, close.reason)
+        outbox.buffered = self.transport.get_write_buffer_size()
+
+    def sweep(self, now: float) -> None:
+        """Keep-alive and write-progress check, driven by the hub's sweep."""
+        if self.phase != _OPEN or self.conn is None:
+            return
+        config = self.conn.hub.config
+        idle = now - self.last_received
+        if idle > config.pong_timeout:
+            log.info("fasthub: %s: no data and no pong for %.1f s, closing", self.conn.id, idle)
+            self._fail(1011, "keepalive timeout")
+            return
+        if idle >= config.ping_interval and now - self.last_ping >= config.ping_interval:
+            self.last_ping = now
+            wire = self.wire
+            if wire is not None:
+                wire.send_ping(os.urandom(4))
+                self._write_wire()
+        size = self.transport.get_write_buffer_size()
+        if self.outbox is not None:
+            self.outbox.buffered = size
+        if size and size >= self.stall_size:
+            if not self.stall_since:
+                self.stall_since = now
+            elif now - self.stall_since > config.write_timeout:
+                log.info("fasthub: %s: no write progress for %.1f s, dropping it", self.conn.id, now - self.stall_since)
+                self.abort()
+                return
+        else:
+            self.stall_since = 0.0
+        self.stall_size = size
+
+    def abort(self) -> None:
+        self.phase = _CLOSED
+        self.transport.abort()
+
+    # -- closing --------------------------------------------------------------------------------------
+
+    def _write_wire(self) -> None:
+        wire = self.wire
+        if wire is None:
+            return
+        out = wire.data_to_send()
+        if not out:
+            return
+        close_tcp = False
+        if out[-1] == b"":
+            out.pop()
+            close_tcp = True
+        if out:
+            self.transport.writelines(out)
+        if close_tcp:
+            self.phase = _CLOSED
+            self.transport.close()
+
+    def _send_close(self, code: int, reason: str) -> None:
+        wire = self.wire
+        if wire is None or self.phase != _OPEN:
+            return
+        wire.send_close(code, reason)
+        self.phase = _CLOSING
+        self._write_wire()
+        if self.phase == _CLOSING and self.close_timer is None:
+            self.close_timer = self.loop.call_later(_CLOSE_TIMEOUT, self.transport.close)
+
+    def _fail(self, code: int, reason: str) -> None:
+        wire = self.wire
+        if wire is None:
+            return
+        wire.fail(code, reason)
+        self._write_wire()
+
+    def _on_close_frame(self) -> None:
+        """The peer's close frame: the engine queued the reply (or the TCP close) already."""
+        if self.phase == _OPEN:
+            self.phase = _CLOSING
+        if self.outbox is not None:
+            self.outbox.closing = True
+            self.outbox.discard()
