@@ -38,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
         help="over budget: close with 1008 (default) or drop messages",
     )
     serve.add_argument("--no-demo", action="store_true", help="do not serve the demo page at /")
+    serve.add_argument(
+        "--echo",
+        action="store_true",
+        help="conformance/debug mode: echo every message back unchanged (no hub); for Autobahn runs",
+    )
     return parser
 
 
@@ -65,6 +70,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             print(f"fasthub: {exc}", file=sys.stderr)
             return 2
+        if args.echo:
+            import uvicorn
+
+            from .server.echo import ECHO_MAX_MESSAGE_SIZE, echo_app
+            from .server.run import uvicorn_config
+
+            max_size = args.max_message_size or ECHO_MAX_MESSAGE_SIZE
+            uvicorn.Server(uvicorn_config(echo_app, args.host, args.port, args.log_level, ws_max_size=max_size)).run()
+            return 0
         run(create_app(Hub(config), demo=not args.no_demo), args.host, args.port, args.log_level)
     return 0
 

@@ -5,24 +5,28 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ..config import HubConfig
 from ..hub import Hub
 from .asgi import FasthubApp, create_app
+from .uvicorn import HubProtocol
 
 
-def uvicorn_config(
-    app: FasthubApp, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info", **kw: Any
-) -> Any:
-    """A ``uvicorn.Config`` tuned for the hub: its limits and timers come from ``HubConfig``."""
+def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info", **kw: Any) -> Any:
+    """A ``uvicorn.Config`` for the fast path: HubProtocol on uvloop + httptools.
+
+    Limits and timers come from the app's ``HubConfig`` (the defaults for a non-hub app).
+    """
     import uvicorn
 
-    cfg = app.hub.config
+    hub = getattr(app, "hub", None)
+    cfg = hub.config if isinstance(hub, Hub) else HubConfig()
     options: dict[str, Any] = {
         "host": host,
         "port": port,
         "log_level": log_level,
         "loop": "uvloop",
         "http": "httptools",
-        "ws": "websockets-sansio",
+        "ws": HubProtocol,
         "ws_max_size": cfg.max_message_size,
         "ws_ping_interval": cfg.ping_interval,
         "ws_ping_timeout": cfg.pong_timeout,
