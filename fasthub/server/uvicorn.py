@@ -130,6 +130,7 @@ class HubProtocol(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         if self.wire is not None:
             self.wire.receive_eof()
+            self._write_wire()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
