@@ -84,6 +84,7 @@ class HubProtocol(asyncio.Protocol):
         self.response_start: dict[str, Any] | None = None  # denial response in progress
         self.response_body: list[bytes] = []
         self.close_timer: asyncio.TimerHandle | None = None
+        self.deferred: list[bytes] = []  # a failure's close, held until the app took earlier messages
 
         # Generic ASGI apps: events for receive()
         self.queue: collections.deque[dict[str, Any]] = collections.deque()
@@ -320,6 +321,8 @@ class HubProtocol(asyncio.Protocol):
         self.transport.set_write_buffer_limits(high=64 * 1024, low=16 * 1024)
 
     async def receive(self) -> dict[str, Any]:
+        if self.deferred and not any(e["type"] == "websocket.receive" for e in self.queue):
+            self._write_deferred()
         while not self.queue:
             if self.read_paused:
                 self.read_paused = False
@@ -477,12 +480,36 @@ class HubProtocol(asyncio.Protocol):
     # -- closing --------------------------------------------------------------------------------------
 
     def _write_wire(self) -> None:
+        """Write what the engine queued (pongs, close frames); ``b""`` closes TCP.
+
+        Replies to messages that arrived before a failure go out before its close frame: on the
+        fast path the outbox is flushed first; for a generic app the close waits until the app
+        has taken the queued messages (``receive``), or at most ``_CLOSE_TIMEOUT``.
+        """
         wire = self.wire
         if wire is None:
             return
         out = wire.data_to_send()
         if not out:
             return
+        if self.deferred:
+            self.deferred.extend(out)
+            return
+        if out[-1] == b"" and self.dispatcher is None and any(e["type"] == "websocket.receive" for e in self.queue):
+            self.deferred = out
+            self.loop.call_later(_CLOSE_TIMEOUT, self._write_deferred)
+            return
+        if self.outbox is not None and self.outbox.items:
+            self.flush()
+        self._write_out(out)
+
+    def _write_deferred(self) -> None:
+        out = self.deferred
+        self.deferred = []
+        if out and self.phase != _CLOSED:
+            self._write_out(out)
+
+    def _write_out(self, out: list[bytes]) -> None:
         close_tcp = False
         if out[-1] == b"":
             out.pop()
