@@ -32,7 +32,7 @@ def extensions() -> list[Extension]:
     from Cython.Build import cythonize
 
     exts = [
-        Extension(name, [src], extra_compile_args=["-O3"], optional=OPTIONAL)
+        Extension(name, [src], extra_compile_args=["-O3", "-g0"], optional=OPTIONAL)
         for name, src in COMPILED
         if os.path.exists(src)
     ]
