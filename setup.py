@@ -3,7 +3,8 @@
 Each compiled module is a Cython-friendly ``*_py.py`` file compiled under the ``*_c`` name, so
 the augmenting ``*_c.pxd`` beside it types it (aiohttp's ``_websocket/reader_c`` pattern); a
 ``.pyx`` is used only where raw pointers are needed. ``FASTHUB_NO_EXTENSIONS=1`` at build time
-gives a pure-Python install; a failed compile is fatal unless ``FASTHUB_OPTIONAL_EXTENSIONS=1``.
+gives a pure-Python install; a failed compile (no C compiler) installs the pure twins with a
+warning, unless ``FASTHUB_REQUIRE_EXTENSIONS=1`` makes it fatal (CI sets it).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ COMPILED = [
 ]
 
 NO_EXTENSIONS = bool(os.environ.get("FASTHUB_NO_EXTENSIONS")) or sys.implementation.name != "cpython"
-OPTIONAL = bool(os.environ.get("FASTHUB_OPTIONAL_EXTENSIONS"))
+OPTIONAL = not os.environ.get("FASTHUB_REQUIRE_EXTENSIONS")
 
 
 def extensions() -> list[Extension]:
@@ -34,7 +35,6 @@ def extensions() -> list[Extension]:
     exts = [
         Extension(name, [src], extra_compile_args=["-O3", "-g0"], optional=OPTIONAL)
         for name, src in COMPILED
-        if os.path.exists(src)
     ]
     return cythonize(
         exts,
