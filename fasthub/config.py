@@ -71,6 +71,11 @@ class HubConfig:
         for name, (value, low) in sizes.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"HubConfig.{name} must be an integer >= {low}, got {value!r}")
+        if self.ping_interval >= self.pong_timeout:
+            raise ValueError(
+                f"HubConfig.ping_interval ({self.ping_interval}) must be shorter than pong_timeout "
+                f"({self.pong_timeout}), or a healthy idle client would be dropped before it is pinged"
+            )
         if self.slow_consumer not in ("close", "drop"):
             raise ValueError(f"HubConfig.slow_consumer must be 'close' or 'drop', got {self.slow_consumer!r}")
         if self.send_buffer_size < self.max_message_size:

@@ -91,8 +91,10 @@ class Hub:
         self._sweeper = loop.call_later(self._sweep_period(), self._sweep)
 
     def _sweep_period(self) -> float:
+        # Often enough that an idle client is pinged with at least half of the
+        # pong_timeout - ping_interval margin left to answer, and write stalls are seen in time.
         c = self.config
-        return max(0.05, min(c.cleanup_interval, c.write_timeout / 2, c.pong_timeout / 2))
+        return max(0.05, min(c.cleanup_interval, c.write_timeout / 2, (c.pong_timeout - c.ping_interval) / 2))
 
     def _sweep(self) -> None:
         loop = self._loop
