@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--no-demo", action="store_true", help="do not serve the demo page at /")
     serve.add_argument(
+        "--ws",
+        default="fasthub",
+        choices=["fasthub", "websockets-sansio", "wsproto"],
+        help="WebSocket implementation: fasthub's own (default, the fast path) or one of uvicorn's (portable path)",
+    )
+    serve.add_argument(
         "--echo",
         action="store_true",
         help="conformance/debug mode: echo every message back unchanged (no hub); for Autobahn runs",
@@ -79,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_size = args.max_message_size or ECHO_MAX_MESSAGE_SIZE
             uvicorn.Server(uvicorn_config(echo_app, args.host, args.port, args.log_level, ws_max_size=max_size)).run()
             return 0
-        run(create_app(Hub(config), demo=not args.no_demo), args.host, args.port, args.log_level)
+        options = {} if args.ws == "fasthub" else {"ws": args.ws}
+        run(create_app(Hub(config), demo=not args.no_demo), args.host, args.port, args.log_level, **options)
     return 0
 
 
