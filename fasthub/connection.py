@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._core import KIND_BINARY, KIND_CLOSE, KIND_TEXT, OVERFLOW, QUEUED, Outbox, Payload
+from ._wire import close_code_allowed
 from .messages import encode
 
 if TYPE_CHECKING:
@@ -77,7 +78,16 @@ class Connection:
         return result == QUEUED
 
     def close(self, code: int = 1000, reason: str = "") -> None:
-        """Close after the messages already queued; later sends are refused."""
+        """Close after the messages already queued; later sends are refused.
+
+        Raises:
+            ValueError: ``code`` may not be sent (RFC 6455 7.4: 1000-1003, 1007-1014 and
+                3000-4999 may) or ``reason`` is over 123 bytes in UTF-8.
+        """
+        if not close_code_allowed(code):
+            raise ValueError(f"close code {code} may not be sent (use 1000-1003, 1007-1014 or 3000-4999)")
+        if len(reason.encode()) > 123:
+            raise ValueError("a close reason is at most 123 bytes in UTF-8")
         if self._outbox.closing:
             return
         self._queue_close(code, reason, discard=False)

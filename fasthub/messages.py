@@ -93,15 +93,16 @@ class Message:
 
 
 def _depth_exceeds(value: Any, limit: int) -> bool:
+    """True when containers nest deeper than ``limit`` (the envelope object is level 1)."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if depth > limit:
             return True
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
+        children = item.values() if isinstance(item, dict) else item
+        for child in children:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
     return False
 
 

@@ -43,5 +43,5 @@ cdef class Fanout:
     cpdef int push(self, Outbox ob, Payload p)
     @cython.locals(count=Py_ssize_t, ob=Outbox, overflow=list)
     cpdef tuple push_many(self, dict members, Payload p, object exclude=*)
-    @cython.locals(ob=Outbox, dirty=list)
+    @cython.locals(ob=Outbox, dirty=list, error=object)
     cpdef flush(self)

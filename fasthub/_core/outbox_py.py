@@ -193,7 +193,14 @@ class Fanout:
         self.flush_scheduled = False
         dirty = self.dirty
         self.dirty = []
+        error: BaseException | None = None
         for ob in dirty:
             ob.scheduled = False
             if ob.sink is not None:
-                ob.sink.flush()
+                try:
+                    ob.sink.flush()
+                except Exception as exc:  # one broken sink must not starve the others
+                    if error is None:
+                        error = exc
+        if error is not None:
+            raise error  # after every sink had its turn; the event loop logs it
