@@ -23,15 +23,9 @@ def _parser() -> argparse.ArgumentParser:
         help="log level",
     )
     serve.add_argument("--ping-interval", type=float, help="seconds between WebSocket pings (default 54)")
-    serve.add_argument(
-        "--pong-timeout", type=float, help="seconds without a pong before closing (default 60)"
-    )
-    serve.add_argument(
-        "--max-message-size", type=int, help="largest client message in bytes (default 524288)"
-    )
-    serve.add_argument(
-        "--send-buffer-size", type=int, help="outbound budget per connection in bytes (default 1 MiB)"
-    )
+    serve.add_argument("--pong-timeout", type=float, help="seconds without a pong before closing (default 60)")
+    serve.add_argument("--max-message-size", type=int, help="largest client message in bytes (default 524288)")
+    serve.add_argument("--send-buffer-size", type=int, help="outbound budget per connection in bytes (default 1 MiB)")
     serve.add_argument(
         "--slow-consumer",
         choices=["close", "drop"],

@@ -143,9 +143,7 @@ class Dispatcher:
     def binary(self, conn: Connection) -> None:
         """A binary frame: the protocol is JSON text, so it is refused (the connection stays)."""
         self.hub.messages_in += 1
-        conn.send_json(
-            error_envelope(ErrorCode.UNSUPPORTED_DATA, "binary messages are not supported; send JSON text")
-        )
+        conn.send_json(error_envelope(ErrorCode.UNSUPPORTED_DATA, "binary messages are not supported; send JSON text"))
 
     # -- built-ins ---------------------------------------------------------------------------------
 

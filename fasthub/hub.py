@@ -76,6 +76,16 @@ class Hub:
 
     # -- event loop ------------------------------------------------------------------------------
 
+    def attach(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Bind the hub to ``loop`` (default: the running one).
+
+        ``fasthub serve`` and a top-level ``create_app`` do this at lifespan startup, and any app
+        at its first connection. A hub mounted inside Starlette/FastAPI gets no lifespan events:
+        call ``hub.attach()`` from the parent app's startup so ``run_threadsafe`` and timers work
+        before the first client connects.
+        """
+        self._attach(loop if loop is not None else asyncio.get_running_loop())
+
     def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Bind to the running loop (first connection or lifespan startup)."""
         if self._loop is loop:
@@ -291,9 +301,7 @@ class Hub:
         if room is None:
             room = self._rooms[name] = Room(name)
         if room._members and len(room._members) < self.config.member_events_limit:
-            self._deliver(
-                room._members, self._member_event("user_joined", room, conn, len(room._members) + 1)
-            )
+            self._deliver(room._members, self._member_event("user_joined", room, conn, len(room._members) + 1))
         room._members[conn.id] = conn._outbox
         if conn._rooms is None:
             conn._rooms = set()

@@ -120,9 +120,7 @@ def decode(data: bytes | str, max_depth: int = 32) -> Message:
         or isinstance(msg_id, bool)
         or (isinstance(msg_id, str) and len(msg_id) > _MAX_ID_LENGTH)
     ):
-        raise EnvelopeError(
-            ErrorCode.INVALID_MESSAGE, f"id must be a string (<= {_MAX_ID_LENGTH}) or integer"
-        )
+        raise EnvelopeError(ErrorCode.INVALID_MESSAGE, f"id must be a string (<= {_MAX_ID_LENGTH}) or integer")
     # Counting brackets is a C-speed filter; only suspicious messages are walked.
     if isinstance(data, bytes):
         brackets = data.count(b"{") + data.count(b"[")

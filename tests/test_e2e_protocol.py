@@ -83,18 +83,14 @@ def test_room_message_reaches_every_member_sender_included_and_from_is_server_se
         await a.join("r1")
         await b.join("r1")
         await a.expect("system")  # user_joined
-        await a.send(
-            {"type": "room_message", "room": "r1", "payload": {"text": "hi"}, "from": "mallory", "id": 5}
-        )
+        await a.send({"type": "room_message", "room": "r1", "payload": {"text": "hi"}, "from": "mallory", "id": 5})
         for x in (a, b):
             got = await x.expect("room_message", room="r1", id=5)
             assert got["from"] == "alice" and got["payload"] == {"text": "hi"}
             assert got["timestamp"].endswith("Z")
         await outsider.silent()
         # a client timestamp and metadata are kept
-        await b.send(
-            {"type": "room_message", "room": "r1", "payload": 1, "timestamp": "T", "metadata": {"k": 1}}
-        )
+        await b.send({"type": "room_message", "room": "r1", "payload": 1, "timestamp": "T", "metadata": {"k": 1}})
         got = await a.expect("room_message")
         assert got["timestamp"] == "T" and got["metadata"] == {"k": 1} and got["from"] == "bob"
 
@@ -152,9 +148,7 @@ def test_broadcast_reaches_everyone(server: Server) -> None:
         ('{"type": "ping", "payload": ' + "[" * 100 + "]" * 100 + "}", "invalid_message", None),
     ],
 )
-def test_bad_input_gets_an_error_and_everyone_carries_on(
-    server: Server, raw: str, code: str, msg_id: Any
-) -> None:
+def test_bad_input_gets_an_error_and_everyone_carries_on(server: Server, raw: str, code: str, msg_id: Any) -> None:
     async def scenario() -> None:
         bad = await connect(server, "user=bad")
         good = await connect(server, "user=good")

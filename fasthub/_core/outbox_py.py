@@ -163,9 +163,7 @@ class Fanout:
             self.dropped += 1
         return r
 
-    def push_many(
-        self, members: dict[Any, Outbox], p: Payload, exclude: Any = None
-    ) -> tuple[int, list[Outbox]]:
+    def push_many(self, members: dict[Any, Outbox], p: Payload, exclude: Any = None) -> tuple[int, list[Outbox]]:
         """Push ``p`` to every outbox in ``members`` whose key is not in ``exclude``.
 
         Returns how many accepted it and the outboxes that overflowed (policy "close"), which the

@@ -63,9 +63,7 @@ class AsgiSink:
 
     __slots__ = ("_wake", "aborted", "conn", "handler", "loop", "outbox", "send", "write_started")
 
-    def __init__(
-        self, send: Send, loop: asyncio.AbstractEventLoop, handler: asyncio.Task[Any] | None
-    ) -> None:
+    def __init__(self, send: Send, loop: asyncio.AbstractEventLoop, handler: asyncio.Task[Any] | None) -> None:
         self.send = send
         self.loop = loop
         self.handler = handler
@@ -344,9 +342,7 @@ class FasthubApp:
             await _respond(send, 200, page, b"text/html; charset=utf-8", [(b"cache-control", b"no-cache")])
         elif self.demo and path.startswith("/static/") and path[8:] in _STATIC_FILES:
             name = path[8:]
-            await _respond(
-                send, 200, _static(name), _STATIC_FILES[name].encode(), [(b"cache-control", b"no-cache")]
-            )
+            await _respond(send, 200, _static(name), _STATIC_FILES[name].encode(), [(b"cache-control", b"no-cache")])
         else:
             await _respond(send, 404, b"not found", b"text/plain")
 

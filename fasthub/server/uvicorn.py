@@ -84,7 +84,8 @@ class HubProtocol(asyncio.Protocol):
         self.response_start: dict[str, Any] | None = None  # denial response in progress
         self.response_body: list[bytes] = []
         self.close_timer: asyncio.TimerHandle | None = None
-        self.deferred: list[bytes] = []  # a failure's close, held until the app took earlier messages
+        self.deferred: list[bytes] = []
+        self.lost = False  # connection_lost has run  # a failure's close, held until the app took earlier messages
 
         # Generic ASGI apps: events for receive()
         self.queue: collections.deque[dict[str, Any]] = collections.deque()
@@ -135,6 +136,7 @@ class HubProtocol(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         self.connections.discard(self)
         if self.close_timer is not None:
             self.close_timer.cancel()
@@ -177,11 +179,30 @@ class HubProtocol(asyncio.Protocol):
                 self._send_close(1012, "server restarting")
                 self._put({"type": "websocket.disconnect", "code": 1012})
             # like uvicorn's own protocols: no waiting for the peer's close frame on shutdown
-            self.transport.close()
+            self._close_transport()
         elif self.phase == _HANDSHAKE:
             self._write_response(500, [(b"content-type", b"text/plain")], b"server shutting down\n")
         else:
-            self.transport.close()
+            self._close_transport()
+
+    def _close_transport(self) -> None:
+        """Close TCP once the write buffer is out; abort if the peer does not read it in time."""
+        self.transport.close()
+        if self.transport.get_write_buffer_size() and not self.lost:
+            self.loop.call_later(1.0, self._abort_if_alive)
+
+    def _abort_if_alive(self) -> None:
+        if not self.lost:
+            self.transport.abort()
+
+    def _close_timeout(self) -> None:
+        """The peer did not answer our close frame in time."""
+        self.close_timer = None
+        if not self.lost:
+            if self.transport.get_write_buffer_size():
+                self.transport.abort()  # it is not reading: close() would wait for it forever
+            else:
+                self.transport.close()
 
     # -- handshake --------------------------------------------------------------------------------
 
@@ -445,20 +466,21 @@ class HubProtocol(asyncio.Protocol):
 
     def sweep(self, now: float) -> None:
         """Keep-alive and write-progress check, driven by the hub's sweep."""
-        if self.phase != _OPEN or self.conn is None:
+        if self.phase not in (_OPEN, _CLOSING) or self.conn is None or self.lost:
             return
         config = self.conn.hub.config
-        idle = now - self.last_received
-        if idle > config.pong_timeout:
-            log.info("fasthub: %s: no data and no pong for %.1f s, closing", self.conn.id, idle)
-            self._fail(1011, "keepalive timeout")
-            return
-        if idle >= config.ping_interval and now - self.last_ping >= config.ping_interval:
-            self.last_ping = now
-            wire = self.wire
-            if wire is not None:
-                wire.send_ping(os.urandom(4))
-                self._write_wire()
+        if self.phase == _OPEN:  # keep-alive; a closing connection only gets the write check
+            idle = now - self.last_received
+            if idle > config.pong_timeout:
+                log.info("fasthub: %s: no data and no pong for %.1f s, closing", self.conn.id, idle)
+                self._fail(1011, "keepalive timeout")
+                return
+            if idle >= config.ping_interval and now - self.last_ping >= config.ping_interval:
+                self.last_ping = now
+                wire = self.wire
+                if wire is not None:
+                    wire.send_ping(os.urandom(4))
+                    self._write_wire()
         size = self.transport.get_write_buffer_size()
         if self.outbox is not None:
             self.outbox.buffered = size
@@ -518,7 +540,7 @@ class HubProtocol(asyncio.Protocol):
             self.transport.writelines(out)
         if close_tcp:
             self.phase = _CLOSED
-            self.transport.close()
+            self._close_transport()
 
     def _send_close(self, code: int, reason: str) -> None:
         wire = self.wire
@@ -528,7 +550,7 @@ class HubProtocol(asyncio.Protocol):
         self.phase = _CLOSING
         self._write_wire()
         if self.phase == _CLOSING and self.close_timer is None:
-            self.close_timer = self.loop.call_later(_CLOSE_TIMEOUT, self.transport.close)
+            self.close_timer = self.loop.call_later(_CLOSE_TIMEOUT, self._close_timeout)
 
     def _fail(self, code: int, reason: str) -> None:
         wire = self.wire

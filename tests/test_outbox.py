@@ -1,0 +1,578 @@
+"""Unit tests of the hub core (``fasthub._core``), run over both twins in the same run.
+
+``outbox_py`` is the pure module; ``outbox_c`` is the same file compiled with ``outbox_c.pxd``.
+Every test takes the ``core`` fixture, so each runs once per implementation; a hypothesis test
+drives both with the same random operations and compares everything observable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.machinery
+import os
+import pathlib
+import struct
+from types import ModuleType
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fasthub
+import fasthub._core
+from fasthub._core import outbox_py
+
+NO_EXTENSIONS = os.environ.get("FASTHUB_NO_EXTENSIONS", "") not in ("", "0")
+
+
+def load_compiled() -> ModuleType | None:
+    if NO_EXTENSIONS:
+        return None
+    try:
+        return importlib.import_module("fasthub._core.outbox_c")
+    except ImportError:
+        return None
+
+
+outbox_c = load_compiled()
+IMPLS = [
+    pytest.param(outbox_py, id="py"),
+    pytest.param(
+        outbox_c,
+        id="c",
+        marks=pytest.mark.skipif(
+            outbox_c is None,
+            reason="FASTHUB_NO_EXTENSIONS is set" if NO_EXTENSIONS else "fasthub._core.outbox_c is not built",
+        ),
+    ),
+]
+
+
+@pytest.fixture(params=IMPLS)
+def core(request: pytest.FixtureRequest) -> ModuleType:
+    return request.param  # type: ignore[no-any-return]
+
+
+class Sink:
+    """Counts flushes."""
+
+    def __init__(self) -> None:
+        self.flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+class Scheduler:
+    """Stands in for ``loop.call_soon``: records callbacks, runs them on ``tick()``."""
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+
+    def __call__(self, fn: Any) -> None:
+        self.calls.append(fn)
+
+    def tick(self) -> None:
+        calls, self.calls = self.calls, []
+        for fn in calls:
+            fn()
+
+
+def text(core: ModuleType, n: int, fill: bytes = b"x") -> Any:
+    return core.Payload(core.KIND_TEXT, fill * n)
+
+
+# -- which implementation is live ----------------------------------------------------------------
+
+
+def test_live_core_is_the_compiled_one_unless_disabled() -> None:
+    ext = [
+        p
+        for p in pathlib.Path(outbox_py.__file__).parent.iterdir()
+        if p.name.startswith("outbox_c.") and any(p.name.endswith(s) for s in importlib.machinery.EXTENSION_SUFFIXES)
+    ]
+    live = fasthub.compiled(detail=True)
+    assert isinstance(live, dict)
+    if NO_EXTENSIONS:
+        assert fasthub._core.Outbox is outbox_py.Outbox
+        assert fasthub._core.Fanout is outbox_py.Fanout
+        assert fasthub._core.Payload is outbox_py.Payload
+        assert live["fasthub._core.outbox_c"] is False
+    elif ext:
+        compiled = importlib.import_module("fasthub._core.outbox_c")
+        assert compiled.__file__ is not None and compiled.__file__.endswith(
+            tuple(importlib.machinery.EXTENSION_SUFFIXES)
+        )
+        assert fasthub._core.Outbox is compiled.Outbox
+        assert fasthub._core.Fanout is compiled.Fanout
+        assert fasthub._core.Payload is compiled.Payload
+        assert fasthub._core.Outbox is not outbox_py.Outbox
+        assert live["fasthub._core.outbox_c"] is True
+    else:
+        pytest.skip("the extension is not built")
+
+
+def test_constants_are_the_same_in_both(core: ModuleType) -> None:
+    assert (core.KIND_TEXT, core.KIND_BINARY, core.KIND_CLOSE) == (1, 2, 8)
+    assert (core.QUEUED, core.DROPPED, core.OVERFLOW, core.CLOSED) == (0, 1, 2, 3)
+
+
+# -- Payload -------------------------------------------------------------------------------------
+
+
+def test_payload_fields(core: ModuleType) -> None:
+    p = core.Payload(core.KIND_TEXT, b"hello")
+    assert (p.kind, p.data, p.nbytes, p.code, p.reason) == (core.KIND_TEXT, b"hello", 5, 0, "")
+    c = core.Payload(core.KIND_CLOSE, b"", 4000, "bye")
+    assert (c.kind, c.nbytes, c.code, c.reason) == (core.KIND_CLOSE, 0, 4000, "bye")
+
+
+def test_payload_asgi_is_built_once(core: ModuleType) -> None:
+    p = core.Payload(core.KIND_TEXT, '{"a":"é"}'.encode())
+    first = p.asgi()
+    assert first == {"type": "websocket.send", "text": '{"a":"é"}'}
+    assert p.asgi() is first
+    assert p.asgi() is first
+    b = core.Payload(core.KIND_BINARY, b"\x00\xff")
+    assert b.asgi() == {"type": "websocket.send", "bytes": b"\x00\xff"}
+    assert b.asgi() is b.asgi()
+    c = core.Payload(core.KIND_CLOSE, b"", 1008, "slow consumer")
+    assert c.asgi() == {"type": "websocket.close", "code": 1008, "reason": "slow consumer"}
+    assert c.asgi() is c.asgi()
+
+
+def test_payload_frame_is_built_once(core: ModuleType) -> None:
+    p = core.Payload(core.KIND_TEXT, b"hi")
+    assert p.frame() == b"\x81\x02hi"
+    assert p.frame() is p.frame()
+    big = core.Payload(core.KIND_BINARY, b"z" * 300)
+    assert big.frame() == b"\x82\x7e" + struct.pack("!H", 300) + b"z" * 300
+    c = core.Payload(core.KIND_CLOSE, b"", 4001, "done")
+    assert c.frame() == b"\x88\x06" + struct.pack("!H", 4001) + b"done"
+    assert c.frame() is c.frame()
+
+
+# -- Outbox --------------------------------------------------------------------------------------
+
+
+def test_push_queues_and_counts_bytes(core: ModuleType) -> None:
+    ob = core.Outbox(100)
+    a, b = text(core, 10), text(core, 20)
+    assert ob.push(a) == core.QUEUED
+    assert ob.push(b) == core.QUEUED
+    assert ob.items == [a, b]
+    assert ob.items[0] is a
+    assert (ob.pending, ob.inflight, ob.buffered, ob.size()) == (30, 0, 0, 30)
+    assert ob.budget == 100 and ob.dropped == 0 and not ob.closing and not ob.scheduled
+
+
+def test_budget_is_inclusive_then_overflow(core: ModuleType) -> None:
+    ob = core.Outbox(100)
+    assert ob.push(text(core, 60)) == core.QUEUED
+    assert ob.push(text(core, 40)) == core.QUEUED  # exactly at the budget
+    assert ob.push(text(core, 1)) == core.OVERFLOW
+    assert ob.pending == 100 and len(ob.items) == 2
+    assert ob.dropped == 0  # an overflow is not a drop
+    assert ob.push(text(core, 0)) == core.QUEUED  # nothing more to hold
+
+
+def test_drop_policy_counts_and_discards(core: ModuleType) -> None:
+    ob = core.Outbox(50, True)
+    assert ob.drop_when_full
+    assert ob.push(text(core, 50)) == core.QUEUED
+    assert ob.push(text(core, 1)) == core.DROPPED
+    assert ob.push(text(core, 2)) == core.DROPPED
+    assert ob.dropped == 2 and ob.pending == 50 and len(ob.items) == 1
+    ob.take()
+    ob.done(50)
+    assert ob.push(text(core, 5)) == core.QUEUED
+
+
+def test_a_single_message_over_the_budget_never_fits(core: ModuleType) -> None:
+    assert core.Outbox(10).push(text(core, 11)) == core.OVERFLOW
+    assert core.Outbox(10, True).push(text(core, 11)) == core.DROPPED
+
+
+def test_inflight_and_buffered_count_against_the_budget(core: ModuleType) -> None:
+    ob = core.Outbox(100)
+    ob.push(text(core, 70))
+    taken = ob.take()
+    assert len(taken) == 1 and ob.items == []
+    assert (ob.pending, ob.inflight) == (0, 70)
+    assert ob.push(text(core, 31)) == core.OVERFLOW  # 70 in flight
+    ob.buffered = 20
+    assert ob.size() == 90
+    assert ob.push(text(core, 11)) == core.OVERFLOW
+    assert ob.push(text(core, 10)) == core.QUEUED
+    assert ob.size() == 100
+
+
+def test_take_and_done_accounting(core: ModuleType) -> None:
+    ob = core.Outbox(1000)
+    ps = [text(core, n) for n in (1, 2, 3)]
+    for p in ps:
+        ob.push(p)
+    taken = ob.take()
+    assert taken == ps and all(x is y for x, y in zip(taken, ps, strict=True))
+    assert ob.items == [] and ob.pending == 0 and ob.inflight == 6
+    assert ob.take() == []  # nothing new
+    ob.push(text(core, 10))
+    assert (ob.pending, ob.inflight, ob.size()) == (10, 6, 16)
+    ob.done(1)
+    ob.done(2)
+    assert ob.inflight == 3
+    second = ob.take()
+    assert len(second) == 1 and ob.inflight == 13
+    ob.done(100)  # more than in flight: clamps at zero
+    assert ob.inflight == 0 and ob.size() == 0
+
+
+def test_close_with_keeps_the_backlog_and_refuses_more(core: ModuleType) -> None:
+    ob = core.Outbox(20)
+    a, b = text(core, 10), text(core, 10)
+    ob.push(a)
+    ob.push(b)
+    close = core.Payload(core.KIND_CLOSE, b"", 1000, "")
+    ob.close_with(close, False)  # over the budget: a close always fits
+    assert ob.closing
+    assert ob.items == [a, b, close]
+    assert ob.pending == 20
+    for kind in (core.KIND_TEXT, core.KIND_BINARY):
+        assert ob.push(core.Payload(kind, b"")) == core.CLOSED
+    assert ob.items[-1] is close
+
+
+def test_close_with_discard_drops_the_backlog(core: ModuleType) -> None:
+    ob = core.Outbox(100)
+    ob.push(text(core, 30))
+    ob.take()
+    ob.push(text(core, 40))
+    ob.push(text(core, 5))
+    close = core.Payload(core.KIND_CLOSE, b"", 1008, "slow consumer")
+    ob.close_with(close, True)
+    assert ob.items == [close]
+    assert ob.pending == 0 and ob.inflight == 30  # in flight is the writer's, not discarded
+    assert ob.push(text(core, 1)) == core.CLOSED
+    assert ob.dropped == 0
+
+
+def test_closed_beats_drop_policy(core: ModuleType) -> None:
+    ob = core.Outbox(10, True)
+    ob.close_with(core.Payload(core.KIND_CLOSE, b"", 1000, ""), False)
+    assert ob.push(text(core, 100)) == core.CLOSED
+    assert ob.dropped == 0
+
+
+def test_discard_returns_how_many(core: ModuleType) -> None:
+    ob = core.Outbox(100)
+    assert ob.discard() == 0
+    for _ in range(3):
+        ob.push(text(core, 5))
+    assert ob.discard() == 3
+    assert ob.items == [] and ob.pending == 0 and not ob.closing
+    assert ob.push(text(core, 5)) == core.QUEUED  # discard alone does not close
+
+
+# -- Fanout --------------------------------------------------------------------------------------
+
+
+def test_fanout_push_counts_and_marks_dirty(core: ModuleType) -> None:
+    sched = Scheduler()
+    fan = core.Fanout(sched)
+    ob = core.Outbox(15, True)
+    assert fan.push(ob, text(core, 10)) == core.QUEUED
+    assert fan.delivered == 1 and fan.dirty == [ob] and ob.scheduled
+    assert fan.push(ob, text(core, 10)) == core.DROPPED
+    assert fan.dropped == 1 and fan.delivered == 1
+    assert fan.dirty == [ob]  # marked once
+    closing = core.Outbox(100)
+    closing.close_with(core.Payload(core.KIND_CLOSE, b"", 1000, ""), False)
+    assert fan.push(closing, text(core, 1)) == core.CLOSED
+    over = core.Outbox(5)
+    assert fan.push(over, text(core, 10)) == core.OVERFLOW
+    assert (fan.delivered, fan.dropped) == (1, 1)
+    assert fan.dirty == [ob]
+    assert len(sched.calls) == 1
+
+
+def test_push_many_with_exclude_and_overflow(core: ModuleType) -> None:
+    fan = core.Fanout(Scheduler())
+    members = {
+        "a": core.Outbox(100),
+        "b": core.Outbox(100),
+        "full": core.Outbox(5),
+        "drop": core.Outbox(5, True),
+        "closed": core.Outbox(100),
+        "c": core.Outbox(100),
+    }
+    members["closed"].close_with(core.Payload(core.KIND_CLOSE, b"", 1000, ""), False)
+    p = text(core, 10)
+    count, overflow = fan.push_many(members, p)
+    assert count == 3
+    assert overflow == [members["full"]] and overflow[0] is members["full"]
+    assert fan.delivered == 3 and fan.dropped == 1
+    for key in ("a", "b", "c"):
+        assert members[key].items == [p] and members[key].items[0] is p  # one shared payload
+    assert members["full"].items == [] and members["drop"].items == []
+    assert set(map(id, fan.dirty)) == {id(members[k]) for k in ("a", "b", "c")}
+
+    # exclude by one key (tuple), several (frozenset), or a key that is not there
+    count, overflow = fan.push_many(members, text(core, 10), ("a",))
+    assert count == 2 and overflow == [members["full"]]
+    assert len(members["a"].items) == 1 and len(members["b"].items) == 2
+    count, overflow = fan.push_many(members, text(core, 10), frozenset({"b", "c", "full"}))
+    assert count == 1 and overflow == []
+    assert [len(members[k].items) for k in ("a", "b", "c")] == [2, 2, 2]
+    count, overflow = fan.push_many(members, text(core, 10), frozenset({"nobody"}))
+    assert count == 3 and overflow == [members["full"]]
+    assert [len(members[k].items) for k in ("a", "b", "c")] == [3, 3, 3]
+    assert fan.delivered == 3 + 2 + 1 + 3
+    assert fan.dropped == 4  # "drop" refused each of the four
+    assert members["drop"].dropped == 4
+
+
+def test_push_many_with_no_members(core: ModuleType) -> None:
+    sched = Scheduler()
+    fan = core.Fanout(sched)
+    assert tuple(fan.push_many({}, text(core, 1))) == (0, [])
+    assert fan.dirty == [] and sched.calls == [] and fan.delivered == 0
+
+
+def test_one_schedule_per_tick_however_many_pushes(core: ModuleType) -> None:
+    sched = Scheduler()
+    fan = core.Fanout(sched)
+    sinks = [Sink() for _ in range(5)]
+    boxes = []
+    for s in sinks:
+        ob = core.Outbox(10_000)
+        ob.sink = s
+        boxes.append(ob)
+    members = {str(i): ob for i, ob in enumerate(boxes)}
+    for _ in range(50):
+        fan.push_many(members, text(core, 3))
+        fan.push(boxes[0], text(core, 3))
+    assert len(sched.calls) == 1
+    assert fan.flush_scheduled
+    assert len(fan.dirty) == 5
+    sched.tick()
+    assert [s.flushes for s in sinks] == [1] * 5  # each dirty sink once
+    assert fan.dirty == [] and not fan.flush_scheduled
+    assert not any(ob.scheduled for ob in boxes)
+    # the next tick schedules again, once
+    for _ in range(10):
+        fan.push(boxes[3], text(core, 3))
+    assert len(sched.calls) == 1
+    sched.tick()
+    assert [s.flushes for s in sinks] == [1, 1, 1, 2, 1]
+    sched.tick()  # nothing pending: nothing flushed
+    assert [s.flushes for s in sinks] == [1, 1, 1, 2, 1]
+
+
+def test_refused_pushes_schedule_nothing(core: ModuleType) -> None:
+    sched = Scheduler()
+    fan = core.Fanout(sched)
+    fan.push(core.Outbox(1), text(core, 5))
+    fan.push(core.Outbox(1, True), text(core, 5))
+    fan.push_many({"x": core.Outbox(1)}, text(core, 5))
+    assert sched.calls == [] and fan.dirty == [] and not fan.flush_scheduled
+
+
+def test_flush_skips_outboxes_without_sink_and_without_schedule(core: ModuleType) -> None:
+    fan = core.Fanout()  # no schedule: dirty outboxes wait for an explicit flush
+    assert fan.schedule is None
+    orphan = core.Outbox(100)
+    owned = core.Outbox(100)
+    sink = Sink()
+    owned.sink = sink
+    fan.push(orphan, text(core, 1))
+    fan.push(owned, text(core, 1))
+    assert len(fan.dirty) == 2 and not fan.flush_scheduled
+    fan.flush()
+    assert sink.flushes == 1 and fan.dirty == []
+    assert not orphan.scheduled and not owned.scheduled
+
+
+def test_push_during_flush_schedules_the_next_tick(core: ModuleType) -> None:
+    sched = Scheduler()
+    fan = core.Fanout(sched)
+    ob = core.Outbox(100)
+
+    class Echo(Sink):
+        def flush(self) -> None:
+            super().flush()
+            if self.flushes == 1:
+                fan.push(ob, text(core, 1))  # a reply queued while flushing
+
+    sink = Echo()
+    ob.sink = sink
+    fan.push(ob, text(core, 1))
+    sched.tick()
+    assert sink.flushes == 1
+    assert fan.dirty == [ob] and ob.scheduled and len(sched.calls) == 1
+    sched.tick()
+    assert sink.flushes == 2 and fan.dirty == []
+
+
+def test_a_failing_sink_does_not_starve_the_others(core: ModuleType) -> None:
+    """One sink raising in flush must not leave the other dirty outboxes unflushed forever.
+
+    ``Fanout.flush`` empties ``dirty`` before the loop; if a sink raises, the outboxes after it
+    are never handed to their sinks and keep ``scheduled == True``, so no later push marks them
+    dirty again: those connections stop receiving anything.
+    """
+    sched = Scheduler()
+    fan = core.Fanout(sched)
+
+    class Broken(Sink):
+        def flush(self) -> None:
+            super().flush()
+            raise RuntimeError("sink failed")
+
+    broken_ob, ok_ob = core.Outbox(100), core.Outbox(100)
+    broken, ok = Broken(), Sink()
+    broken_ob.sink, ok_ob.sink = broken, ok
+    fan.push(broken_ob, text(core, 1))
+    fan.push(ok_ob, text(core, 1))
+    with contextlib.suppress(RuntimeError):  # asyncio only logs what a call_soon callback raises
+        sched.tick()
+    # the next push to the healthy outbox must reach its sink
+    fan.push(ok_ob, text(core, 1))
+    sched.tick()
+    assert ok.flushes >= 1
+
+
+# -- both twins agree ----------------------------------------------------------------------------
+
+N_BOXES = 4
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("push"), st.integers(0, N_BOXES - 1), st.integers(0, 60), st.sampled_from([1, 2])),
+        st.tuples(
+            st.just("push_many"),
+            st.integers(0, 60),
+            st.one_of(st.none(), st.integers(0, N_BOXES - 1), st.sets(st.integers(0, N_BOXES - 1))),
+        ),
+        st.tuples(st.just("take"), st.integers(0, N_BOXES - 1)),
+        st.tuples(st.just("done"), st.integers(0, N_BOXES - 1), st.integers(0, 150)),
+        st.tuples(st.just("buffered"), st.integers(0, N_BOXES - 1), st.integers(0, 80)),
+        st.tuples(st.just("close"), st.integers(0, N_BOXES - 1), st.booleans()),
+        st.tuples(st.just("discard"), st.integers(0, N_BOXES - 1)),
+        st.tuples(st.just("tick")),
+    ),
+    max_size=60,
+)
+
+
+def simulate(core: ModuleType, budgets: list[int], drops: list[bool], script: list[tuple[Any, ...]]) -> list[Any]:
+    """Run ``script`` on one implementation; return a trace of every observable result."""
+    sched = Scheduler()
+    fan = core.Fanout(sched)
+    sinks = [Sink() for _ in range(N_BOXES)]
+    boxes = [core.Outbox(b, d) for b, d in zip(budgets, drops, strict=True)]
+    for ob, s in zip(boxes, sinks, strict=True):
+        ob.sink = s
+    tags: dict[int, int] = {}
+    members = {f"m{i}": ob for i, ob in enumerate(boxes)}
+    trace: list[Any] = []
+    serial = 0
+
+    def payload(kind: int, n: int) -> Any:
+        nonlocal serial
+        serial += 1
+        p = core.Payload(kind, bytes([serial % 256]) * n)
+        tags[id(p)] = serial
+        return p
+
+    alive: list[Any] = []  # keep payloads alive so id() tags stay unique
+    for op in script:
+        name = op[0]
+        if name == "push":
+            p = payload(op[3], op[2])
+            alive.append(p)
+            trace.append(("push", fan.push(boxes[op[1]], p)))
+        elif name == "push_many":
+            p = payload(1, op[1])
+            alive.append(p)
+            ex = op[2]
+            exclude = None if ex is None else (f"m{ex}",) if isinstance(ex, int) else frozenset(f"m{i}" for i in ex)
+            count, overflow = fan.push_many(members, p, exclude)
+            trace.append(("push_many", count, [boxes.index(o) for o in overflow]))
+        elif name == "take":
+            trace.append(("take", [tags[id(p)] for p in boxes[op[1]].take()]))
+        elif name == "done":
+            boxes[op[1]].done(op[2])
+        elif name == "buffered":
+            boxes[op[1]].buffered = op[2]
+        elif name == "close":
+            p = payload(8, 0)
+            alive.append(p)
+            boxes[op[1]].close_with(p, op[2])
+        elif name == "discard":
+            trace.append(("discard", boxes[op[1]].discard()))
+        elif name == "tick":
+            sched.tick()
+        trace.append(
+            (
+                [
+                    (
+                        [(tags[id(p)], p.nbytes) for p in ob.items],
+                        ob.pending,
+                        ob.inflight,
+                        ob.buffered,
+                        ob.size(),
+                        ob.dropped,
+                        bool(ob.closing),
+                        bool(ob.scheduled),
+                    )
+                    for ob in boxes
+                ],
+                [boxes.index(ob) for ob in fan.dirty],
+                bool(fan.flush_scheduled),
+                fan.delivered,
+                fan.dropped,
+                len(sched.calls),
+                [s.flushes for s in sinks],
+            )
+        )
+    return trace
+
+
+@pytest.mark.skipif(outbox_c is None, reason="the compiled twin is not available")
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(0, 200), min_size=N_BOXES, max_size=N_BOXES),
+    st.lists(st.booleans(), min_size=N_BOXES, max_size=N_BOXES),
+    ops,
+)
+def test_twins_agree_on_random_operations(budgets: list[int], drops: list[bool], script: list[Any]) -> None:
+    assert outbox_c is not None
+    assert simulate(outbox_py, budgets, drops, script) == simulate(outbox_c, budgets, drops, script)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 200), min_size=N_BOXES, max_size=N_BOXES),
+    st.lists(st.booleans(), min_size=N_BOXES, max_size=N_BOXES),
+    ops,
+)
+def test_invariants_on_random_operations(budgets: list[int], drops: list[bool], script: list[Any]) -> None:
+    """Whatever the operations, an outbox's counters match its queue and the budget holds."""
+    for core in (outbox_py, outbox_c) if outbox_c is not None else (outbox_py,):
+        trace = simulate(core, budgets, drops, script)
+        states = [entry for entry in trace if not isinstance(entry[0], str)]
+        for boxes_state, dirty, flush_scheduled, delivered, dropped, scheduled_calls, _flushes in states:
+            for items, pending, inflight, buffered, size, ob_dropped, _closing, _scheduled in boxes_state:
+                assert pending == sum(n for _, n in items)  # pending is exactly what is queued
+                assert inflight >= 0
+                assert size == pending + inflight + buffered
+                assert ob_dropped <= dropped
+            # an outbox is marked scheduled exactly while it waits in the dirty list
+            assert sorted(dirty) == [i for i, st_ in enumerate(boxes_state) if st_[7]]
+            assert len(set(dirty)) == len(dirty)
+            assert flush_scheduled == (scheduled_calls == 1) and scheduled_calls <= 1
+            if dirty:
+                assert flush_scheduled
+            assert delivered >= 0
