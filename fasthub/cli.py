@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from . import __version__
 
@@ -31,6 +33,29 @@ def _parser() -> argparse.ArgumentParser:
         choices=["close", "drop"],
         help="over budget: close with 1008 (default) or drop messages",
     )
+    limits = serve.add_argument_group("limits (defaults in HubConfig; 0 disables a rate or cap)")
+    limits.add_argument("--rate-limit", type=float, help="messages/s per connection, burst 2x (default 1000)")
+    limits.add_argument("--rate-limit-bytes", type=float, help="bytes/s per connection, burst 2x (default 4 MiB)")
+    limits.add_argument("--max-connections", type=int, help="connections per process, 503 above (default 50000)")
+    limits.add_argument("--max-connections-per-ip", type=int, help="connections per client IP, 429 above (default 0)")
+    limits.add_argument("--max-connections-per-user", type=int, help="connections per user, 429 above (default 100)")
+    limits.add_argument("--connect-rate-per-ip", type=float, help="new connections/s per IP, 429 above (default 0)")
+    limits.add_argument("--handshake-timeout", type=float, help="seconds to send the upgrade request (default 10)")
+    auth = serve.add_argument_group("authentication and access")
+    auth.add_argument("--jwt-secret", help="verify HS256 JWTs with this secret (or env FASTHUB_JWT_SECRET)")
+    auth.add_argument("--jwt-public-key", metavar="FILE", help="verify RS256/ES256 JWTs with this PEM public key")
+    auth.add_argument("--jwt-audience", help="required 'aud' claim")
+    auth.add_argument("--jwt-issuer", help="required 'iss' claim")
+    auth.add_argument("--jwt-user-claim", default="sub", help="claim that holds the user id (default sub)")
+    auth.add_argument("--allow-anonymous", action="store_true", help="with a JWT key: accept clients without a token")
+    auth.add_argument(
+        "--allowed-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="allowed Origin (repeatable; patterns like https://*.x.com)",
+    )
+    auth.add_argument("--stats-token", help="require this bearer token for /ws/stats (or env FASTHUB_STATS_TOKEN)")
+    auth.add_argument("--no-stats", action="store_true", help="do not serve /ws/stats")
     serve.add_argument("--no-demo", action="store_true", help="do not serve the demo page at /")
     serve.add_argument(
         "--ws",
@@ -44,6 +69,26 @@ def _parser() -> argparse.ArgumentParser:
         help="conformance/debug mode: echo every message back unchanged (no hub); for Autobahn runs",
     )
     return parser
+
+
+def _authenticator(args: argparse.Namespace) -> Any:
+    secret = args.jwt_secret or os.environ.get("FASTHUB_JWT_SECRET") or None
+    if secret is None and args.jwt_public_key is None:
+        return None
+    from .auth import jwt_authenticator
+
+    public_key = None
+    if args.jwt_public_key is not None:
+        with open(args.jwt_public_key, "rb") as f:
+            public_key = f.read()
+    return jwt_authenticator(
+        secret=secret if public_key is None else None,
+        public_key=public_key,
+        audience=args.jwt_audience,
+        issuer=args.jwt_issuer,
+        user_claim=args.jwt_user_claim,
+        allow_anonymous=args.allow_anonymous,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,6 +107,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "max_message_size": args.max_message_size,
                 "send_buffer_size": args.send_buffer_size,
                 "slow_consumer": args.slow_consumer,
+                "rate_limit": args.rate_limit,
+                "rate_limit_bytes": args.rate_limit_bytes,
+                "max_connections": args.max_connections,
+                "max_connections_per_ip": args.max_connections_per_ip,
+                "max_connections_per_user": args.max_connections_per_user,
+                "connect_rate_per_ip": args.connect_rate_per_ip,
+                "handshake_timeout": args.handshake_timeout,
             }.items()
             if value is not None
         }
@@ -79,8 +131,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_size = args.max_message_size or ECHO_MAX_MESSAGE_SIZE
             uvicorn.Server(uvicorn_config(echo_app, args.host, args.port, args.log_level, ws_max_size=max_size)).run()
             return 0
+        try:
+            authenticate = _authenticator(args)
+        except (OSError, ValueError) as exc:
+            print(f"fasthub: {exc}", file=sys.stderr)
+            return 2
+        app = create_app(
+            Hub(config),
+            authenticate=authenticate,
+            demo=not args.no_demo,
+            stats_path=None if args.no_stats else "/ws/stats",
+            stats_token=args.stats_token or os.environ.get("FASTHUB_STATS_TOKEN") or None,
+            allowed_origins=args.allowed_origin,
+        )
         options = {} if args.ws == "fasthub" else {"ws": args.ws}
-        run(create_app(Hub(config), demo=not args.no_demo), args.host, args.port, args.log_level, **options)
+        run(app, args.host, args.port, args.log_level, **options)
     return 0
 
 

@@ -44,8 +44,29 @@ class HubConfig:
     room_name_pattern: str = _ROOM_PATTERN.pattern
     #: Deepest JSON nesting accepted in an envelope.
     max_json_depth: int = 32
+    #: Largest ``metadata`` object a client may put on a message, encoded (0: no limit).
+    max_metadata_bytes: int = 8 * 1024
     #: Write-buffer high-water mark set on transports (low mark is a quarter of it).
     transport_high_water: int = 64 * 1024
+    #: Messages per second per connection, with a burst of twice as many (0 disables).
+    rate_limit: float = 1000.0
+    #: Bytes per second per connection, with a burst of twice as many (0 disables).
+    rate_limit_bytes: float = 4 * 1024 * 1024
+    #: Refused messages in a row after which a client is closed with 1008.
+    rate_limit_strikes: int = 100
+    #: Connections this process accepts at once (HTTP 503 above it; 0: no limit).
+    max_connections: int = 50_000
+    #: Connections at once per client IP (HTTP 429 above it; 0: no limit). Off by default:
+    #: clients behind one NAT or proxy share an address.
+    max_connections_per_ip: int = 0
+    #: Connections at once per authenticated user (HTTP 429 above it; 0: no limit).
+    max_connections_per_user: int = 100
+    #: New connections per second per client IP, burst twice as many (HTTP 429; 0: no limit).
+    connect_rate_per_ip: float = 0.0
+    #: Seconds a client may take to send its upgrade request (slowloris; 0: no limit).
+    handshake_timeout: float = 10.0
+    #: Largest request line plus headers of the upgrade request (HTTP 431 above it).
+    max_request_size: int = 16 * 1024
     # compiled room_name_pattern, set in __post_init__
     _compiled_room_pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
@@ -67,10 +88,30 @@ class HubConfig:
             "max_room_name_length": (self.max_room_name_length, 1),
             "max_json_depth": (self.max_json_depth, 2),
             "transport_high_water": (self.transport_high_water, 1024),
+            "max_metadata_bytes": (self.max_metadata_bytes, 0),
+            "rate_limit_strikes": (self.rate_limit_strikes, 1),
+            "max_connections": (self.max_connections, 0),
+            "max_connections_per_ip": (self.max_connections_per_ip, 0),
+            "max_connections_per_user": (self.max_connections_per_user, 0),
+            "max_request_size": (self.max_request_size, 1024),
         }
         for name, (value, low) in sizes.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"HubConfig.{name} must be an integer >= {low}, got {value!r}")
+        non_negative = {
+            "rate_limit": self.rate_limit,
+            "rate_limit_bytes": self.rate_limit_bytes,
+            "connect_rate_per_ip": self.connect_rate_per_ip,
+            "handshake_timeout": self.handshake_timeout,
+        }
+        for name, value in non_negative.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+                raise ValueError(f"HubConfig.{name} must be a number >= 0 (0 disables), got {value!r}")
+        if self.rate_limit_bytes and self.rate_limit_bytes * 2 < self.max_message_size:
+            raise ValueError(
+                "HubConfig.rate_limit_bytes allows a burst of twice its value, which must hold one "
+                f"max_message_size message ({self.rate_limit_bytes} * 2 < {self.max_message_size})"
+            )
         if self.ping_interval >= self.pong_timeout:
             raise ValueError(
                 f"HubConfig.ping_interval ({self.ping_interval}) must be shorter than pong_timeout "

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
-from ._core import KIND_BINARY, KIND_CLOSE, KIND_TEXT, OVERFLOW, QUEUED, Outbox, Payload
+from ._core import KIND_BINARY, KIND_CLOSE, KIND_TEXT, OVERFLOW, QUEUED, Outbox, Payload, RateLimiter
 from ._wire import close_code_allowed
 from .messages import encode
 
@@ -21,6 +22,8 @@ class Connection:
     """
 
     __slots__ = (
+        "_expiry",
+        "_limiter",
         "_metadata",
         "_outbox",
         "_rooms",
@@ -28,8 +31,10 @@ class Connection:
         "close_code",
         "close_reason",
         "connected_at",
+        "expires_at",
         "hub",
         "id",
+        "ip",
         "last_seen",
         "scope",
         "user_id",
@@ -57,6 +62,10 @@ class Connection:
         self.last_seen = now
         self.close_code: int | None = None
         self.close_reason = ""
+        self.ip: str | None = None  # set when per-IP caps are on
+        self.expires_at: float | None = None  # Unix time the credential expires
+        self._expiry: asyncio.TimerHandle | None = None
+        self._limiter: RateLimiter | None = None
 
     # -- sending -------------------------------------------------------------------------------
 

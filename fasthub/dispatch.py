@@ -10,9 +10,10 @@ the handler's: with no handler they are answered with ``error`` ``unhandled``.
 
 from __future__ import annotations
 
+import fnmatch
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from ._core import KIND_TEXT, Payload
@@ -27,7 +28,25 @@ MessageHandler = Callable[[Connection, Message], "Awaitable[bool | None] | bool 
 AccessHook = Callable[[Connection, str], "Awaitable[bool] | bool"]
 UserHook = Callable[[Connection, str], "Awaitable[bool] | bool"]
 
+RoomHooks = AccessHook | Mapping[str, "AccessHook | bool"]
+
 SERVER_ONLY = frozenset({MessageType.ERROR.value, MessageType.SYSTEM.value})
+
+
+def room_hook(hooks: RoomHooks | None) -> AccessHook | None:
+    """A hook, or a mapping of room-name patterns (``fnmatch``; first match wins) to hooks or
+    booleans, as one hook. A room no pattern matches is refused."""
+    if hooks is None or callable(hooks):
+        return hooks
+    rules = [(pattern, rule) for pattern, rule in hooks.items()]
+
+    def by_pattern(conn: Connection, room: str) -> Awaitable[bool] | bool:
+        for pattern, rule in rules:
+            if fnmatch.fnmatchcase(room, pattern):
+                return rule(conn, room) if callable(rule) else bool(rule)
+        return False
+
+    return by_pattern
 
 
 class Dispatcher:
@@ -40,8 +59,10 @@ class Dispatcher:
         can_join: AccessHook | None = None,
         can_publish: AccessHook | None = None,
         can_message: UserHook | None = None,
+        verify_token: Callable[[str], Any] | None = None,
     ) -> None:
         self.hub = hub
+        self.verify_token = verify_token
         self.on_message = on_message
         self.can_join = can_join
         self.can_publish = can_publish
@@ -54,6 +75,7 @@ class Dispatcher:
             MessageType.ROOM_MESSAGE.value: self._room_message,
             MessageType.USER_MESSAGE.value: self._user_message,
             MessageType.BROADCAST.value: self._broadcast,
+            MessageType.REFRESH.value: self._refresh,
         }
 
     def dispatch(self, conn: Connection, data: bytes | str) -> Awaitable[None] | None:
@@ -66,7 +88,7 @@ class Dispatcher:
         hub = self.hub
         hub.messages_in += 1
         try:
-            msg = decode(data, hub.config.max_json_depth)
+            msg = decode(data, hub.config.max_json_depth, hub.config.max_metadata_bytes)
         except EnvelopeError as exc:
             conn.send_json(error_envelope(exc.code, exc.message, exc.msg_id))
             return None
@@ -139,6 +161,22 @@ class Dispatcher:
             then()
         except EnvelopeError as exc:
             conn.send_json(error_envelope(exc.code, exc.message, msg.id))
+
+    def rate_limited(self, conn: Connection, limiter: Any) -> None:
+        """A message refused by the connection's rate limiter; too many in a row close it (1008)."""
+        self.hub.messages_in += 1
+        config = self.hub.config
+        if limiter.strikes > config.rate_limit_strikes:
+            if not conn.closed:
+                log.info("fasthub: closing %s: stayed over its rate limit", conn.id)
+                conn._queue_close(1008, "rate limit exceeded", discard=False)
+            return
+        conn.send_json(
+            error_envelope(
+                ErrorCode.RATE_LIMITED,
+                f"over the limit of {config.rate_limit:g} messages and {config.rate_limit_bytes:g} bytes per second",
+            )
+        )
 
     def binary(self, conn: Connection) -> None:
         """A binary frame: the protocol is JSON text, so it is refused (the connection stays)."""
@@ -228,6 +266,26 @@ class Dispatcher:
             return None
         denied = EnvelopeError(ErrorCode.FORBIDDEN, f"not allowed to message user {to!r}")
         return self._gate(conn, msg, self.can_message(conn, to), send, denied)
+
+    def _refresh(self, conn: Connection, msg: Message) -> None:
+        """A fresh token for the same user moves the connection's expiry (no reconnect)."""
+        from .auth import Identity
+        from .exceptions import Denied
+
+        if self.verify_token is None:
+            raise EnvelopeError(ErrorCode.UNHANDLED, "this server has no token authentication to refresh")
+        token = msg.payload.get("token") if isinstance(msg.payload, dict) else None
+        if not isinstance(token, str) or not token:
+            raise EnvelopeError(ErrorCode.MISSING_FIELD, "refresh needs payload.token")
+        try:
+            identity = self.verify_token(token)
+        except Denied as exc:
+            raise EnvelopeError(ErrorCode.INVALID_TOKEN, exc.reason) from None
+        if not isinstance(identity, Identity) or identity.user_id != conn.user_id:
+            raise EnvelopeError(ErrorCode.FORBIDDEN, "the token is for another user")
+        self.hub._set_expiry(conn, identity.expires_at)
+        payload = {"event": "token_refreshed", "expires_at": identity.expires_at}
+        conn._push(self.hub._system(payload, reply_id=msg.id))
 
     def _broadcast(self, conn: Connection, msg: Message) -> None:
         self.hub._deliver(self.hub._outboxes, self._relay(conn, msg))

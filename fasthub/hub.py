@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from . import _ext
-from ._core import KIND_BINARY, KIND_TEXT, Fanout, Outbox, Payload
+from ._core import KIND_BINARY, KIND_TEXT, Fanout, Outbox, Payload, RateLimiter
 from .config import HubConfig
 from .connection import Connection
-from .exceptions import HubError
+from .exceptions import Denied, HubError
 from .messages import MessageType, encode, utc_timestamp
 from .room import Room
 
@@ -73,6 +73,9 @@ class Hub:
         self.connections_opened = 0
         self.connections_closed = 0
         self.slow_consumer_closes = 0
+        self.rate_limited = 0  # messages refused by closed connections' limiters
+        self._ip_counts: dict[str, int] = {}
+        self._connect_buckets: dict[str, RateLimiter] = {}
 
     # -- event loop ------------------------------------------------------------------------------
 
@@ -111,6 +114,11 @@ class Hub:
         if loop is None:
             return
         now = loop.time()
+        if self._connect_buckets:  # forget addresses whose bucket is full again
+            rate = self.config.connect_rate_per_ip or 1.0
+            stale = [ip for ip, b in self._connect_buckets.items() if now - b.stamp > 2.0 / rate + 1.0]
+            for ip in stale:
+                del self._connect_buckets[ip]
         for outbox in list(self._outboxes.values()):
             sink = outbox.sink
             if sink is not None:
@@ -143,6 +151,33 @@ class Hub:
         loop.call_soon_threadsafe(call)
         return future
 
+    # -- admission (server layer, before the upgrade) ---------------------------------------------
+
+    def _admit(self, scope: dict[str, Any] | Any) -> Denied | None:
+        """Connection caps checked before authentication: total, per IP, new per second per IP."""
+        c = self.config
+        if c.max_connections and len(self._connections) >= c.max_connections:
+            return Denied(503, "server at its connection limit")
+        if not (c.max_connections_per_ip or c.connect_rate_per_ip):
+            return None
+        ip = _client_ip(scope)
+        if c.max_connections_per_ip and self._ip_counts.get(ip, 0) >= c.max_connections_per_ip:
+            return Denied(429, "too many connections from this address")
+        if c.connect_rate_per_ip:
+            now = self._loop.time() if self._loop is not None else time.monotonic()
+            bucket = self._connect_buckets.get(ip)
+            if bucket is None:
+                bucket = self._connect_buckets[ip] = RateLimiter(c.connect_rate_per_ip, 0.0, now)
+            if bucket.take(now, 0):
+                return Denied(429, "too many new connections from this address")
+        return None
+
+    def _admit_user(self, user_id: str) -> Denied | None:
+        cap = self.config.max_connections_per_user
+        if cap and len(self._users.get(user_id, ())) >= cap:
+            return Denied(429, "too many connections for this user")
+        return None
+
     # -- registry (server layer) -----------------------------------------------------------------
 
     def _register(self, sink: Sink, user_id: str | None, scope: dict[str, Any] | None = None) -> Connection:
@@ -157,6 +192,12 @@ class Hub:
         self._connections[conn_id] = conn
         self._outboxes[conn_id] = outbox
         self._users.setdefault(uid, {})[conn_id] = outbox
+        c = self.config
+        if c.rate_limit or c.rate_limit_bytes:
+            conn._limiter = RateLimiter(c.rate_limit, c.rate_limit_bytes, now)
+        if c.max_connections_per_ip:
+            conn.ip = _client_ip(scope)
+            self._ip_counts[conn.ip] = self._ip_counts.get(conn.ip, 0) + 1
         self.connections_opened += 1
         return conn
 
@@ -175,7 +216,35 @@ class Hub:
             user.pop(conn.id, None)
             if not user:
                 del self._users[conn.user_id]
+        if conn.ip is not None:
+            left = self._ip_counts.get(conn.ip, 1) - 1
+            if left > 0:
+                self._ip_counts[conn.ip] = left
+            else:
+                self._ip_counts.pop(conn.ip, None)
+        if conn._expiry is not None:
+            conn._expiry.cancel()
+            conn._expiry = None
+        if conn._limiter is not None:
+            self.rate_limited += conn._limiter.refused
         self.connections_closed += 1
+
+    def _set_expiry(self, conn: Connection, expires_at: float | None) -> None:
+        """Close ``conn`` with 4001 "token expired" at ``expires_at`` (Unix time) unless refreshed."""
+        if conn._expiry is not None:
+            conn._expiry.cancel()
+            conn._expiry = None
+        conn.expires_at = expires_at
+        if expires_at is None or self._loop is None:
+            return
+        delay = max(0.0, expires_at - time.time())
+        conn._expiry = self._loop.call_later(delay, self._expired, conn)
+
+    def _expired(self, conn: Connection) -> None:
+        conn._expiry = None
+        if conn.id in self._connections and not conn.closed:
+            log.info("fasthub: closing %s: token expired", conn.id)
+            conn._queue_close(4001, "token expired", discard=False)
 
     def _slow_consumer(self, outbox: Outbox) -> None:
         """An outbox went over budget under policy "close": close it now, dropping its backlog."""
@@ -390,6 +459,8 @@ class Hub:
             "bytes_in": self.bytes_in,
             "dropped": int(self._fanout.dropped),
             "slow_consumer_closes": self.slow_consumer_closes,
+            "rate_limited": self.rate_limited
+            + sum(c._limiter.refused for c in self._connections.values() if c._limiter is not None),
             "connections_opened": self.connections_opened,
             "connections_closed": self.connections_closed,
             "bytes_buffered": buffered,
@@ -398,6 +469,11 @@ class Hub:
             "started_at": self._started_wall,
             "compiled": all(_ext.LIVE.values()) if _ext.LIVE else False,
         }
+
+
+def _client_ip(scope: Any) -> str:
+    client = scope.get("client") if scope is not None else None
+    return str(client[0]) if client else "?"
 
 
 def _rss_bytes() -> int:

@@ -29,6 +29,7 @@ class MessageType(StrEnum):
     NOTIFICATION = "notification"
     ERROR = "error"
     SYSTEM = "system"
+    REFRESH = "refresh"  # a fresh token before the connection's one expires
 
 
 class ErrorCode(StrEnum):
@@ -46,6 +47,9 @@ class ErrorCode(StrEnum):
     FORBIDDEN = "forbidden"  # refused by an access hook (can_join, can_publish, ...)
     TOO_MANY_ROOMS = "too_many_rooms"  # over HubConfig.max_rooms_per_connection
     INTERNAL_ERROR = "internal_error"  # the application's handler raised
+    RATE_LIMITED = "rate_limited"  # over the connection's message or byte rate
+    INVALID_TOKEN = "invalid_token"  # a refresh token that does not verify
+    TOO_LARGE = "too_large"  # metadata over HubConfig.max_metadata_bytes
 
 
 MESSAGE_TYPES: frozenset[str] = frozenset(t.value for t in MessageType)
@@ -106,7 +110,7 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
-def decode(data: bytes | str, max_depth: int = 32) -> Message:
+def decode(data: bytes | str, max_depth: int = 32, max_metadata_bytes: int = 0) -> Message:
     """Parse and validate one client envelope; raise ``EnvelopeError`` when it is refused."""
     try:
         obj = orjson.loads(data)
@@ -140,8 +144,11 @@ def decode(data: bytes | str, max_depth: int = 32) -> Message:
             raise EnvelopeError(ErrorCode.INVALID_MESSAGE, "to must be a user id (string or integer)", msg_id)
         to = str(to)
     metadata = obj.get("metadata")
-    if metadata is not None and not isinstance(metadata, dict):
-        raise EnvelopeError(ErrorCode.INVALID_MESSAGE, "metadata must be an object", msg_id)
+    if metadata is not None:
+        if not isinstance(metadata, dict):
+            raise EnvelopeError(ErrorCode.INVALID_MESSAGE, "metadata must be an object", msg_id)
+        if max_metadata_bytes and len(orjson.dumps(metadata)) > max_metadata_bytes:
+            raise EnvelopeError(ErrorCode.TOO_LARGE, f"metadata is over {max_metadata_bytes} bytes", msg_id)
     timestamp = obj.get("timestamp")
     if timestamp is not None and not isinstance(timestamp, str):
         raise EnvelopeError(ErrorCode.INVALID_MESSAGE, "timestamp must be a string", msg_id)

@@ -28,8 +28,10 @@ def refused(raw: Any, max_depth: int = 32) -> EnvelopeError:
 # -- the vocabulary ------------------------------------------------------------------------------
 
 
-def test_message_types_are_the_protocols_eleven() -> None:
+def test_message_types_are_the_protocols_eleven_plus_refresh() -> None:
+    # the original's eleven, and ``refresh`` (a new token before the connection's one expires)
     assert {t.value for t in MessageType} == {
+        "refresh",
         "ping",
         "pong",
         "message",
@@ -47,6 +49,9 @@ def test_message_types_are_the_protocols_eleven() -> None:
 
 def test_error_codes() -> None:
     assert {c.value for c in ErrorCode} == {
+        "rate_limited",
+        "invalid_token",
+        "too_large",
         "invalid_json",
         "invalid_message",
         "unknown_type",

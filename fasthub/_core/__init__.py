@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from .._ext import LIVE, NO_EXTENSIONS
 
 if TYPE_CHECKING or NO_EXTENSIONS:
+    from .limits_py import RateLimiter
     from .outbox_py import (
         CLOSED,
         DROPPED,
@@ -21,6 +22,7 @@ if TYPE_CHECKING or NO_EXTENSIONS:
     )
 
     LIVE["fasthub._core.outbox_c"] = False
+    LIVE["fasthub._core.limits_c"] = False
 else:
     try:
         from .outbox_c import (
@@ -52,6 +54,14 @@ else:
         )
 
         LIVE["fasthub._core.outbox_c"] = False
+    try:
+        from .limits_c import RateLimiter
+
+        LIVE["fasthub._core.limits_c"] = True
+    except ImportError:  # no build: the pure twin
+        from .limits_py import RateLimiter
+
+        LIVE["fasthub._core.limits_c"] = False
 
 __all__ = [
     "CLOSED",
@@ -64,4 +74,5 @@ __all__ = [
     "Fanout",
     "Outbox",
     "Payload",
+    "RateLimiter",
 ]

@@ -9,18 +9,20 @@ the server's ``send`` per message, in order, so a server that applies backpressu
 from __future__ import annotations
 
 import asyncio
+import hmac
 import html
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from importlib import resources
 from typing import Any
 
 import orjson
 
 from .._core import KIND_CLOSE, Outbox
+from ..auth import SUBPROTOCOL, Identity, OriginPolicy, token_from_scope
 from ..connection import Connection
-from ..dispatch import AccessHook, Dispatcher, MessageHandler, UserHook
+from ..dispatch import Dispatcher, MessageHandler, RoomHooks, UserHook, room_hook
 from ..exceptions import Denied
 from ..hub import Hub
 from ..messages import MessageType, utc_timestamp
@@ -28,7 +30,7 @@ from .types import Receive, Scope, Send
 
 log = logging.getLogger("fasthub")
 
-Authenticate = Callable[[Scope], "Awaitable[str | int | None] | str | int | None"]
+Authenticate = Callable[[Scope], "Awaitable[str | int | Identity | None] | str | int | Identity | None"]
 ConnectionCallback = Callable[[Connection], "Awaitable[None] | None"]
 
 _STATIC_FILES = {
@@ -126,15 +128,27 @@ class FasthubApp:
         on_connect: ConnectionCallback | None = None,
         on_disconnect: ConnectionCallback | None = None,
         authenticate: Authenticate | None = None,
-        can_join: AccessHook | None = None,
-        can_publish: AccessHook | None = None,
+        can_join: RoomHooks | None = None,
+        can_publish: RoomHooks | None = None,
         can_message: UserHook | None = None,
         ws_path: str = "/ws",
         stats_path: str | None = "/ws/stats",
         demo: bool = True,
+        allowed_origins: Iterable[str] | None = None,
+        stats_token: str | None = None,
     ) -> None:
         self.hub = hub
-        self.dispatcher = Dispatcher(hub, on_message, can_join, can_publish, can_message)
+        verify = getattr(authenticate, "verify", None)
+        self.dispatcher = Dispatcher(
+            hub,
+            on_message,
+            room_hook(can_join),
+            room_hook(can_publish),
+            can_message,
+            verify_token=verify if callable(verify) else None,
+        )
+        self.origins = OriginPolicy(allowed_origins) if allowed_origins is not None else None
+        self.stats_token = stats_token
         self.on_connect = on_connect
         self.on_disconnect = on_disconnect
         self.authenticate = authenticate
@@ -188,6 +202,11 @@ class FasthubApp:
         message = await receive()
         if message["type"] != "websocket.connect":
             return
+        refused = self._precheck(scope)
+        if refused is not None:
+            await self._deny(scope, send, refused.status, refused.reason)
+            return
+        identity: Identity | None = None
         user_id: Any = None
         if self.authenticate is not None:
             try:
@@ -199,16 +218,27 @@ class FasthubApp:
                 log.exception("fasthub: authenticate hook failed")
                 await self._deny(scope, send, 500, "authentication failed")
                 return
-        await send({"type": "websocket.accept"})
+            if isinstance(user_id, Identity):
+                identity = user_id
+                user_id = identity.user_id
+            if user_id is not None:
+                refused = hub._admit_user(str(user_id))
+                if refused is not None:
+                    await self._deny(scope, send, refused.status, refused.reason)
+                    return
+        accept: dict[str, Any] = {"type": "websocket.accept"}
+        if SUBPROTOCOL in (scope.get("subprotocols") or ()):
+            accept["subprotocol"] = SUBPROTOCOL
+        await send(accept)
         fast = scope.get("extensions", {}).get("fasthub.transport")
         if fast is not None:
-            await self._serve_fast(fast["protocol"], scope, user_id)
+            await self._serve_fast(fast["protocol"], scope, user_id, identity)
             return
         sink = AsgiSink(send, loop, asyncio.current_task())
         conn = hub._register(sink, user_id, dict(scope))
         sink.outbox = conn._outbox
         writer = loop.create_task(sink.run_writer())
-        self._hello(conn)
+        self._hello(conn, identity)
         try:
             if self.on_connect is not None:
                 try:
@@ -236,8 +266,16 @@ class FasthubApp:
                 except Exception:
                     log.exception("fasthub: on_disconnect failed")
 
+    def _precheck(self, scope: Scope) -> Denied | None:
+        """Refusals that need no credential: Origin allow-list, then the connection caps."""
+        if self.origins is not None and not self.origins.allows(scope):
+            return Denied(403, "origin not allowed")
+        return self.hub._admit(scope)
+
     @staticmethod
-    def _hello(conn: Connection) -> None:
+    def _hello(conn: Connection, identity: Identity | None) -> None:
+        if identity is not None and identity.expires_at is not None:
+            conn.hub._set_expiry(conn, identity.expires_at)
         conn.send_json(
             {
                 "type": MessageType.SYSTEM.value,
@@ -246,12 +284,12 @@ class FasthubApp:
             }
         )
 
-    async def _serve_fast(self, protocol: Any, scope: Scope, user_id: Any) -> None:
+    async def _serve_fast(self, protocol: Any, scope: Scope, user_id: Any, identity: Identity | None) -> None:
         """Fast path: the protocol feeds the dispatcher from its callbacks and writes frames itself."""
         hub = self.hub
         conn = hub._register(protocol, user_id, dict(scope))
         closed = protocol.attach(conn, self.dispatcher)
-        self._hello(conn)
+        self._hello(conn, identity)
         try:
             if self.on_connect is not None:
                 try:
@@ -277,7 +315,7 @@ class FasthubApp:
             message = await receive()
             kind = message["type"]
             if kind == "websocket.receive":
-                conn.last_seen = loop.time()
+                now = conn.last_seen = loop.time()
                 text = message.get("text")
                 if text is not None:
                     n = len(text)
@@ -285,6 +323,13 @@ class FasthubApp:
                         conn._queue_close(1009, "message too big", discard=False)
                         continue
                     hub.bytes_in += n
+                    limiter = conn._limiter
+                    if limiter is not None:
+                        wait = limiter.take(now, n)
+                        if wait:
+                            dispatcher.rate_limited(conn, limiter)
+                            await asyncio.sleep(wait)  # receive nothing more meanwhile
+                            continue
                     if not conn.closed:
                         pending = dispatcher.dispatch(conn, text)
                         if pending is not None:
@@ -295,6 +340,13 @@ class FasthubApp:
                         conn._queue_close(1009, "message too big", discard=False)
                         continue
                     hub.bytes_in += len(data)
+                    limiter = conn._limiter
+                    if limiter is not None:
+                        wait = limiter.take(now, len(data))
+                        if wait:
+                            dispatcher.rate_limited(conn, limiter)
+                            await asyncio.sleep(wait)
+                            continue
                     if not conn.closed:
                         dispatcher.binary(conn)
             elif kind == "websocket.disconnect":
@@ -329,6 +381,9 @@ class FasthubApp:
             await _respond(send, 405, b"method not allowed", b"text/plain", [(b"allow", b"GET, HEAD")])
             return
         if self.stats_path is not None and path == self.stats_path:
+            if self.stats_token is not None and not _token_matches(scope, self.stats_token):
+                await _respond(send, 401, b"stats need a token\n", b"text/plain", [(b"www-authenticate", b"Bearer")])
+                return
             await _respond(
                 send,
                 200,
@@ -371,6 +426,11 @@ async def _respond(
     await send({"type": "http.response.body", "body": body})
 
 
+def _token_matches(scope: Scope, expected: str) -> bool:
+    token = token_from_scope(scope) or ""
+    return hmac.compare_digest(token.encode(), expected.encode())
+
+
 def create_app(
     hub: Hub | None = None,
     *,
@@ -378,12 +438,14 @@ def create_app(
     on_connect: ConnectionCallback | None = None,
     on_disconnect: ConnectionCallback | None = None,
     authenticate: Authenticate | None = None,
-    can_join: AccessHook | None = None,
-    can_publish: AccessHook | None = None,
+    can_join: RoomHooks | None = None,
+    can_publish: RoomHooks | None = None,
     can_message: UserHook | None = None,
     ws_path: str = "/ws",
     stats_path: str | None = "/ws/stats",
     demo: bool = True,
+    allowed_origins: Iterable[str] | None = None,
+    stats_token: str | None = None,
 ) -> FasthubApp:
     """A raw ASGI app serving ``hub`` (a new one with default config if omitted).
 
@@ -391,14 +453,20 @@ def create_app(
         on_message: ``(conn, msg)`` for every decoded client message, sync or async; return
             ``True`` to take the message over (the built-in handling is skipped).
         on_connect, on_disconnect: ``(conn)`` callbacks, sync or async.
-        authenticate: ``(scope) -> user id | None`` (None: anonymous, a user of its own);
-            raise ``fasthub.Denied(status)`` to refuse before the upgrade.
-        can_join, can_publish: ``(conn, room) -> bool``; ``can_publish`` replaces the default
-            rule that only members may post to a room.
+        authenticate: ``(scope) -> user id | Identity | None`` (None: anonymous, a user of its
+            own); raise ``fasthub.Denied(status)`` to refuse before the upgrade. An ``Identity``
+            with ``expires_at`` closes the connection with 4001 then, unless a ``refresh``
+            message brings a new token (needs an authenticator with ``verify``, like
+            ``jwt_authenticator``).
+        can_join, can_publish: ``(conn, room) -> bool``, or a mapping of room-name patterns
+            (``fnmatch``, first match wins) to such hooks or booleans; ``can_publish`` replaces
+            the default rule that only members may post to a room.
         can_message: ``(conn, to_user) -> bool`` for ``user_message``.
         ws_path, stats_path: endpoint paths below the mount point (``stats_path=None`` disables
             the stats endpoint).
         demo: serve the demo page at ``/``.
+        allowed_origins: ``Origin`` allow-list (patterns); other origins get 403.
+        stats_token: require ``Authorization: Bearer <token>`` (or ``?token=``) for the stats.
     """
     return FasthubApp(
         hub if hub is not None else Hub(),
@@ -412,4 +480,6 @@ def create_app(
         ws_path=ws_path,
         stats_path=stats_path,
         demo=demo,
+        allowed_origins=allowed_origins,
+        stats_token=stats_token,
     )

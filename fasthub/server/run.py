@@ -8,6 +8,7 @@ from typing import Any
 from ..config import HubConfig
 from ..hub import Hub
 from .asgi import FasthubApp, create_app
+from .http import guarded_http_protocol
 from .uvicorn import HubProtocol
 
 
@@ -25,7 +26,7 @@ def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8080, log_leve
         "port": port,
         "log_level": log_level,
         "loop": "uvloop",
-        "http": "httptools",
+        "http": guarded_http_protocol(cfg.handshake_timeout, cfg.max_request_size),
         "ws": HubProtocol,
         "ws_max_size": cfg.max_message_size,
         "ws_ping_interval": cfg.ping_interval,

@@ -84,8 +84,9 @@ class HubProtocol(asyncio.Protocol):
         self.response_start: dict[str, Any] | None = None  # denial response in progress
         self.response_body: list[bytes] = []
         self.close_timer: asyncio.TimerHandle | None = None
-        self.deferred: list[bytes] = []
-        self.lost = False  # connection_lost has run  # a failure's close, held until the app took earlier messages
+        self.deferred: list[bytes] = []  # a failure's close, held until the app took earlier messages
+        self.lost = False  # connection_lost has run
+        self.rate_timer: asyncio.TimerHandle | None = None  # reading paused by the rate limit
 
         # Generic ASGI apps: events for receive()
         self.queue: collections.deque[dict[str, Any]] = collections.deque()
@@ -105,7 +106,6 @@ class HubProtocol(asyncio.Protocol):
         self.last_ping = 0.0
         self.stall_size = 0
         self.stall_since = 0.0
-        self.ping_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio callbacks ------------------------------------------------------------------------
 
@@ -141,9 +141,9 @@ class HubProtocol(asyncio.Protocol):
         if self.close_timer is not None:
             self.close_timer.cancel()
             self.close_timer = None
-        if self.ping_timer is not None:
-            self.ping_timer.cancel()
-            self.ping_timer = None
+        if self.rate_timer is not None:
+            self.rate_timer.cancel()
+            self.rate_timer = None
         was_open = self.phase in (_OPEN, _CLOSING)
         self.phase = _CLOSED
         if self.conn is not None and self.conn.close_code is None:
@@ -404,11 +404,19 @@ class HubProtocol(asyncio.Protocol):
         dispatcher = self.dispatcher
         assert conn is not None and dispatcher is not None
         hub = conn.hub
+        limiter = conn._limiter
+        now = self.last_received
         for i, (opcode, data) in enumerate(events):
             if opcode == OP_TEXT:
                 hub.bytes_in += len(data)  # type: ignore[arg-type]
                 if conn._outbox.closing:
                     continue
+                if limiter is not None:
+                    wait = limiter.take(now, len(data))  # type: ignore[arg-type]
+                    if wait:
+                        dispatcher.rate_limited(conn, limiter)
+                        self._pause_for(wait)
+                        continue
                 pending = dispatcher.dispatch(conn, data)  # type: ignore[arg-type]
                 if pending is not None:
                     # an async handler: later messages wait for it, reading pauses meanwhile
@@ -420,10 +428,32 @@ class HubProtocol(asyncio.Protocol):
                     return
             elif opcode == OP_BINARY:
                 hub.bytes_in += len(data)  # type: ignore[arg-type]
-                if not conn._outbox.closing:
-                    dispatcher.binary(conn)
+                if conn._outbox.closing:
+                    continue
+                if limiter is not None:
+                    wait = limiter.take(now, len(data))  # type: ignore[arg-type]
+                    if wait:
+                        dispatcher.rate_limited(conn, limiter)
+                        self._pause_for(wait)
+                        continue
+                dispatcher.binary(conn)
             elif opcode == OP_CLOSE:
                 self._on_close_frame()
+
+    def _pause_for(self, wait: float) -> None:
+        """Over the rate limit: stop reading until the bucket has refilled (TCP slows the sender)."""
+        if self.rate_timer is not None or self.phase != _OPEN:
+            return
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+        self.rate_timer = self.loop.call_later(wait, self._rate_resume)
+
+    def _rate_resume(self) -> None:
+        self.rate_timer = None
+        if self.read_paused and self.busy is None and not self.lost:
+            self.read_paused = False
+            self.transport.resume_reading()
 
     async def _finish(self, pending: Any) -> None:
         try:
@@ -435,7 +465,7 @@ class HubProtocol(asyncio.Protocol):
         self.busy = None
         if backlog:
             self._dispatch_events(list(backlog))
-        if self.backlog is None and self.read_paused and self.phase != _CLOSED:
+        if self.backlog is None and self.read_paused and self.rate_timer is None and self.phase != _CLOSED:
             self.read_paused = False
             self.transport.resume_reading()
 
