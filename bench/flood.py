@@ -46,8 +46,15 @@ def rss_kb(pid: int) -> dict[str, int]:
     return out
 
 
-def flooder(port: int, seconds: float, result: Any) -> None:
-    """Raw-socket flooder: handshake by hand, then masked room messages as fast as possible."""
+def _frame(text: bytes) -> bytes:
+    mask = b"\x11\x22\x33\x44"
+    n = len(text)
+    head = bytes([0x81, 0x80 | n]) if n < 126 else bytes([0x81, 0xFE]) + n.to_bytes(2, "big")
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(text))
+
+
+def _flood_once(port: int, deadline: float) -> tuple[int, str]:
+    """One flooding connection, until the server closes it or the deadline; (bytes sent, how it ended)."""
     import base64
 
     sock = socket.create_connection(("127.0.0.1", port))
@@ -58,43 +65,63 @@ def flooder(port: int, seconds: float, result: Any) -> None:
     )
     buf = b""
     while b"\r\n\r\n" not in buf:
-        buf += sock.recv(4096)
-
-    def frame(text: bytes) -> bytes:
-        mask = b"\x11\x22\x33\x44"
-        n = len(text)
-        head = bytes([0x81, 0x80 | n]) if n < 126 else bytes([0x81, 0xFE]) + n.to_bytes(2, "big")
-        return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(text))
-
-    sock.sendall(frame(b'{"type":"join_room","room":"flood"}'))
-    burst = frame(b'{"type":"room_message","room":"flood","payload":{"spam":"' + b"x" * 60 + b'"}}') * 200
+        chunk = sock.recv(4096)
+        if not chunk:
+            return 0, "refused"
+        buf += chunk
+    if not buf.startswith(b"HTTP/1.1 101"):
+        sock.close()
+        return 0, "refused " + buf.split(b"\r\n", 1)[0].decode()
+    sock.sendall(_frame(b'{"type":"join_room","room":"flood"}'))
+    burst = _frame(b'{"type":"room_message","room":"flood","payload":{"spam":"' + b"x" * 60 + b'"}}') * 200
     sock.setblocking(False)
     sent = 0
-    closed = "no"
-    deadline = time.monotonic() + seconds
+    ended = "deadline"
+    pending = memoryview(burst)
     while time.monotonic() < deadline:
         try:
-            sent += sock.send(burst)
+            n = sock.send(pending)
+            sent += n
+            pending = pending[n:] if n < len(pending) else memoryview(burst)  # never cut a frame
         except BlockingIOError:
             time.sleep(0.001)
         except OSError:
-            closed = "reset"
+            ended = "reset"
             break
         try:  # drain what the server sends back (errors, echoes, maybe its close frame)
             data = sock.recv(1 << 20)
             if not data:
-                closed = "eof"
+                ended = "eof"
                 break
-            if b"\x88" in data[:2] or b"rate limit exceeded" in data:
-                closed = "closed 1008 rate limit exceeded" if b"rate limit exceeded" in data else "close frame"
+            if b"rate limit exceeded" in data:
+                ended = "closed 1008 rate limit exceeded"
+                break
+            if b"slow consumer" in data:
+                ended = "closed 1008 slow consumer"
+                break
         except BlockingIOError:
             pass
         except OSError:
-            closed = "reset"
+            ended = "reset"
             break
-    result["bytes_sent"] = sent
-    result["flooder"] = closed
     sock.close()
+    return sent, ended
+
+
+def flooder(port: int, seconds: float, result: Any) -> None:
+    """A persistent attacker: floods, and reconnects to flood again whenever it is closed."""
+    started = time.monotonic()
+    deadline = started + seconds
+    total = 0
+    endings: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        sent, ended = _flood_once(port, deadline)
+        total += sent
+        endings[ended] = endings.get(ended, 0) + 1
+    result["flood_bytes_sent"] = total
+    result["flood_connections"] = sum(endings.values())
+    result["flood_endings"] = endings
+    result["flood_seconds"] = round(time.monotonic() - started, 2)
 
 
 async def members(port: int, n: int, seconds: float) -> dict[str, Any]:

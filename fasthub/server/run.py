@@ -53,5 +53,10 @@ def run(
 
     if not isinstance(app, FasthubApp):
         app = create_app(app)
-    logging.getLogger("fasthub").setLevel(log_level.upper())
+    logger = logging.getLogger("fasthub")
+    logger.setLevel(log_level.upper())
+    if not logger.handlers:  # uvicorn configures its own loggers only
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)-9s %(message)s"))
+        logger.addHandler(handler)
     uvicorn.Server(uvicorn_config(app, host, port, log_level, **uvicorn_options)).run()

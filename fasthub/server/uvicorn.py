@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from .._core import KIND_BINARY, KIND_CLOSE, KIND_TEXT, Outbox, Payload
-from .._wire import OP_BINARY, OP_CLOSE, OP_TEXT, ServerProtocol, build_frame
+from .._wire import OP_BINARY, OP_CLOSE, OP_TEXT, OPEN, ServerProtocol, build_frame
 from ..exceptions import ConnectionClosed
 from . import handshake
 
@@ -40,7 +40,10 @@ _CLOSED = 3
 _RESPONDED = 4  # answered with an HTTP response instead of upgrading
 
 _RECEIVE_QUEUE_HIGH = 16  # generic ASGI apps: pause reading above this many queued events
+_TURN = 64  # frames one connection may have handled per loop iteration (fair scheduling)
 _CLOSE_TIMEOUT = 5.0  # seconds to wait for the peer's close frame before dropping TCP
+# close codes after which TCP is closed at once, without waiting for the peer's close frame
+_NO_HANDSHAKE_CODES = frozenset({1008, 1009, 1011})
 
 
 def _client_disconnected() -> Exception:
@@ -397,6 +400,12 @@ class HubProtocol(asyncio.Protocol):
         return self.closed_waiter
 
     def _dispatch_events(self, events: list[tuple[int, object]]) -> None:
+        """Handle parsed frames in order, at most ``_TURN`` per loop iteration.
+
+        Later frames wait in ``backlog`` (reading paused) when an async handler is running or
+        when this connection has had its turn: one client's 256 KiB read of tiny messages must
+        not hold the loop while other connections wait (fair scheduling).
+        """
         if self.backlog is not None:
             self.backlog.extend(events)
             return
@@ -407,7 +416,12 @@ class HubProtocol(asyncio.Protocol):
         limiter = conn._limiter
         now = self.last_received
         for i, (opcode, data) in enumerate(events):
-            if opcode == OP_TEXT:
+            if i == _TURN:
+                self.backlog = collections.deque(events[i:])
+                self._pause_reading()
+                self.loop.call_soon(self._next_turn)
+                return
+            if opcode in (OP_TEXT, OP_BINARY):
                 hub.bytes_in += len(data)  # type: ignore[arg-type]
                 if conn._outbox.closing:
                     continue
@@ -417,57 +431,66 @@ class HubProtocol(asyncio.Protocol):
                         dispatcher.rate_limited(conn, limiter)
                         self._pause_for(wait)
                         continue
+                if opcode == OP_BINARY:
+                    dispatcher.binary(conn)
+                    continue
                 pending = dispatcher.dispatch(conn, data)  # type: ignore[arg-type]
                 if pending is not None:
                     # an async handler: later messages wait for it, reading pauses meanwhile
                     self.backlog = collections.deque(events[i + 1 :])
                     self.busy = self.loop.create_task(self._finish(pending))
-                    if not self.read_paused:
-                        self.read_paused = True
-                        self.transport.pause_reading()
+                    self._pause_reading()
                     return
-            elif opcode == OP_BINARY:
-                hub.bytes_in += len(data)  # type: ignore[arg-type]
-                if conn._outbox.closing:
-                    continue
-                if limiter is not None:
-                    wait = limiter.take(now, len(data))  # type: ignore[arg-type]
-                    if wait:
-                        dispatcher.rate_limited(conn, limiter)
-                        self._pause_for(wait)
-                        continue
-                dispatcher.binary(conn)
             elif opcode == OP_CLOSE:
                 self._on_close_frame()
+
+    def _pause_reading(self) -> None:
+        if not self.read_paused and not self.lost:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def _maybe_resume_reading(self) -> None:
+        """Resume reading once nothing holds it: no backlog, no async handler, no rate pause."""
+        if (
+            self.read_paused
+            and self.backlog is None
+            and self.busy is None
+            and self.rate_timer is None
+            and not self.lost
+            and self.phase != _CLOSED
+        ):
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def _drain_backlog(self) -> None:
+        backlog = self.backlog
+        self.backlog = None
+        if backlog and not self.lost:
+            self._dispatch_events(list(backlog))
+        self._maybe_resume_reading()
+
+    def _next_turn(self) -> None:
+        if self.busy is None:
+            self._drain_backlog()
 
     def _pause_for(self, wait: float) -> None:
         """Over the rate limit: stop reading until the bucket has refilled (TCP slows the sender)."""
         if self.rate_timer is not None or self.phase != _OPEN:
             return
-        if not self.read_paused:
-            self.read_paused = True
-            self.transport.pause_reading()
+        self._pause_reading()
         self.rate_timer = self.loop.call_later(wait, self._rate_resume)
 
     def _rate_resume(self) -> None:
         self.rate_timer = None
-        if self.read_paused and self.busy is None and not self.lost:
-            self.read_paused = False
-            self.transport.resume_reading()
+        self._maybe_resume_reading()
 
     async def _finish(self, pending: Any) -> None:
         try:
             await pending
         except Exception:
             log.exception("fasthub: message handling failed")
-        backlog = self.backlog
-        self.backlog = None
         self.busy = None
-        if backlog:
-            self._dispatch_events(list(backlog))
-        if self.backlog is None and self.read_paused and self.rate_timer is None and self.phase != _CLOSED:
-            self.read_paused = False
-            self.transport.resume_reading()
+        self._drain_backlog()
 
     # -- Sink interface (hub/_core) -----------------------------------------------------------------
 
@@ -492,6 +515,11 @@ class HubProtocol(asyncio.Protocol):
         outbox.inflight = 0
         if close is not None:
             self._send_close(close.code, close.reason)
+            if close.code in _NO_HANDSHAKE_CODES:
+                # a policy failure (flood, slow consumer, oversize, dead peer): do not keep
+                # reading what the peer still sends while waiting for its close frame
+                self.phase = _CLOSED
+                self._close_transport()
         outbox.buffered = self.transport.get_write_buffer_size()
 
     def sweep(self, now: float) -> None:
@@ -547,6 +575,8 @@ class HubProtocol(asyncio.Protocol):
         if self.deferred:
             self.deferred.extend(out)
             return
+        if out[-1] == b"" and wire.exc is not None:
+            log.info("fasthub: closing a connection: %s", wire.exc)
         if out[-1] == b"" and self.dispatcher is None and any(e["type"] == "websocket.receive" for e in self.queue):
             self.deferred = out
             self.loop.call_later(_CLOSE_TIMEOUT, self._write_deferred)
@@ -574,7 +604,7 @@ class HubProtocol(asyncio.Protocol):
 
     def _send_close(self, code: int, reason: str) -> None:
         wire = self.wire
-        if wire is None or self.phase != _OPEN:
+        if wire is None or self.phase != _OPEN or wire.state != OPEN:
             return
         wire.send_close(code, reason)
         self.phase = _CLOSING
