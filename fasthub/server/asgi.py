@@ -324,12 +324,11 @@ class FasthubApp:
                         continue
                     hub.bytes_in += n
                     limiter = conn._limiter
-                    if limiter is not None:
-                        wait = limiter.take(now, n)
-                        if wait:
-                            dispatcher.rate_limited(conn, limiter)
-                            await asyncio.sleep(wait)  # receive nothing more meanwhile
-                            continue
+                    if limiter is not None and limiter.take(now, n):
+                        # refused and counted; no sleep here: a client that stays over must
+                        # pile up strikes and be closed, like on the fast path
+                        dispatcher.rate_limited(conn, limiter)
+                        continue
                     if not conn.closed:
                         pending = dispatcher.dispatch(conn, text)
                         if pending is not None:
@@ -341,12 +340,9 @@ class FasthubApp:
                         continue
                     hub.bytes_in += len(data)
                     limiter = conn._limiter
-                    if limiter is not None:
-                        wait = limiter.take(now, len(data))
-                        if wait:
-                            dispatcher.rate_limited(conn, limiter)
-                            await asyncio.sleep(wait)
-                            continue
+                    if limiter is not None and limiter.take(now, len(data)):
+                        dispatcher.rate_limited(conn, limiter)
+                        continue
                     if not conn.closed:
                         dispatcher.binary(conn)
             elif kind == "websocket.disconnect":
