@@ -3,6 +3,7 @@ cimport cython
 
 cdef int _KIND_TEXT, _KIND_BINARY, _KIND_CLOSE
 cdef int _QUEUED, _DROPPED, _OVERFLOW, _CLOSED
+cdef int _OP_TEXT, _OP_BINARY
 
 cdef class Payload:
     cdef readonly int kind
@@ -26,6 +27,7 @@ cdef class Outbox:
     cdef public bint closing
     cdef public bint scheduled
     cdef public object sink
+    cdef public object transport
     cpdef int push(self, Payload p)
     cpdef list take(self)
     cpdef done(self, Py_ssize_t n)
@@ -45,3 +47,6 @@ cdef class Fanout:
     cpdef tuple push_many(self, dict members, Payload p, object exclude=*)
     @cython.locals(ob=Outbox, dirty=list, error=object)
     cpdef flush(self)
+
+@cython.locals(items=list, frames=list, transport=object, p=Payload)
+cdef _write(Outbox ob)

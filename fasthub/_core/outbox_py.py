@@ -13,6 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from fasthub._wire import build_close, build_frame
+
+_OP_TEXT = 0x1
+_OP_BINARY = 0x2
+
 # Public names for Python callers; the underscored twins are C ints in the compiled module.
 _KIND_TEXT = 1
 _KIND_BINARY = 2
@@ -47,12 +52,10 @@ class Payload:
     def frame(self) -> bytes:
         """The complete server frame (unmasked, so identical for every receiver)."""
         if self._frame is None:
-            from fasthub._wire import OP_BINARY, OP_TEXT, build_close, build_frame
-
             if self.kind == _KIND_CLOSE:
                 self._frame = build_close(self.code, self.reason)
             else:
-                self._frame = build_frame(OP_TEXT if self.kind == _KIND_TEXT else OP_BINARY, self.data)
+                self._frame = build_frame(_OP_TEXT if self.kind == _KIND_TEXT else _OP_BINARY, self.data)
         return self._frame
 
     def asgi(self) -> dict[str, Any]:
@@ -86,11 +89,20 @@ class Outbox:
         self.closing = False
         self.scheduled = False
         self.sink: Any = None
+        # Fast path: the open transport the flush writes to directly (None: go through sink).
+        self.transport: Any = None
 
     def push(self, p: Payload) -> int:
         if self.closing:
             return _CLOSED
         if self.pending + self.inflight + self.buffered + p.nbytes > self.budget:
+            if self.transport is not None:
+                # the transport may have drained since the last flush: look before refusing
+                self.buffered = self.transport.get_write_buffer_size()
+                if self.pending + self.inflight + self.buffered + p.nbytes <= self.budget:
+                    self.items.append(p)
+                    self.pending += p.nbytes
+                    return _QUEUED
             if self.drop_when_full:
                 self.dropped += 1
                 return _DROPPED
@@ -194,11 +206,30 @@ class Fanout:
         error: BaseException | None = None
         for ob in dirty:
             ob.scheduled = False
-            if ob.sink is not None:
-                try:
+            try:
+                if ob.transport is not None and not ob.closing:
+                    _write(ob)
+                elif ob.sink is not None:
                     ob.sink.flush()
-                except Exception as exc:  # one broken sink must not starve the others
-                    if error is None:
-                        error = exc
+            except Exception as exc:  # one broken sink must not starve the others
+                if error is None:
+                    error = exc
         if error is not None:
             raise error  # after every sink had its turn; the event loop logs it
+
+
+def _write(ob: Outbox) -> None:
+    """Fast path: the outbox's frames straight to its transport, one write or one writev."""
+    items = ob.items
+    ob.items = []
+    ob.pending = 0
+    transport = ob.transport
+    if len(items) == 1:
+        p = items[0]
+        transport.write(p.frame())
+    else:
+        frames = []
+        for p in items:
+            frames.append(p.frame())
+        transport.writelines(frames)
+    ob.buffered = transport.get_write_buffer_size()

@@ -140,6 +140,7 @@ class HubProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self._detach_transport()
         self.connections.discard(self)
         if self.close_timer is not None:
             self.close_timer.cancel()
@@ -166,7 +167,7 @@ class HubProtocol(asyncio.Protocol):
             self.busy.cancel()
 
     def pause_writing(self) -> None:
-        """The transport is over its high-water mark; the budget already counts its buffer."""
+        """Over the high-water mark; the budget already counts the transport's buffer."""
 
     def resume_writing(self) -> None:
         if self.outbox is not None:
@@ -388,6 +389,8 @@ class HubProtocol(asyncio.Protocol):
         self.conn = conn
         self.outbox = conn._outbox
         self.dispatcher = dispatcher
+        if self.phase == _OPEN:
+            self.outbox.transport = self.transport  # the compiled flush writes here directly
         self.closed_waiter = self.loop.create_future()
         if self.phase == _CLOSED:
             self.closed_waiter.set_result(None)
@@ -553,7 +556,13 @@ class HubProtocol(asyncio.Protocol):
             self.stall_since = 0.0
         self.stall_size = size
 
+    def _detach_transport(self) -> None:
+        """No more direct writes: only the close handshake is left on this socket."""
+        if self.outbox is not None:
+            self.outbox.transport = None
+
     def abort(self) -> None:
+        self._detach_transport()
         self.phase = _CLOSED
         self.transport.abort()
 
@@ -600,6 +609,7 @@ class HubProtocol(asyncio.Protocol):
             self.transport.writelines(out)
         if close_tcp:
             self.phase = _CLOSED
+            self._detach_transport()
             self._close_transport()
 
     def _send_close(self, code: int, reason: str) -> None:
@@ -608,6 +618,7 @@ class HubProtocol(asyncio.Protocol):
             return
         wire.send_close(code, reason)
         self.phase = _CLOSING
+        self._detach_transport()
         self._write_wire()
         if self.phase == _CLOSING and self.close_timer is None:
             self.close_timer = self.loop.call_later(_CLOSE_TIMEOUT, self._close_timeout)
@@ -623,6 +634,7 @@ class HubProtocol(asyncio.Protocol):
         """The peer's close frame: the engine queued the reply (or the TCP close) already."""
         if self.phase == _OPEN:
             self.phase = _CLOSING
+        self._detach_transport()
         if self.outbox is not None:
             self.outbox.closing = True
             self.outbox.discard()
