@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from ._core import KIND_BINARY, KIND_CLOSE, KIND_TEXT, OVERFLOW, QUEUED, Outbox, Payload, RateLimiter
@@ -46,7 +47,7 @@ class Connection:
         conn_id: str,
         user_id: str,
         outbox: Outbox,
-        scope: dict[str, Any] | None = None,
+        scope: MutableMapping[str, Any] | None = None,
         anonymous: bool = False,
         now: float = 0.0,
     ) -> None:

@@ -14,7 +14,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any, Protocol
 
 from . import _ext
@@ -180,7 +180,7 @@ class Hub:
 
     # -- registry (server layer) -----------------------------------------------------------------
 
-    def _register(self, sink: Sink, user_id: str | None, scope: dict[str, Any] | None = None) -> Connection:
+    def _register(self, sink: Sink, user_id: str | None, scope: MutableMapping[str, Any] | None = None) -> Connection:
         conn_id = secrets.token_urlsafe(12)
         anonymous = user_id is None
         uid = f"anon-{conn_id}" if user_id is None else str(user_id)

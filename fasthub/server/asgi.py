@@ -51,6 +51,15 @@ async def _resolve(value: Any) -> Any:
     return value
 
 
+_background: set[asyncio.Future[Any]] = set()  # on_disconnect coroutines of fast-path connections
+
+
+def _finished(task: asyncio.Future[Any]) -> None:
+    _background.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("fasthub: on_disconnect failed", exc_info=task.exception())
+
+
 def route_path(scope: Scope) -> str:
     """The path below the mount point (servers and Starlette's Mount keep the prefix in ``path``)."""
     path: str = scope.get("path", "/")
@@ -235,7 +244,7 @@ class FasthubApp:
             await self._serve_fast(fast["protocol"], scope, user_id, identity)
             return
         sink = AsgiSink(send, loop, asyncio.current_task())
-        conn = hub._register(sink, user_id, dict(scope))
+        conn = hub._register(sink, user_id, scope)
         sink.outbox = conn._outbox
         writer = loop.create_task(sink.run_writer())
         self._hello(conn, identity)
@@ -285,26 +294,34 @@ class FasthubApp:
         )
 
     async def _serve_fast(self, protocol: Any, scope: Scope, user_id: Any, identity: Identity | None) -> None:
-        """Fast path: the protocol feeds the dispatcher from its callbacks and writes frames itself."""
-        hub = self.hub
-        conn = hub._register(protocol, user_id, dict(scope))
-        closed = protocol.attach(conn, self.dispatcher)
+        """Fast path: the protocol feeds the dispatcher from its callbacks and writes frames itself.
+
+        This coroutine returns once the connection is set up; no task waits per connection.
+        """
+        conn = self.hub._register(protocol, user_id, scope)
+        protocol.attach(conn, self.dispatcher, self._lost)
         self._hello(conn, identity)
+        if self.on_connect is not None:
+            try:
+                await _resolve(self.on_connect(conn))
+            except Exception:
+                log.exception("fasthub: on_connect failed")
+                conn.close(1011, "internal error")
+
+    def _lost(self, conn: Connection) -> None:
+        """A fast-path connection is gone: unregister it, then tell the application."""
+        self.hub._unregister(conn)
+        if self.on_disconnect is None:
+            return
         try:
-            if self.on_connect is not None:
-                try:
-                    await _resolve(self.on_connect(conn))
-                except Exception:
-                    log.exception("fasthub: on_connect failed")
-                    conn.close(1011, "internal error")
-            await closed
-        finally:
-            hub._unregister(conn)
-            if self.on_disconnect is not None:
-                try:
-                    await _resolve(self.on_disconnect(conn))
-                except Exception:
-                    log.exception("fasthub: on_disconnect failed")
+            result = self.on_disconnect(conn)
+        except Exception:
+            log.exception("fasthub: on_disconnect failed")
+            return
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            _background.add(task)
+            task.add_done_callback(_finished)
 
     async def _receive_loop(self, conn: Connection, receive: Receive) -> None:
         hub = self.hub

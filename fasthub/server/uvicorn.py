@@ -18,6 +18,7 @@ import asyncio
 import collections
 import logging
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -58,6 +59,44 @@ def _client_disconnected() -> Exception:
 class HubProtocol(asyncio.Protocol):
     """One WebSocket connection served by fasthub's own engine under uvicorn."""
 
+    # Slots keep an idle connection small (no per-instance __dict__).
+    __slots__ = (
+        "app",
+        "app_state",
+        "backlog",
+        "busy",
+        "close_timer",
+        "config",
+        "conn",
+        "connections",
+        "default_headers",
+        "deferred",
+        "dispatcher",
+        "key",
+        "last_ping",
+        "last_received",
+        "loop",
+        "lost",
+        "on_lost",
+        "outbox",
+        "phase",
+        "queue",
+        "rate_timer",
+        "read_paused",
+        "request_buffer",
+        "response_body",
+        "response_start",
+        "root_path",
+        "scope",
+        "stall_since",
+        "stall_size",
+        "task",
+        "tasks",
+        "transport",
+        "waiter",
+        "wire",
+    )
+
     def __init__(
         self,
         config: Any,
@@ -85,14 +124,14 @@ class HubProtocol(asyncio.Protocol):
         self.request_buffer = b""
         self.key = b""
         self.response_start: dict[str, Any] | None = None  # denial response in progress
-        self.response_body: list[bytes] = []
+        self.response_body: list[bytes] | None = None
         self.close_timer: asyncio.TimerHandle | None = None
         self.deferred: list[bytes] = []  # a failure's close, held until the app took earlier messages
         self.lost = False  # connection_lost has run
         self.rate_timer: asyncio.TimerHandle | None = None  # reading paused by the rate limit
 
         # Generic ASGI apps: events for receive()
-        self.queue: collections.deque[dict[str, Any]] = collections.deque()
+        self.queue: Any = collections.deque()  # () once attached: the hub path has no receive()
         self.waiter: asyncio.Future[None] | None = None
         self.read_paused = False
 
@@ -102,7 +141,7 @@ class HubProtocol(asyncio.Protocol):
         self.dispatcher: Dispatcher | None = None
         self.busy: asyncio.Task[None] | None = None  # an async handler in progress
         self.backlog: collections.deque[tuple[int, object]] | None = None
-        self.closed_waiter: asyncio.Future[None] | None = None
+        self.on_lost: Callable[[Connection], None] | None = None  # the hub's goodbye
 
         # Keep-alive (the hub's sweep drives it for attached connections)
         self.last_received = 0.0
@@ -156,8 +195,10 @@ class HubProtocol(asyncio.Protocol):
                 self.conn.close_code, self.conn.close_reason = wire.close_received
             else:
                 self.conn.close_code = 1006 if was_open else 1005
-        if self.closed_waiter is not None and not self.closed_waiter.done():
-            self.closed_waiter.set_result(None)
+        on_lost = self.on_lost
+        if on_lost is not None and self.conn is not None:
+            self.on_lost = None
+            on_lost(self.conn)
         if self.dispatcher is None:
             code = 1006
             if self.wire is not None and self.wire.close_received is not None:
@@ -272,8 +313,11 @@ class HubProtocol(asyncio.Protocol):
         else:
             if self.phase == _HANDSHAKE:
                 self._write_response(500, [(b"content-type", b"text/plain")], b"no response from the app\n")
-            elif self.phase == _OPEN:
+            elif self.phase == _OPEN and self.conn is None:
                 self._send_close(1000, "")
+            # an attached connection lives on: the hub serves it from the protocol callbacks
+        finally:
+            self.task = None
 
     def _write_response(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         self.phase = _RESPONDED
@@ -295,6 +339,8 @@ class HubProtocol(asyncio.Protocol):
                     raise RuntimeError("websocket.http.response.start sent twice")
                 self.response_start = dict(message)
             elif kind == "websocket.http.response.body" and self.response_start is not None:
+                if self.response_body is None:
+                    self.response_body = []
                 self.response_body.append(bytes(message.get("body", b"")))
                 if not message.get("more_body", False):
                     start = self.response_start
@@ -357,7 +403,7 @@ class HubProtocol(asyncio.Protocol):
                 await self.waiter
             finally:
                 self.waiter = None
-        event = self.queue.popleft()
+        event: dict[str, Any] = self.queue.popleft()
         if self.read_paused and len(self.queue) <= _RECEIVE_QUEUE_HIGH // 2:
             self.read_paused = False
             self.transport.resume_reading()
@@ -384,23 +430,27 @@ class HubProtocol(asyncio.Protocol):
 
     # -- the hub's fast path ------------------------------------------------------------------------
 
-    def attach(self, conn: Connection, dispatcher: Dispatcher) -> asyncio.Future[None]:
-        """Serve ``conn`` from protocol callbacks; returns a future done when the socket is gone."""
+    def attach(self, conn: Connection, dispatcher: Dispatcher, on_lost: Callable[[Connection], None]) -> None:
+        """Serve ``conn`` from protocol callbacks from now on.
+
+        The ASGI coroutine may then return without closing the socket: no task stays parked
+        per idle connection. ``on_lost(conn)`` runs once when the socket is gone.
+        """
         self.conn = conn
         self.outbox = conn._outbox
         self.dispatcher = dispatcher
+        self.on_lost = on_lost
         if self.phase == _OPEN:
             self.outbox.transport = self.transport  # the compiled flush writes here directly
-        self.closed_waiter = self.loop.create_future()
-        if self.phase == _CLOSED:
-            self.closed_waiter.set_result(None)
         # anything queued before attach (not expected: clients wait for the 101) goes through too
         pending = [e for e in self.queue if e["type"] == "websocket.receive"]
-        self.queue.clear()
+        self.queue = ()
         for event in pending:
             text = event.get("text")
             self._dispatch_events([(OP_TEXT, text.encode())] if text is not None else [(OP_BINARY, event["bytes"])])
-        return self.closed_waiter
+        if self.lost:
+            self.on_lost = None
+            on_lost(conn)
 
     def _dispatch_events(self, events: list[tuple[int, object]]) -> None:
         """Handle parsed frames in order, at most ``_TURN`` per loop iteration.
