@@ -68,7 +68,22 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="conformance/debug mode: echo every message back unchanged (no hub); for Autobahn runs",
     )
+    _add_bench_parser(sub)
     return parser
+
+
+def _add_bench_parser(sub: Any) -> None:
+    """``fasthub bench``: the load generator (its options live in ``fasthub.benchmark.options``)."""
+    from .benchmark.options import add_arguments
+
+    bench = sub.add_parser(
+        "bench",
+        help="load-test a server: idle, fanout, ingress, latency (or --compare against the peers)",
+        description="Load generator for capacity planning: fasthub bench [URL] SCENARIO... [options]",
+        epilog="examples: fasthub bench ws://127.0.0.1:8080/ws fanout -n 1000 -m 2000 -w 8 --json out.json | "
+        "fasthub bench --compare fanout ingress --pin",
+    )
+    add_arguments(bench)
 
 
 def _authenticator(args: argparse.Namespace) -> Any:
@@ -146,6 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         options = {} if args.ws == "fasthub" else {"ws": args.ws}
         run(app, args.host, args.port, args.log_level, **options)
+    elif args.command == "bench":
+        from .benchmark import main as bench_main
+
+        return bench_main(args)
     return 0
 
 

@@ -44,6 +44,9 @@ class HubConfig:
     room_name_pattern: str = _ROOM_PATTERN.pattern
     #: Deepest JSON nesting accepted in an envelope.
     max_json_depth: int = 32
+    #: Keep each connection's ASGI scope (``Connection.scope``) after ``on_connect``; about 2 KB
+    #: per connection, so by default it is dropped once the connection is set up.
+    keep_scope: bool = False
     #: Largest ``metadata`` object a client may put on a message, encoded (0: no limit).
     max_metadata_bytes: int = 8 * 1024
     #: Write-buffer high-water mark set on transports (low mark is a quarter of it).

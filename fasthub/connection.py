@@ -19,7 +19,9 @@ class Connection:
 
     Sends never await: they queue on the connection's outbox and return whether the message was
     accepted (``False`` when the connection is closing, or the message was dropped by the
-    slow-consumer policy). Metadata and the room set are created on first use.
+    slow-consumer policy). Metadata and the room set are created on first use. ``scope`` is the
+    ASGI scope during ``authenticate`` and ``on_connect`` and None afterwards, unless
+    ``HubConfig.keep_scope`` (copy what you need into the metadata in ``on_connect``).
     """
 
     __slots__ = (

@@ -249,12 +249,7 @@ class FasthubApp:
         writer = loop.create_task(sink.run_writer())
         self._hello(conn, identity)
         try:
-            if self.on_connect is not None:
-                try:
-                    await _resolve(self.on_connect(conn))
-                except Exception:
-                    log.exception("fasthub: on_connect failed")
-                    conn.close(1011, "internal error")
+            await self._connected(conn)
             await self._receive_loop(conn, receive)
         except asyncio.CancelledError:
             if not sink.aborted:
@@ -301,12 +296,18 @@ class FasthubApp:
         conn = self.hub._register(protocol, user_id, scope)
         protocol.attach(conn, self.dispatcher, self._lost)
         self._hello(conn, identity)
+        await self._connected(conn)
+
+    async def _connected(self, conn: Connection) -> None:
+        """Run ``on_connect``; then let go of the scope unless ``HubConfig.keep_scope``."""
         if self.on_connect is not None:
             try:
                 await _resolve(self.on_connect(conn))
             except Exception:
                 log.exception("fasthub: on_connect failed")
                 conn.close(1011, "internal error")
+        if not self.hub.config.keep_scope:
+            conn.scope = None
 
     def _lost(self, conn: Connection) -> None:
         """A fast-path connection is gone: unregister it, then tell the application."""

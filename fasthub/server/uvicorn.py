@@ -252,7 +252,7 @@ class HubProtocol(asyncio.Protocol):
     # -- handshake --------------------------------------------------------------------------------
 
     def _handshake_data(self, data: bytes) -> None:
-        if self.phase != _HANDSHAKE or self.scope is not None:
+        if self.phase != _HANDSHAKE or self.key:
             return  # bytes before the app accepted: RFC 6455 clients wait for the 101
         self.request_buffer += data
         if b"\r\n\r\n" not in self.request_buffer:
@@ -440,6 +440,7 @@ class HubProtocol(asyncio.Protocol):
         self.outbox = conn._outbox
         self.dispatcher = dispatcher
         self.on_lost = on_lost
+        self.scope = None  # the app has its own reference for as long as it needs one
         if self.phase == _OPEN:
             self.outbox.transport = self.transport  # the compiled flush writes here directly
         # anything queued before attach (not expected: clients wait for the 101) goes through too
