@@ -293,7 +293,7 @@ def test_authenticate_sets_the_user_or_refuses_the_handshake(make_server: Any, s
         assert len(scopes) == 6 and all(sc["type"] == "websocket" for sc in scopes)
         conn = server.call(server.hub.get_connection, num.conn_id)
         assert conn.user_id == "7" and not conn.anonymous
-        assert conn.scope is not None and b"user=7" in conn.scope["query_string"]
+        assert conn.scope is None  # let go after on_connect unless HubConfig.keep_scope
         assert server.call(server.hub.get_connection, anon.conn_id).anonymous
         assert server.call(server.hub.stats)["connections_opened"] == 3
 
@@ -387,3 +387,29 @@ def test_can_publish_and_can_message(make_server: Any) -> None:
         ]
 
     run(scenario())
+
+
+def test_scope_is_there_in_on_connect_and_kept_only_with_keep_scope(make_server: Any) -> None:
+    from fasthub import HubConfig
+
+    seen: list[Any] = []
+
+    def on_connect(conn: Any) -> None:
+        seen.append(conn.scope["query_string"])
+        conn.set_metadata("ua", dict(conn.scope["headers"]).get(b"user-agent"))
+
+    for keep in (False, True):
+        server = make_server(HubConfig(keep_scope=keep), on_connect=on_connect)
+
+        async def scenario(server: Server, keep: bool) -> None:
+            c = await connect(server, "user=kim")
+            conn = server.call(server.hub.get_connection, c.conn_id)
+            assert seen[-1] == b"user=kim"
+            assert conn.get_metadata("ua") is not None
+            if keep:
+                assert conn.scope is not None and conn.scope["query_string"] == b"user=kim"
+            else:
+                assert conn.scope is None
+            await c.close()
+
+        run(scenario(server, keep))
