@@ -75,6 +75,9 @@ class Hub:
         self.slow_consumer_closes = 0
         self.rate_limited = 0  # messages refused by closed connections' limiters
         self._ip_counts: dict[str, int] = {}
+        self._last_sample: tuple[float, tuple[int, int, int, int]] = (0.0, (0, 0, 0, 0))
+        self._rates: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0)
+        self._rss_at_start = _rss_bytes()
         self._connect_buckets: dict[str, RateLimiter] = {}
 
     # -- event loop ------------------------------------------------------------------------------
@@ -114,6 +117,7 @@ class Hub:
         if loop is None:
             return
         now = loop.time()
+        self._sample_rates(now)
         if self._connect_buckets:  # forget addresses whose bucket is full again
             rate = self.config.connect_rate_per_ip or 1.0
             stale = [ip for ip, b in self._connect_buckets.items() if now - b.stamp > 2.0 / rate + 1.0]
@@ -127,6 +131,19 @@ class Hub:
                 except Exception:  # a broken sink must not stop the sweep
                     log.exception("fasthub: sweep failed for a connection")
         self._sweeper = loop.call_later(self._sweep_period(), self._sweep)
+
+    def _counters(self) -> tuple[int, int, int, int]:
+        f = self._fanout
+        return self.messages_in, int(f.delivered), self.bytes_in, int(f.bytes_out)
+
+    def _sample_rates(self, now: float) -> None:
+        """Per-second rates over the last sweep period, for stats()."""
+        counters = self._counters()
+        last_at, last = self._last_sample
+        if last_at and now > last_at:
+            dt = now - last_at
+            self._rates = tuple(round((c - p) / dt, 1) for c, p in zip(counters, last, strict=True))
+        self._last_sample = (now, counters)
 
     def run_threadsafe(self, func: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
         """Run ``func(*args)`` on the hub's event loop from any thread; the one thread-safe entry.
@@ -449,6 +466,8 @@ class Hub:
             buffered += outbox.size()
         rss = _rss_bytes()
         conns = len(self._connections)
+        per_conn = round((rss - self._rss_at_start) / conns) if conns else None
+        msgs_in_s, msgs_out_s, bytes_in_s, bytes_out_s = self._rates
         return {
             "connections": conns,
             "users": len(self._users),
@@ -457,6 +476,11 @@ class Hub:
             "messages_in": self.messages_in,
             "messages_out": int(self._fanout.delivered),
             "bytes_in": self.bytes_in,
+            "bytes_out": int(self._fanout.bytes_out),
+            "messages_in_per_s": msgs_in_s,
+            "messages_out_per_s": msgs_out_s,
+            "bytes_in_per_s": bytes_in_s,
+            "bytes_out_per_s": bytes_out_s,
             "dropped": int(self._fanout.dropped),
             "slow_consumer_closes": self.slow_consumer_closes,
             "rate_limited": self.rate_limited
@@ -465,6 +489,7 @@ class Hub:
             "connections_closed": self.connections_closed,
             "bytes_buffered": buffered,
             "rss_bytes": rss,
+            "memory_per_connection_bytes": per_conn,  # (RSS now - RSS at start) / connections
             "uptime_s": round(time.monotonic() - self._started, 3),
             "started_at": self._started_wall,
             "compiled": all(_ext.LIVE.values()) if _ext.LIVE else False,

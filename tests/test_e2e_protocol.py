@@ -245,3 +245,31 @@ def test_messages_to_one_client_arrive_in_order(server: Server) -> None:
         assert seen == list(range(n))
 
     run(scenario())
+
+
+def test_stats_rates_and_capacity_figures(make_server: Any) -> None:
+    server = make_server(HubConfig(ping_interval=0.2, pong_timeout=0.6))  # sweeps every 0.2 s
+
+    async def scenario() -> None:
+        a = await connect(server, "user=a")
+        await a.join("r")
+        seen_in: list[float] = []
+        seen_out: list[float] = []
+        for i in range(80):  # ~0.8 s of traffic, sampled by several sweeps
+            await a.send({"type": "room_message", "room": "r", "payload": {"i": i, "pad": "x" * 100}})
+            await a.expect("room_message")
+            await asyncio.sleep(0.01)
+            if i % 10 == 9:
+                stats = server.call(server.hub.stats)
+                seen_in.append(stats["messages_in_per_s"])
+                seen_out.append(stats["bytes_out_per_s"])
+        assert max(seen_in) > 10 and max(seen_out) > 1000
+        await asyncio.sleep(0.6)  # idle: the next sweeps see no traffic
+        stats = server.call(server.hub.stats)
+        assert stats["messages_in_per_s"] == 0.0
+        assert stats["bytes_out"] >= 80 * 100 and stats["messages_in"] >= 81
+        assert stats["memory_per_connection_bytes"] is not None
+        for key in ("bytes_buffered", "slow_consumer_closes", "dropped", "connections_opened", "connections_closed"):
+            assert key in stats
+
+    run(scenario())

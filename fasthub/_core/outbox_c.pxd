@@ -41,6 +41,7 @@ cdef class Fanout:
     cdef public bint flush_scheduled
     cdef public long long delivered
     cdef public long long dropped
+    cdef public long long bytes_out
     cpdef _mark(self, Outbox ob)
     cpdef int push(self, Outbox ob, Payload p)
     @cython.locals(count=Py_ssize_t, ob=Outbox, overflow=list)

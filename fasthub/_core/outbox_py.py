@@ -157,6 +157,7 @@ class Fanout:
         self.flush_scheduled = False
         self.delivered = 0
         self.dropped = 0
+        self.bytes_out = 0  # payload bytes queued for delivery
 
     def _mark(self, ob: Outbox) -> None:
         ob.scheduled = True
@@ -169,6 +170,7 @@ class Fanout:
         r = ob.push(p)
         if r == _QUEUED:
             self.delivered += 1
+            self.bytes_out += p.nbytes
             if not ob.scheduled:
                 self._mark(ob)
         elif r == _DROPPED:
@@ -196,6 +198,7 @@ class Fanout:
             elif r == _OVERFLOW:
                 overflow.append(ob)
         self.delivered += count
+        self.bytes_out += count * p.nbytes
         return count, overflow
 
     def flush(self) -> None:
