@@ -576,3 +576,47 @@ def test_invariants_on_random_operations(budgets: list[int], drops: list[bool], 
             if dirty:
                 assert flush_scheduled
             assert delivered >= 0
+
+
+class FakeTransport:
+    """Records what the compiled flush writes; its buffer is always empty."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def test_flush_writes_attached_transports_once_and_shares_joined_bytes(core: ModuleType) -> None:
+    from fasthub._wire import OP_TEXT, build_frame
+
+    sched = Scheduler()
+    fan = core.Fanout(sched)
+    boxes = {str(i): core.Outbox(1 << 20) for i in range(3)}
+    transports = {k: FakeTransport() for k in boxes}
+    for k, ob in boxes.items():
+        ob.transport = transports[k]
+    a, b, c = text(core, 10, b"a"), text(core, 20, b"b"), text(core, 30, b"c")
+    for p in (a, b, c):
+        fan.push_many(boxes, p)
+    other = core.Outbox(1 << 20)
+    other_t = FakeTransport()
+    other.transport = other_t
+    for p in (c, a):  # a different sequence
+        fan.push(other, p)
+    single = core.Outbox(1 << 20)
+    single_t = FakeTransport()
+    single.transport = single_t
+    fan.push(single, a)
+    sched.tick()
+    expected = b"".join(build_frame(OP_TEXT, p.data) for p in (a, b, c))
+    writes = [t.writes for t in transports.values()]
+    assert all(len(w) == 1 and w[0] == expected for w in writes)  # one write per member per tick
+    assert writes[0][0] is writes[1][0] is writes[2][0]  # the same bytes object, joined once
+    assert other_t.writes == [build_frame(OP_TEXT, c.data) + build_frame(OP_TEXT, a.data)]
+    assert single_t.writes == [a.frame()] and single_t.writes[0] is a.frame()
+    assert all(ob.pending == 0 and not ob.items for ob in [*boxes.values(), other, single])

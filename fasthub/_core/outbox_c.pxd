@@ -46,8 +46,12 @@ cdef class Fanout:
     cpdef int push(self, Outbox ob, Payload p)
     @cython.locals(count=Py_ssize_t, ob=Outbox, overflow=list)
     cpdef tuple push_many(self, dict members, Payload p, object exclude=*)
-    @cython.locals(ob=Outbox, dirty=list, error=object)
+    @cython.locals(ob=Outbox, dirty=list, error=object, last=list, joined=bytes, items=list, data=bytes, transport=object, first=Payload)
     cpdef flush(self)
 
-@cython.locals(items=list, frames=list, transport=object, p=Payload)
-cdef _write(Outbox ob)
+cdef list _NO_ITEMS
+
+@cython.locals(n=Py_ssize_t, i=Py_ssize_t)
+cdef bint _same(list a, list b)
+
+cdef bytes _join(list items)
