@@ -200,6 +200,8 @@ class Dispatcher:
         room = msg.room
         if room is None:
             raise EnvelopeError(ErrorCode.MISSING_FIELD, f"{msg.type} needs a 'room'")
+        if room in self.hub._rooms:  # an existing room's name was validated when it was made
+            return room
         if not self.hub.config.valid_room_name(room):
             cfg = self.hub.config
             raise EnvelopeError(

@@ -57,10 +57,28 @@ _ID_TYPES = (str, int)
 _MAX_ID_LENGTH = 128
 
 
+_stamp_ms = -1
+_stamp = ""
+_stamp_sec = -1
+_stamp_prefix = ""
+
+
 def utc_timestamp() -> str:
-    """RFC 3339 UTC time with milliseconds, e.g. ``2026-11-26T12:00:00.123Z``."""
-    now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+    """RFC 3339 UTC time with milliseconds, e.g. ``2026-11-26T12:00:00.123Z``.
+
+    On the ingress path every relayed message needs one: the formatted second is cached, and
+    the whole string per millisecond (``strftime`` cost more than the rest of a relay).
+    """
+    global _stamp_ms, _stamp, _stamp_sec, _stamp_prefix
+    ms = int(time.time() * 1000)
+    if ms != _stamp_ms:
+        sec = ms // 1000
+        if sec != _stamp_sec:
+            _stamp_sec = sec
+            _stamp_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        _stamp_ms = ms
+        _stamp = f"{_stamp_prefix}.{ms % 1000:03d}Z"
+    return _stamp
 
 
 @dataclass(slots=True)
