@@ -105,7 +105,17 @@ def serve(
     if ws == "fasthub":
         options["ws"] = HubProtocol
     options.update(uvicorn_kwargs or {})
-    server = uvicorn.Server(uvicorn.Config(asgi, **options))
+    with uvicorn_thread(uvicorn.Config(asgi, **options), sock) as (server, thread):
+        yield Server("127.0.0.1", port, prefix, app, hub, server, thread)
+
+
+@contextlib.contextmanager
+def uvicorn_thread(
+    config: uvicorn.Config, sock: socket.socket | None = None
+) -> Iterator[tuple[uvicorn.Server, threading.Thread]]:
+    """Run a uvicorn server in a thread on ``sock`` (a free loopback port if omitted)."""
+    sock = sock if sock is not None else free_socket()
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -114,7 +124,7 @@ def serve(
             raise RuntimeError("test server did not start")
         time.sleep(0.01)
     try:
-        yield Server("127.0.0.1", port, prefix, app, hub, server, thread)
+        yield server, thread
     finally:
         server.should_exit = True
         thread.join(timeout=10)

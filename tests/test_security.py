@@ -12,14 +12,12 @@ import base64
 import contextlib
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import jwt
 import pytest
-import uvicorn
 import websockets
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -28,7 +26,7 @@ from fasthub import Hub, HubConfig, create_app
 from fasthub.auth import JWTAuthenticator, jwt_authenticator
 from fasthub.exceptions import Denied
 from fasthub.server.run import uvicorn_config
-from tests.conftest import Client, Server, connect, free_socket, run, serve
+from tests.conftest import Client, Server, connect, free_socket, run, serve, uvicorn_thread
 
 SECRET = "test-secret-that-is-long-enough-for-hs256!"
 
@@ -318,22 +316,10 @@ def test_total_per_ip_and_per_user_caps_and_connect_rate() -> None:
 
 @contextlib.contextmanager
 def real_stack(config: HubConfig) -> Iterator[int]:
-    app = create_app(Hub(config))
+    """The stack `fasthub serve` runs (guarded HTTP protocol, HubProtocol), on a free port."""
     sock = free_socket()
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn_config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline
-        time.sleep(0.01)
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    with uvicorn_thread(uvicorn_config(create_app(Hub(config)), log_level="warning"), sock):
+        yield sock.getsockname()[1]
 
 
 def test_slowloris_is_dropped_and_huge_heads_get_431() -> None:

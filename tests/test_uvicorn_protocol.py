@@ -9,8 +9,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,28 +18,16 @@ import websockets
 
 from fasthub.server.echo import echo_app
 from fasthub.server.uvicorn import HubProtocol
-from tests.conftest import Server, connect, free_socket, run, serve
+from tests.conftest import Server, connect, free_socket, run, serve, uvicorn_thread
 
 
 @contextlib.contextmanager
 def uvicorn_app(app: Any, **options: Any) -> Iterator[int]:
     """Serve any ASGI app on HubProtocol; yields the port."""
     sock = free_socket()
-    port = sock.getsockname()[1]
     config = uvicorn.Config(app, ws=HubProtocol, loop="uvloop", http="httptools", log_level="warning", **options)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline
-        time.sleep(0.01)
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    with uvicorn_thread(config, sock):
+        yield sock.getsockname()[1]
 
 
 def raw_request(port: int, request: bytes, read_until_close: bool = True) -> bytes:

@@ -1,4 +1,9 @@
-"""Hub core: outbound queues, budgets and per-tick fan-out (compiled, with a pure twin)."""
+"""Hub core: outbound queues, budgets, per-tick fan-out and rate limits (compiled, with twins).
+
+Picks each compiled module or its pure twin like aiohttp's ``_websocket/reader.py``:
+``FASTHUB_NO_EXTENSIONS=1`` (or type checking) takes the twin, otherwise the compiled module is
+tried and a missing build falls back to the twin; ``fasthub._ext.LIVE`` records each choice.
+"""
 
 from __future__ import annotations
 
@@ -7,61 +12,33 @@ from typing import TYPE_CHECKING
 from .._ext import LIVE, NO_EXTENSIONS
 
 if TYPE_CHECKING or NO_EXTENSIONS:
-    from .limits_py import RateLimiter
-    from .outbox_py import (
-        CLOSED,
-        DROPPED,
-        KIND_BINARY,
-        KIND_CLOSE,
-        KIND_TEXT,
-        OVERFLOW,
-        QUEUED,
-        Fanout,
-        Outbox,
-        Payload,
-    )
+    from . import limits_py as _limits
+    from . import outbox_py as _outbox
 
-    LIVE["fasthub._core.outbox_c"] = False
-    LIVE["fasthub._core.limits_c"] = False
+    LIVE["fasthub._core.outbox_c"] = LIVE["fasthub._core.limits_c"] = False
 else:
     try:
-        from .outbox_c import (
-            CLOSED,
-            DROPPED,
-            KIND_BINARY,
-            KIND_CLOSE,
-            KIND_TEXT,
-            OVERFLOW,
-            QUEUED,
-            Fanout,
-            Outbox,
-            Payload,
-        )
-
-        LIVE["fasthub._core.outbox_c"] = True
+        from . import outbox_c as _outbox
     except ImportError:  # no build: the pure twin
-        from .outbox_py import (
-            CLOSED,
-            DROPPED,
-            KIND_BINARY,
-            KIND_CLOSE,
-            KIND_TEXT,
-            OVERFLOW,
-            QUEUED,
-            Fanout,
-            Outbox,
-            Payload,
-        )
-
-        LIVE["fasthub._core.outbox_c"] = False
+        from . import outbox_py as _outbox
     try:
-        from .limits_c import RateLimiter
+        from . import limits_c as _limits
+    except ImportError:
+        from . import limits_py as _limits
+    LIVE["fasthub._core.outbox_c"] = _outbox.__name__.endswith("_c")
+    LIVE["fasthub._core.limits_c"] = _limits.__name__.endswith("_c")
 
-        LIVE["fasthub._core.limits_c"] = True
-    except ImportError:  # no build: the pure twin
-        from .limits_py import RateLimiter
-
-        LIVE["fasthub._core.limits_c"] = False
+KIND_TEXT = _outbox.KIND_TEXT
+KIND_BINARY = _outbox.KIND_BINARY
+KIND_CLOSE = _outbox.KIND_CLOSE
+QUEUED = _outbox.QUEUED
+DROPPED = _outbox.DROPPED
+OVERFLOW = _outbox.OVERFLOW
+CLOSED = _outbox.CLOSED
+Payload = _outbox.Payload
+Outbox = _outbox.Outbox
+Fanout = _outbox.Fanout
+RateLimiter = _limits.RateLimiter
 
 __all__ = [
     "CLOSED",
