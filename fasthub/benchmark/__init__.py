@@ -1,6 +1,6 @@
 """``fasthub bench``: a load generator for capacity planning against any server of the protocol.
 
-Scenarios (after the C loadgen in ``/work/shared/loadgen``, same metric names):
+Scenarios (after the C loadgen in ``../shared/loadgen``, same metric names):
 
 * ``idle``: N connections join one room and wait; handshakes/s, server RSS per connection
   (``--pid``), then a probe must reach every member.
@@ -87,7 +87,9 @@ def main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("fasthub bench: interrupted", file=sys.stderr)
         return 130
-    Console().print(results_table(records, compare=url is None))
+    # a pipe or a log file gets the whole table, not one squeezed to 80 columns
+    console = Console() if sys.stdout.isatty() else Console(width=220)
+    console.print(results_table(records, compare=url is None))
     if args.json:
         write_json(args.json, records, extra)
     return 0 if records and all((r.get("result") or {}).get("ok") for r in records) else 1

@@ -27,7 +27,7 @@ __all__ = [
 
 SCENARIOS = ("idle", "fanout", "ingress", "latency")
 
-# Defaults follow the C loadgen's workloads (/work/shared/loadgen/run.sh) where they exist:
+# Defaults follow the C loadgen's workloads (../shared/loadgen/run.sh) where they exist:
 # idle = "idle", fanout = "fanout1k_w8", ingress = "ingress"; latency is fanout at a fixed rate
 # kept below what one room of 1,000 usually sustains, so it measures delay rather than backlog.
 SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -106,8 +106,8 @@ class BenchConfig:
         cfg = replace(self, **values)
         if cfg.scenario == "latency" and cfg.messages is None:
             cfg = replace(cfg, messages=max(1, math.ceil((cfg.rate or 1.0) * (cfg.duration or 1.0))))
-        if cfg.scenario == "fanout" and cfg.rate and cfg.messages is None:
-            cfg = replace(cfg, messages=SCENARIO_DEFAULTS["fanout"]["messages"])
+        if cfg.scenario != "latency":  # fanout is window-driven; latency is loadgen's fanout --rate
+            cfg = replace(cfg, rate=None)
         if cfg.procs is None:
             cpus = len(cfg.client_cpus) if cfg.client_cpus else (os.cpu_count() or 1)
             cfg = replace(cfg, procs=max(1, cpus))
@@ -161,7 +161,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fanout: messages (2000); ingress: cap on messages (2000000); latency: messages (default rate x duration)",
     )
     load.add_argument("-w", "--window", type=int, help="messages in flight: fanout (8), ingress per connection (16)")
-    load.add_argument("--rate", type=float, help="latency (and fanout): offered messages/s from the publisher (200)")
+    load.add_argument("--rate", type=float, help="latency: offered messages/s from the publisher (200)")
     load.add_argument(
         "-t", "--duration", type=float, help="idle: hold seconds (5); ingress: seconds (20); latency: seconds (5)"
     )
@@ -171,7 +171,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--conc", type=int, default=128, help="handshakes in progress at once, in all (default 128)")
     run.add_argument("--pid", type=int, help="server PID: RSS per connection and server CPU from /proc")
     run.add_argument("--drain", type=float, default=5.0, help="stop waiting after S seconds without progress (5)")
-    run.add_argument("--deadline", type=float, default=120.0, help="hard limit per scenario in seconds (120)")
+    run.add_argument(
+        "--deadline", type=float, default=120.0, help="hard limit per scenario in seconds, all phases (120)"
+    )
     run.add_argument("--allow-remote", action="store_true", help="allow a non-loopback URL")
     out = parser.add_argument_group("output")
     out.add_argument("--json", metavar="FILE", help="write every figure, the parameters and versions here")

@@ -221,7 +221,12 @@ def results_table(records: list[dict[str, Any]], compare: bool = False) -> Table
             f"{res['client_busy_pct']:.0f}%" if res.get("client_busy_pct") is not None else "-",
         ]
         problems = res.get("problems") or []
-        row.append(Text("ok", style="green") if res.get("ok") else Text("FAILED: " + ", ".join(problems), style="red"))
+        if not res.get("ok"):
+            row.append(Text("FAILED: " + ", ".join(problems), style="red"))
+        elif res.get("notes"):
+            row.append(Text("ok, client-bound", style="yellow"))
+        else:
+            row.append(Text("ok", style="green"))
         table.add_row(*row)
     return table
 

@@ -1,6 +1,6 @@
 """The coordinator: spreads connections over worker processes, runs the phases, sums the figures.
 
-Phases follow the C loadgen (``/work/shared/loadgen/loadgen.c``) and its metric names, so a
+Phases follow the C loadgen (``../shared/loadgen/loadgen.c``) and its metric names, so a
 figure from here can sit beside one from there: connect (every connection joins its room on
 open), then per scenario a hold, a probe barrier, the measured phase and a drain that ends on
 completion, after ``drain`` seconds without progress, or at the deadline. Every wait has a
@@ -55,6 +55,10 @@ _SUM_KEYS = (
 )
 
 
+# client processes busier than this in the measured phase: the server was not the limit
+CLIENT_BOUND_PCT = 85.0
+
+
 class BenchError(RuntimeError):
     """A phase could not complete (worker died, deadline passed before any answer)."""
 
@@ -81,9 +85,11 @@ def _sum(statuses: dict[int, dict[str, Any]]) -> dict[str, Any]:
 class Pool:
     """Worker processes and their pipes; every reply is routed by command name."""
 
-    def __init__(self, plans: list[WorkerPlan], progress: Progress) -> None:
+    def __init__(self, plans: list[WorkerPlan], progress: Progress, deadline: float) -> None:
         self.progress = progress
         self.phase = "start"
+        self.deadline = deadline  # time.monotonic() by which the scenario must be over
+        self.target = sum(p.last - p.first + (1 if p.hosts_publisher else 0) for p in plans)
         self.pipes: dict[int, Connection] = {}
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.status: dict[int, dict[str, Any]] = {}
@@ -133,6 +139,8 @@ class Pool:
             try:
                 while conn.poll():
                     cmd, data = conn.recv()
+                    if isinstance(data, dict) and "error" in data:
+                        raise BenchError(f"client process {wid}: {data['error']}")
                     if cmd == "status":
                         self.status[wid] = data
                         self._status_pending.discard(wid)
@@ -149,7 +157,13 @@ class Pool:
                 self.send(wid, "status")
 
     def total(self) -> dict[str, Any]:
-        return _sum(self.status)
+        out = _sum(self.status)
+        out["connect_target"] = self.target
+        return out
+
+    def bound(self, seconds: float) -> float:
+        """``seconds``, cut to what is left before the scenario's deadline (at least 0.5 s)."""
+        return max(0.5, min(seconds, self.deadline - time.monotonic()))
 
     def collect(self, cmd: str, timeout: float, wids: list[int] | None = None) -> dict[int, Any]:
         """Wait for ``cmd``'s reply from every worker in ``wids`` (progress keeps flowing)."""
@@ -269,7 +283,8 @@ def _server_sample(pid: int | None) -> dict[str, Any]:
 
 def _connect(pool: Pool, cfg: BenchConfig, res: dict[str, Any]) -> None:
     pool.phase = "connect"
-    replies = pool.call("connect", {"timeout": cfg.connect_timeout}, cfg.connect_timeout + cfg.hs_timeout + 15)
+    limit = pool.bound(cfg.connect_timeout)
+    replies = pool.call("connect", {"timeout": limit}, limit + cfg.hs_timeout + 15)
     t0 = min(int(r["connect_t0"]) for r in replies.values())
     t1 = max(int(r["connect_t1"]) for r in replies.values())
     total = _sum(replies)
@@ -278,6 +293,12 @@ def _connect(pool: Pool, cfg: BenchConfig, res: dict[str, Any]) -> None:
     res["failed"] = total["failed"]
     res["connect_s"] = round(connect_s, 4)
     res["handshakes_per_s"] = round(total["open"] / connect_s, 1)
+    if not total["open"]:
+        _counters(res, total)
+        why = ", ".join(f"{k}={total[k]}" for k in ("conn_refused", "hs_bad_status", "hs_bad_accept", "hs_timeout"))
+        raise BenchError(f"no connection opened ({why})")
+    if any(r.get("has_publisher") and not r.get("pub_open") for r in replies.values()):
+        raise BenchError("the publisher's connection failed")
 
 
 def _results(pool: Pool, messages: int) -> tuple[dict[str, Any], dict[int, Any]]:
@@ -310,7 +331,7 @@ def _run_idle(pool: Pool, cfg: BenchConfig, res: dict[str, Any]) -> None:
     _connect(pool, cfg, res)
     pool.phase = "hold"
     hold = float(cfg.duration or 0.0)
-    pool.until(lambda _t: False, hold, every=0.25)
+    pool.until(lambda _t: False, pool.bound(hold), every=0.25)
     after = _server_sample(cfg.pid)
     open_at_sample = pool.total()["open"]
     # membership check: one probe into the room from the first open connection
@@ -329,7 +350,7 @@ def _run_idle(pool: Pool, cfg: BenchConfig, res: dict[str, Any]) -> None:
         return bool(t["probe_conns"] >= t["open"] or now - quiet["since"] > 3.0)
 
     if sent:
-        pool.until(reached_or_quiet, 15.0)
+        pool.until(reached_or_quiet, pool.bound(15.0))
     total, _ = _results(pool, 0)
     rss0, rss1 = before["rss_kb"], after["rss_kb"]
     res.update(
@@ -353,7 +374,7 @@ def _run_idle(pool: Pool, cfg: BenchConfig, res: dict[str, Any]) -> None:
     res["timed_out"] = False
 
 
-def _run_fanout(pool: Pool, cfg: BenchConfig, res: dict[str, Any], t_run0: float) -> None:
+def _run_fanout(pool: Pool, cfg: BenchConfig, res: dict[str, Any]) -> None:
     _connect(pool, cfg, res)
     m = int(cfg.messages or 0)
     # barrier: the publisher probes every 250 ms until every open member has seen a probe
@@ -365,11 +386,11 @@ def _run_fanout(pool: Pool, cfg: BenchConfig, res: dict[str, Any], t_run0: float
             last_probe[0] = now
             pool.send(0, "probe", {"publisher_only": True})
 
-    barrier_ok = pool.until(lambda t: bool(t["open"] and t["probe_conns"] >= t["open"]), 30.0, probe)
+    barrier_ok = pool.until(lambda t: bool(t["open"] and t["probe_conns"] >= t["open"]), pool.bound(30.0), probe)
     members_joined = pool.total()["probe_conns"]
     # let the probes drain: 300 ms without any frame
     pool.phase = "settle"
-    pool.until(lambda t: time.monotonic_ns() - t["t_last_recv"] > 300_000_000, 10.0)
+    pool.until(lambda t: time.monotonic_ns() - t["t_last_recv"] > 300_000_000, pool.bound(10.0))
     pool.replies.pop("probe", None)
     start_total = pool.total()
     subs_open = int(start_total["subs_open"])
@@ -379,7 +400,7 @@ def _run_fanout(pool: Pool, cfg: BenchConfig, res: dict[str, Any], t_run0: float
     rate = float(cfg.rate or 0.0)
     pool.call("start", {"messages": m, "window": cfg.window, "rate": rate}, 10.0, [0])
     progress = {"count": -1, "since": time.monotonic()}
-    hard_end = t_run0 + cfg.deadline
+    hard_end = pool.deadline
 
     def done(t: dict[str, Any]) -> bool:
         pub = pool.status.get(0, {})
@@ -392,7 +413,7 @@ def _run_fanout(pool: Pool, cfg: BenchConfig, res: dict[str, Any], t_run0: float
             progress["count"], progress["since"] = count, now
         return now - progress["since"] > cfg.drain or now >= hard_end
 
-    pool.until(done, max(1.0, hard_end - time.monotonic()) + 1.0)
+    pool.until(done, pool.bound(cfg.deadline) + 1.0)
     server1 = _server_sample(cfg.pid)
     pub = pool.status.get(0, {})
     sent = int(pub.get("sent", 0))
@@ -438,13 +459,13 @@ def _run_fanout(pool: Pool, cfg: BenchConfig, res: dict[str, Any], t_run0: float
     res["timed_out"] = timed_out
 
 
-def _run_ingress(pool: Pool, cfg: BenchConfig, res: dict[str, Any], t_run0: float) -> None:
+def _run_ingress(pool: Pool, cfg: BenchConfig, res: dict[str, Any]) -> None:
     _connect(pool, cfg, res)
     n = int(cfg.connections or 1)
     m = int(cfg.messages or 0)
     # a short settle so the joins are in before the first echo is expected
     pool.phase = "settle"
-    pool.until(lambda t: time.monotonic_ns() - t["t_last_recv"] > 300_000_000, 5.0)
+    pool.until(lambda t: time.monotonic_ns() - t["t_last_recv"] > 300_000_000, pool.bound(5.0))
     start_total = pool.total()
     server0 = _server_sample(cfg.pid)
     pool.phase = "measure"
@@ -456,7 +477,7 @@ def _run_ingress(pool: Pool, cfg: BenchConfig, res: dict[str, Any], t_run0: floa
     starts = pool.collect("start", 10.0)
     t0 = min(int(s["t_start"]) for s in starts.values())
     progress = {"count": -1, "since": time.monotonic()}
-    hard_end = t_run0 + cfg.deadline
+    hard_end = pool.deadline
 
     def done(t: dict[str, Any]) -> bool:
         all_done = all(s.get("sending_done") for s in pool.status.values())
@@ -468,7 +489,7 @@ def _run_ingress(pool: Pool, cfg: BenchConfig, res: dict[str, Any], t_run0: floa
             progress["count"], progress["since"] = count, now
         return now - progress["since"] > cfg.drain or now >= hard_end
 
-    pool.until(done, max(1.0, min(hard_end, time.monotonic() + duration_limit + cfg.drain + 30) - time.monotonic()))
+    pool.until(done, pool.bound(duration_limit + cfg.drain + 30) + 1.0)
     timed_out = not (all(s.get("sending_done") for s in pool.status.values()))
     server1 = _server_sample(cfg.pid)
     pool.call("stop", None, 10.0)
@@ -554,16 +575,16 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> dict[str, A
     t_run0 = time.monotonic()
     plans = _plans(cfg, room)
     res["client_procs"] = len(plans)
-    pool = Pool(plans, prog)
+    pool = Pool(plans, prog, t_run0 + cfg.deadline)
     try:
         pool.phase = "spawn"
-        pool.collect("ready", 60.0)
+        pool.collect("ready", pool.bound(60.0))
         if cfg.scenario == "idle":
             _run_idle(pool, cfg, res)
         elif cfg.scenario in ("fanout", "latency"):
-            _run_fanout(pool, cfg, res, t_run0)
+            _run_fanout(pool, cfg, res)
         else:
-            _run_ingress(pool, cfg, res, t_run0)
+            _run_ingress(pool, cfg, res)
     except BenchError as exc:
         res["error"] = str(exc)
     finally:
@@ -573,4 +594,10 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> dict[str, A
     problems = verdict(res)
     res["ok"] = not problems
     res["problems"] = problems
+    busy = res.get("client_busy_pct")
+    res["notes"] = (
+        [f"client-bound ({busy:.0f}% busy): the figure is a lower bound; add CPUs or --procs"]
+        if busy is not None and busy > CLIENT_BOUND_PCT
+        else []
+    )
     return res

@@ -104,8 +104,11 @@ class Worker:
             handler = getattr(self, "cmd_" + cmd, None)
             if handler is None:
                 self.reply(cmd, {"error": f"unknown command {cmd!r}"})
-            else:
+                continue
+            try:
                 handler(arg)
+            except Exception as exc:  # a bug here must end the run at once, not time it out
+                self.reply(cmd, {"error": f"{cmd}: {type(exc).__name__}: {exc}"})
 
     def finish(self) -> None:
         for client in self.clients:
@@ -124,7 +127,15 @@ class Worker:
         self.reply("status", self.status())
 
     def cmd_connect(self, arg: dict[str, Any]) -> None:
-        self.spawn(self.connect_all(float(arg["timeout"])))
+        self.spawn(self._connect(float(arg["timeout"])))
+
+    async def _connect(self, limit_s: float) -> None:
+        try:
+            await self.connect_all(limit_s)
+        except Exception as exc:
+            self.reply("connect", {"error": f"connect: {type(exc).__name__}: {exc}"})
+        else:
+            self.reply("connect", self.status())
 
     def cmd_probe(self, arg: dict[str, Any]) -> None:
         """Send one probe (seq -1) into the room from the publisher or the first open client."""
@@ -218,6 +229,7 @@ class Worker:
             "connect_t1": self.connect_t1,
             "connect_target": self.connect_target,
             "has_publisher": self.pub is not None,
+            "pub_open": self.pub is not None and self.pub.state == OPEN,
             "cpu_s": time.process_time(),
         }
 
@@ -275,7 +287,6 @@ class Worker:
         lanes = max(1, min(plan.conc, len(indices)))
         await asyncio.gather(*(lane() for _ in range(lanes)))
         self.connect_t1 = time.monotonic_ns()
-        self.reply("connect", self.status())
 
     # -- sending -----------------------------------------------------------------------------
 
