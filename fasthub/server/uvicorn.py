@@ -636,7 +636,9 @@ class HubProtocol(asyncio.Protocol):
             self.deferred.extend(out)
             return
         if out[-1] == b"" and wire.exc is not None:
-            log.info("fasthub: closing a connection: %s", wire.exc)
+            # a peer that just went away (EOF) is routine; a protocol violation is worth a line
+            level = logging.DEBUG if isinstance(wire.exc, EOFError) else logging.INFO
+            log.log(level, "fasthub: closing a connection: %s", wire.exc)
         if out[-1] == b"" and self.dispatcher is None and any(e["type"] == "websocket.receive" for e in self.queue):
             self.deferred = out
             self.loop.call_later(_CLOSE_TIMEOUT, self._write_deferred)
