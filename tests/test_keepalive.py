@@ -8,99 +8,17 @@ hub's sweep does. The tests only look at what a client and the hub's API can obs
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import json
 import os
-import socket
 import struct
 import time
 from typing import Any
 
 from fasthub import HubConfig
 from fasthub._wire.testing import encode_frame
-from tests.conftest import Server, connect, run
+from tests.conftest import RawClient, connect, run
 
 CONFIG = HubConfig(ping_interval=0.3, pong_timeout=0.6, cleanup_interval=0.2)
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-
-class RawClient:
-    """A WebSocket client over a plain socket: the handshake by hand, frames read on demand.
-
-    It answers nothing by itself (no pong, no close reply): what it sends is up to the test.
-    """
-
-    def __init__(self, server: Server, query: str, rcvbuf: int | None = None) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf is not None:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.settimeout(5)
-        self.sock.connect((server.host, server.port))
-        key = base64.b64encode(os.urandom(16))
-        path = f"{server.prefix}/ws" + (f"?{query}" if query else "")
-        request = (
-            f"GET {path} HTTP/1.1\r\nHost: {server.host}:{server.port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key.decode()}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        self.sock.sendall(request.encode())
-        self.buf = b""
-        while b"\r\n\r\n" not in self.buf:
-            chunk = self.sock.recv(4096)
-            assert chunk, "server closed during the handshake"
-            self.buf += chunk
-        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-        lines = head.decode("latin-1").split("\r\n")
-        assert lines[0].startswith("HTTP/1.1 101"), lines[0]
-        headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
-        assert headers["sec-websocket-accept"] == base64.b64encode(hashlib.sha1(key + GUID).digest()).decode()
-
-    def _read(self, n: int, deadline: float) -> bytes | None:
-        while len(self.buf) < n:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError
-            self.sock.settimeout(left)
-            try:
-                chunk = self.sock.recv(65536)
-            except ConnectionResetError:
-                return None
-            if not chunk:
-                return None
-            self.buf += chunk
-        data, self.buf = self.buf[:n], self.buf[n:]
-        return data
-
-    def frame(self, timeout: float = 5.0) -> tuple[int, bytes] | None:
-        """The next (opcode, payload), or None at EOF. Raises TimeoutError."""
-        deadline = time.monotonic() + timeout
-        head = self._read(2, deadline)
-        if head is None:
-            return None
-        opcode, n = head[0] & 0x0F, head[1] & 0x7F
-        assert head[1] & 0x80 == 0, "server frames are not masked"
-        if n == 126:
-            ext = self._read(2, deadline)
-            assert ext is not None
-            n = struct.unpack("!H", ext)[0]
-        elif n == 127:
-            ext = self._read(8, deadline)
-            assert ext is not None
-            n = struct.unpack("!Q", ext)[0]
-        payload = self._read(n, deadline) if n else b""
-        assert payload is not None, "EOF inside a frame"
-        return opcode, payload
-
-    def json(self, timeout: float = 5.0) -> Any:
-        got = self.frame(timeout)
-        assert got is not None and got[0] == 0x1, got
-        return json.loads(got[1])
-
-    def send_json(self, obj: Any) -> None:
-        self.sock.sendall(encode_frame(0x1, json.dumps(obj).encode(), mask=os.urandom(4)))
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 async def answer_pings(raw: RawClient, stop: asyncio.Event, got: list[tuple[int, bytes]]) -> int:

@@ -12,11 +12,8 @@ so the senders keep going until the hub reacts, or give up.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import json
 import os
-import socket
 import struct
 import time
 from typing import Any
@@ -25,6 +22,7 @@ import pytest
 
 from fasthub import HubConfig
 from fasthub._wire.testing import encode_frame
+from tests import conftest
 from tests.conftest import Client, Server, connect, query_user, run, serve
 
 PAD = "x" * 8000  # ~8 KiB per message
@@ -47,66 +45,11 @@ except ImportError:  # pragma: no cover
     pass
 
 
-class RawClient:
-    """A WebSocket client over a plain socket with a small receive buffer; reads only on demand."""
+class RawClient(conftest.RawClient):
+    """A slow reader: a raw client with a 4 KiB receive buffer that reads only on demand."""
 
     def __init__(self, server: Server, query: str, rcvbuf: int = 4096) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.settimeout(5)
-        self.sock.connect((server.host, server.port))
-        key = base64.b64encode(os.urandom(16))
-        request = (
-            f"GET {server.prefix}/ws?{query} HTTP/1.1\r\nHost: {server.host}:{server.port}\r\n"
-            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key.decode()}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        )
-        self.sock.sendall(request.encode())
-        self.buf = b""
-        while b"\r\n\r\n" not in self.buf:
-            chunk = self.sock.recv(4096)
-            assert chunk, "server closed during the handshake"
-            self.buf += chunk
-        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-        assert head.startswith(b"HTTP/1.1 101"), head
-        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
-        assert accept in head
-
-    def _read(self, n: int, deadline: float) -> bytes | None:
-        while len(self.buf) < n:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError
-            self.sock.settimeout(left)
-            try:
-                chunk = self.sock.recv(1 << 20)
-            except ConnectionResetError:
-                return None
-            if not chunk:
-                return None
-            self.buf += chunk
-        data, self.buf = self.buf[:n], self.buf[n:]
-        return data
-
-    def frame(self, timeout: float = 5.0) -> tuple[int, bytes] | None:
-        """The next (opcode, payload), or None at EOF. Raises TimeoutError."""
-        deadline = time.monotonic() + timeout
-        head = self._read(2, deadline)
-        if head is None:
-            return None
-        opcode, n = head[0] & 0x0F, head[1] & 0x7F
-        if n >= 126:
-            ext = self._read(2 if n == 126 else 8, deadline)
-            assert ext is not None
-            n = struct.unpack("!H" if len(ext) == 2 else "!Q", ext)[0]
-        payload = self._read(n, deadline) if n else b""
-        assert payload is not None, "EOF inside a frame"
-        return opcode, payload
-
-    def json(self, timeout: float = 5.0) -> Any:
-        got = self.frame(timeout)
-        assert got is not None and got[0] == 0x1, got
-        return json.loads(got[1])
+        super().__init__(server, query, rcvbuf)
 
     def drain(self, limit: int = MAX_MESSAGES + 100, timeout: float = 5.0) -> list[tuple[int, bytes]]:
         """Read frames (answering pings) until a close frame, EOF or ``timeout`` of silence."""
@@ -126,9 +69,6 @@ class RawClient:
                 self.sock.sendall(encode_frame(0x8, got[1][:2], mask=os.urandom(4)))
                 break
         return frames
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def seqs(frames: list[tuple[int, bytes]]) -> list[int]:
