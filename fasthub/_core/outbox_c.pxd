@@ -28,6 +28,8 @@ cdef class Outbox:
     cdef public bint scheduled
     cdef public object sink
     cdef public object transport
+    cdef public int fd
+    cdef public bint unsure
     cpdef int push(self, Payload p)
     cpdef list take(self)
     cpdef done(self, Py_ssize_t n)
@@ -46,7 +48,7 @@ cdef class Fanout:
     cpdef int push(self, Outbox ob, Payload p)
     @cython.locals(count=Py_ssize_t, ob=Outbox, overflow=list)
     cpdef tuple push_many(self, dict members, Payload p, object exclude=*)
-    @cython.locals(ob=Outbox, dirty=list, error=object, last=list, joined=bytes, items=list, data=bytes, transport=object, first=Payload)
+    @cython.locals(ob=Outbox, dirty=list, error=object, last=list, joined=bytes, items=list, data=bytes, transport=object, first=Payload, n=Py_ssize_t)
     cpdef flush(self)
 
 cdef list _NO_ITEMS

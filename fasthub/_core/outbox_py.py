@@ -13,7 +13,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from fasthub._ext import NO_EXTENSIONS
 from fasthub._wire import build_close, build_frame
+
+if NO_EXTENSIONS:
+    from fasthub._core.sockio_py import send_some
+else:
+    try:
+        from fasthub._core.sockio_c import send_some
+    except ImportError:
+        from fasthub._core.sockio_py import send_some
 
 _OP_TEXT = 0x1
 _OP_BINARY = 0x2
@@ -89,8 +98,12 @@ class Outbox:
         self.closing = False
         self.scheduled = False
         self.sink: Any = None
-        # Fast path: the open transport the flush writes to directly (None: go through sink).
+        # Fast path: the open transport the flush writes to directly (None: go through sink),
+        # its socket's fd for direct send(2) while the transport holds nothing (-1: never), and
+        # whether the transport may hold bytes we have not counted (then re-read before a send).
         self.transport: Any = None
+        self.fd = -1
+        self.unsure = True
 
     def push(self, p: Payload) -> int:
         if self.closing:
@@ -231,6 +244,19 @@ class Fanout:
                             last = items
                         data = joined
                     transport = ob.transport
+                    if ob.fd >= 0:
+                        if ob.unsure:
+                            ob.buffered = transport.get_write_buffer_size()
+                            ob.unsure = ob.buffered != 0
+                        if not ob.unsure:
+                            # picows' trick: the transport holds nothing, so write to the
+                            # socket directly; only a remainder goes through the transport
+                            n = send_some(ob.fd, data)
+                            if n == len(data):
+                                continue
+                            ob.unsure = True
+                            if n > 0:
+                                data = data[n:]
                     transport.write(data)
                     ob.buffered = transport.get_write_buffer_size()
                 elif ob.sink is not None:

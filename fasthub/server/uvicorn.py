@@ -56,6 +56,17 @@ def _client_disconnected() -> Exception:
         return ConnectionClosed("the client disconnected")
 
 
+def _plain_fd(transport: Any) -> int:
+    """The socket's fd for direct writes, or -1 for TLS or anything that is not a plain socket."""
+    if transport.get_extra_info("sslcontext") is not None:
+        return -1
+    sock = transport.get_extra_info("socket")
+    try:
+        return int(sock.fileno()) if sock is not None else -1
+    except (AttributeError, OSError, ValueError):
+        return -1
+
+
 class HubProtocol(asyncio.Protocol):
     """One WebSocket connection served by fasthub's own engine under uvicorn."""
 
@@ -443,6 +454,7 @@ class HubProtocol(asyncio.Protocol):
         self.scope = None  # the app has its own reference for as long as it needs one
         if self.phase == _OPEN:
             self.outbox.transport = self.transport  # the compiled flush writes here directly
+            self.outbox.fd = _plain_fd(self.transport)
         # anything queued before attach (not expected: clients wait for the 101) goes through too
         pending = [e for e in self.queue if e["type"] == "websocket.receive"]
         self.queue = ()
@@ -566,6 +578,7 @@ class HubProtocol(asyncio.Protocol):
             frames.append(p.frame())
         if frames:
             self.transport.writelines(frames)
+            outbox.unsure = True
         outbox.inflight = 0
         if close is not None:
             self._send_close(close.code, close.reason)
@@ -611,6 +624,7 @@ class HubProtocol(asyncio.Protocol):
         """No more direct writes: only the close handshake is left on this socket."""
         if self.outbox is not None:
             self.outbox.transport = None
+            self.outbox.fd = -1
 
     def abort(self) -> None:
         self._detach_transport()
@@ -660,6 +674,8 @@ class HubProtocol(asyncio.Protocol):
             close_tcp = True
         if out:
             self.transport.writelines(out)
+            if self.outbox is not None:
+                self.outbox.unsure = True
         if close_tcp:
             self.phase = _CLOSED
             self._detach_transport()
