@@ -13,16 +13,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from fasthub._ext import NO_EXTENSIONS
+from fasthub._ext import LIVE, NO_EXTENSIONS
 from fasthub._wire import build_close, build_frame
 
 if NO_EXTENSIONS:
     from fasthub._core.sockio_py import send_some
+
+    LIVE["fasthub._core.sockio_c"] = False
 else:
     try:
         from fasthub._core.sockio_c import send_some
+
+        LIVE["fasthub._core.sockio_c"] = True
     except ImportError:
         from fasthub._core.sockio_py import send_some
+
+        LIVE["fasthub._core.sockio_c"] = False
 
 _OP_TEXT = 0x1
 _OP_BINARY = 0x2
