@@ -48,41 +48,22 @@ if TYPE_CHECKING or NO_EXTENSIONS:
     for _name in TWINS:
         LIVE[_name] = False
 else:
-    try:
-        from .frames_c import build_close, build_frame, build_header, close_code_allowed
-    except ImportError:
-        from .frames_py import build_close, build_frame, build_header, close_code_allowed
+    import importlib
 
-        LIVE["fasthub._wire.frames_c"] = False
-    else:
-        LIVE["fasthub._wire.frames_c"] = True
-
-    try:
-        from .mask_c import apply_mask
-    except ImportError:
-        from .mask_py import apply_mask
-
-        LIVE["fasthub._wire.mask_c"] = False
-    else:
-        LIVE["fasthub._wire.mask_c"] = True
-
-    try:
-        from .utf8_c import Utf8Validator, is_valid_utf8
-    except ImportError:
-        from .utf8_py import Utf8Validator, is_valid_utf8
-
-        LIVE["fasthub._wire.utf8_c"] = False
-    else:
-        LIVE["fasthub._wire.utf8_c"] = True
-
-    try:
-        from .protocol_c import ServerProtocol
-    except ImportError:
-        from .protocol_py import ServerProtocol
-
-        LIVE["fasthub._wire.protocol_c"] = False
-    else:
-        LIVE["fasthub._wire.protocol_c"] = True
+    _mods = {}
+    for _compiled, _pure in TWINS.items():
+        try:
+            _mods[_compiled] = importlib.import_module(_compiled)
+        except ImportError:  # no build: the pure twin
+            _mods[_compiled] = importlib.import_module(_pure)
+        LIVE[_compiled] = _mods[_compiled].__name__ == _compiled
+    _frames = _mods["fasthub._wire.frames_c"]
+    build_close, build_frame = _frames.build_close, _frames.build_frame
+    build_header, close_code_allowed = _frames.build_header, _frames.close_code_allowed
+    apply_mask = _mods["fasthub._wire.mask_c"].apply_mask
+    Utf8Validator = _mods["fasthub._wire.utf8_c"].Utf8Validator
+    is_valid_utf8 = _mods["fasthub._wire.utf8_c"].is_valid_utf8
+    ServerProtocol = _mods["fasthub._wire.protocol_c"].ServerProtocol
 
 __all__ = [
     "CLOSED",

@@ -28,13 +28,11 @@ from .worker import WorkerPlan
 
 __all__ = ["BenchError", "Progress", "run_bench"]
 
-_SUM_KEYS = (
-    "open",
-    "subs_open",
-    "failed",
-    "conn_refused",
+# the counters every loadgen result ends with, in loadgen's order (plus ``misrouted``, ours)
+_TRAILING_KEYS = (
     "hs_bad_status",
     "hs_bad_accept",
+    "conn_refused",
     "hs_timeout",
     "server_closed",
     "reset_after_open",
@@ -43,15 +41,22 @@ _SUM_KEYS = (
     "binary_frames",
     "masked_server_frames",
     "probe_frames",
+    "misrouted",
+)
+# counters summed over the client processes
+_SUM_KEYS = (
+    "open",
+    "subs_open",
+    "failed",
     "probe_conns",
     "received",
     "pub_echo",
     "gaps",
     "dup_or_ooo",
-    "misrouted",
     "lat_dropped",
     "sent",
     "connect_target",
+    *_TRAILING_KEYS,
 )
 
 
@@ -309,20 +314,7 @@ def _results(pool: Pool, messages: int) -> tuple[dict[str, Any], dict[int, Any]]
 
 def _counters(res: dict[str, Any], total: dict[str, Any]) -> None:
     """The trailing counters every loadgen result carries (plus ``misrouted``, ours)."""
-    for key in (
-        "hs_bad_status",
-        "hs_bad_accept",
-        "conn_refused",
-        "hs_timeout",
-        "server_closed",
-        "reset_after_open",
-        "pings_answered",
-        "other_frames",
-        "binary_frames",
-        "masked_server_frames",
-        "probe_frames",
-        "misrouted",
-    ):
+    for key in _TRAILING_KEYS:
         res[key] = total[key]
 
 
