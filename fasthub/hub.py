@@ -8,11 +8,11 @@ the hub to its event loop (``_attach``) and gives each connection a sink that dr
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
 import contextlib
 import logging
 import os
-import secrets
 import time
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any, Protocol
@@ -43,6 +43,38 @@ class Sink(Protocol):
 
     def abort(self) -> None:
         """Drop the connection now (used when a close cannot be written)."""
+
+
+class _Ids:
+    """Unguessable connection ids (16 URL-safe characters): one ``urandom`` per 4,096 of them.
+
+    ``secrets.token_urlsafe`` costs a syscall per connection, which shows in a reconnect storm.
+    A forked child starts a pool of its own, so processes never share ids.
+    """
+
+    __slots__ = ("pool", "pos")
+
+    _SIZE = 12 * 4096
+
+    def __init__(self) -> None:
+        self.pool = b""
+        self.pos = 0
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.pool = b""
+        self.pos = 0
+
+    def next(self) -> str:
+        pos = self.pos
+        if pos + 12 > len(self.pool):
+            self.pool = os.urandom(self._SIZE)
+            pos = 0
+        self.pos = pos + 12
+        return base64.urlsafe_b64encode(self.pool[pos : pos + 12]).decode()
+
+
+_ids = _Ids()
 
 
 def _exclude_set(exclude: Exclude) -> Any:
@@ -198,7 +230,7 @@ class Hub:
     # -- registry (server layer) -----------------------------------------------------------------
 
     def _register(self, sink: Sink, user_id: str | None, scope: MutableMapping[str, Any] | None = None) -> Connection:
-        conn_id = secrets.token_urlsafe(12)
+        conn_id = _ids.next()
         anonymous = user_id is None
         uid = f"anon-{conn_id}" if user_id is None else str(user_id)
         outbox = Outbox(self.config.send_buffer_size, self.config.slow_consumer == "drop")

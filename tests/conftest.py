@@ -28,6 +28,7 @@ import websockets
 from fasthub import Hub, HubConfig, create_app
 from fasthub._wire.testing import encode_frame
 from fasthub.server.asgi import FasthubApp
+from fasthub.server.listener import listener_protocol
 from fasthub.server.uvicorn import HubProtocol
 
 WS_IMPLS = ["fasthub", "websockets-sansio"]
@@ -107,8 +108,9 @@ def serve(
         "lifespan": "on" if not mount else "auto",
         "timeout_graceful_shutdown": 2,
     }
-    if ws == "fasthub":
+    if ws == "fasthub":  # what ``fasthub serve`` runs: our listener in front, HubProtocol
         options["ws"] = HubProtocol
+        options["http"] = listener_protocol(cfg.handshake_timeout, cfg.max_request_size)
     options.update(uvicorn_kwargs or {})
     with uvicorn_thread(uvicorn.Config(asgi, **options), sock) as (server, thread):
         yield Server("127.0.0.1", port, prefix, app, hub, server, thread)

@@ -31,6 +31,7 @@ else:
 KIND_TEXT = _outbox.KIND_TEXT
 KIND_BINARY = _outbox.KIND_BINARY
 KIND_CLOSE = _outbox.KIND_CLOSE
+KIND_RAW = _outbox.KIND_RAW
 QUEUED = _outbox.QUEUED
 DROPPED = _outbox.DROPPED
 OVERFLOW = _outbox.OVERFLOW
@@ -45,6 +46,7 @@ __all__ = [
     "DROPPED",
     "KIND_BINARY",
     "KIND_CLOSE",
+    "KIND_RAW",
     "KIND_TEXT",
     "OVERFLOW",
     "QUEUED",

@@ -12,6 +12,9 @@ from .outbox_py import (
     KIND_CLOSE as KIND_CLOSE,
 )
 from .outbox_py import (
+    KIND_RAW as KIND_RAW,
+)
+from .outbox_py import (
     KIND_TEXT as KIND_TEXT,
 )
 from .outbox_py import (

@@ -37,9 +37,11 @@ _OP_BINARY = 0x2
 _KIND_TEXT = 1
 _KIND_BINARY = 2
 _KIND_CLOSE = 8
+_KIND_RAW = 16  # bytes that go out as they are: the 101 response ahead of the first frames
 KIND_TEXT = _KIND_TEXT
 KIND_BINARY = _KIND_BINARY
 KIND_CLOSE = _KIND_CLOSE
+KIND_RAW = _KIND_RAW
 
 # Outbox.push results
 _QUEUED = 0
@@ -69,6 +71,8 @@ class Payload:
         if self._frame is None:
             if self.kind == _KIND_CLOSE:
                 self._frame = build_close(self.code, self.reason)
+            elif self.kind == _KIND_RAW:
+                self._frame = self.data
             else:
                 self._frame = build_frame(_OP_TEXT if self.kind == _KIND_TEXT else _OP_BINARY, self.data)
         return self._frame

@@ -235,14 +235,15 @@ class FasthubApp:
                 if refused is not None:
                     await self._deny(scope, send, refused.status, refused.reason)
                     return
-        accept: dict[str, Any] = {"type": "websocket.accept"}
-        if SUBPROTOCOL in (scope.get("subprotocols") or ()):
-            accept["subprotocol"] = SUBPROTOCOL
-        await send(accept)
+        subprotocol = SUBPROTOCOL if SUBPROTOCOL in (scope.get("subprotocols") or ()) else None
         fast = scope.get("extensions", {}).get("fasthub.transport")
         if fast is not None:
-            await self._serve_fast(fast["protocol"], scope, user_id, identity)
+            await self._serve_fast(fast["protocol"], scope, user_id, identity, subprotocol)
             return
+        accept: dict[str, Any] = {"type": "websocket.accept"}
+        if subprotocol is not None:
+            accept["subprotocol"] = subprotocol
+        await send(accept)
         sink = AsgiSink(send, loop, asyncio.current_task())
         conn = hub._register(sink, user_id, scope)
         sink.outbox = conn._outbox
@@ -288,13 +289,16 @@ class FasthubApp:
             }
         )
 
-    async def _serve_fast(self, protocol: Any, scope: Scope, user_id: Any, identity: Identity | None) -> None:
+    async def _serve_fast(
+        self, protocol: Any, scope: Scope, user_id: Any, identity: Identity | None, subprotocol: str | None
+    ) -> None:
         """Fast path: the protocol feeds the dispatcher from its callbacks and writes frames itself.
 
-        This coroutine returns once the connection is set up; no task waits per connection.
+        The 101 and the ``connected`` message leave in one write; this coroutine returns once
+        the connection is set up, so no task waits per connection.
         """
         conn = self.hub._register(protocol, user_id, scope)
-        protocol.attach(conn, self.dispatcher, self._lost)
+        protocol.open_hub(conn, self.dispatcher, self._lost, subprotocol)
         self._hello(conn, identity)
         await self._connected(conn)
 

@@ -9,12 +9,12 @@ from typing import Any
 from ..config import HubConfig
 from ..hub import Hub
 from .asgi import FasthubApp, create_app
-from .http import guarded_http_protocol
+from .listener import listener_protocol
 from .uvicorn import HubProtocol
 
 
 def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info", **kw: Any) -> Any:
-    """A ``uvicorn.Config`` for the fast path: HubProtocol on uvloop + httptools.
+    """A ``uvicorn.Config`` for the fast path: our listener and HubProtocol on uvloop + httptools.
 
     Limits and timers come from the app's ``HubConfig`` (the defaults for a non-hub app).
     """
@@ -27,7 +27,7 @@ def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8080, log_leve
         "port": port,
         "log_level": log_level,
         "loop": "uvloop",
-        "http": guarded_http_protocol(cfg.handshake_timeout, cfg.max_request_size),
+        "http": listener_protocol(cfg.handshake_timeout, cfg.max_request_size),
         "ws": HubProtocol,
         "ws_max_size": cfg.max_message_size,
         "ws_ping_interval": cfg.ping_interval,

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from .._core import KIND_BINARY, KIND_CLOSE, KIND_TEXT, Outbox, Payload
+from .._core import KIND_BINARY, KIND_CLOSE, KIND_RAW, KIND_TEXT, Outbox, Payload
 from .._wire import OP_BINARY, OP_CLOSE, OP_TEXT, OPEN, ServerProtocol, build_frame
 from ..exceptions import ConnectionClosed
 from . import handshake
@@ -56,15 +56,35 @@ def _client_disconnected() -> Exception:
         return ConnectionClosed("the client disconnected")
 
 
-def _plain_fd(transport: Any) -> int:
-    """The socket's fd for direct writes, or -1 for TLS or anything that is not a plain socket."""
-    if transport.get_extra_info("sslcontext") is not None:
-        return -1
+def _socket_info(transport: Any) -> tuple[Any, Any, int, bool]:
+    """``(server, client, fd, tls)`` for a new connection, from one socket lookup.
+
+    ``fd`` is the socket's descriptor for direct writes, -1 for TLS or anything that is not a
+    plain socket (then every write goes through the transport).
+    """
+    tls = transport.get_extra_info("sslcontext") is not None
     sock = transport.get_extra_info("socket")
+    if sock is None:
+        return _address(transport.get_extra_info("sockname")), _address(transport.get_extra_info("peername")), -1, tls
     try:
-        return int(sock.fileno()) if sock is not None else -1
+        server = _address(sock.getsockname())
+        client = _address(sock.getpeername())
+    except OSError:  # a socket already gone, or a Unix socket without a peer name
+        server = client = None
+    try:
+        fd = -1 if tls else int(sock.fileno())
     except (AttributeError, OSError, ValueError):
-        return -1
+        fd = -1
+    return server, client, fd, tls
+
+
+def _address(info: Any) -> Any:
+    """ASGI's ``server``/``client`` form: ``(host, port)``, ``(path, None)`` for Unix sockets."""
+    if isinstance(info, tuple) and len(info) >= 2:
+        return (str(info[0]), int(info[1]))
+    if isinstance(info, str) and info:
+        return (info, None)
+    return None
 
 
 class HubProtocol(asyncio.Protocol):
@@ -83,6 +103,7 @@ class HubProtocol(asyncio.Protocol):
         "default_headers",
         "deferred",
         "dispatcher",
+        "fd",
         "key",
         "last_ping",
         "last_received",
@@ -134,6 +155,7 @@ class HubProtocol(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.request_buffer = b""
         self.key = b""
+        self.fd = -1  # the socket for direct writes, once known (-1: none, or TLS)
         self.response_start: dict[str, Any] | None = None  # denial response in progress
         self.response_body: list[bytes] | None = None
         self.close_timer: asyncio.TimerHandle | None = None
@@ -283,16 +305,15 @@ class HubProtocol(asyncio.Protocol):
         path = unquote(raw_path.decode("ascii", "replace"))
         full_path = self.root_path + path
         full_raw_path = self.root_path.encode("ascii") + raw_path
-        transport = self.transport
-        from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
-
+        server, client, fd, tls = _socket_info(self.transport)
+        self.fd = fd
         self.scope = {
             "type": "websocket",
             "asgi": {"version": self.config.asgi_version, "spec_version": "2.4"},
             "http_version": "1.1",
-            "scheme": "wss" if is_ssl(transport) else "ws",
-            "server": get_local_addr(transport),
-            "client": get_remote_addr(transport),
+            "scheme": "wss" if tls else "ws",
+            "server": server,
+            "client": client,
             "root_path": self.root_path,
             "path": full_path,
             "raw_path": full_raw_path,
@@ -441,29 +462,43 @@ class HubProtocol(asyncio.Protocol):
 
     # -- the hub's fast path ------------------------------------------------------------------------
 
-    def attach(self, conn: Connection, dispatcher: Dispatcher, on_lost: Callable[[Connection], None]) -> None:
-        """Serve ``conn`` from protocol callbacks from now on.
+    def open_hub(
+        self,
+        conn: Connection,
+        dispatcher: Dispatcher,
+        on_lost: Callable[[Connection], None],
+        subprotocol: str | None = None,
+    ) -> None:
+        """Accept the upgrade and serve ``conn`` from protocol callbacks from now on.
 
-        The ASGI coroutine may then return without closing the socket: no task stays parked
-        per idle connection. ``on_lost(conn)`` runs once when the socket is gone.
+        The 101 response is queued at the head of the outbox, so it leaves with the first frames
+        (the ``connected`` message) in one write. The ASGI coroutine may then return without
+        closing the socket: no task stays parked per idle connection. ``on_lost(conn)`` runs
+        once when the socket is gone.
         """
         self.conn = conn
-        self.outbox = conn._outbox
+        outbox = self.outbox = conn._outbox
         self.dispatcher = dispatcher
         self.on_lost = on_lost
         self.scope = None  # the app has its own reference for as long as it needs one
-        if self.phase == _OPEN:
-            self.outbox.transport = self.transport  # the compiled flush writes here directly
-            self.outbox.fd = _plain_fd(self.transport)
-        # anything queued before attach (not expected: clients wait for the 101) goes through too
-        pending = [e for e in self.queue if e["type"] == "websocket.receive"]
-        self.queue = ()
-        for event in pending:
-            text = event.get("text")
-            self._dispatch_events([(OP_TEXT, text.encode())] if text is not None else [(OP_BINARY, event["bytes"])])
-        if self.lost:
+        self.queue = ()  # the hub path has no receive()
+        if self.lost:  # gone while the app authenticated it
             self.on_lost = None
             on_lost(conn)
+            return
+        if self.phase != _HANDSHAKE:  # answered meanwhile (shutdown); connection_lost follows
+            return
+        headers = self.default_headers
+        if subprotocol:
+            headers = [*headers, (b"sec-websocket-protocol", subprotocol.encode())]
+        self.phase = _OPEN
+        self.wire = ServerProtocol(self.config.ws_max_size or 0)
+        transport = self.transport
+        transport.set_write_buffer_limits(high=64 * 1024, low=16 * 1024)
+        outbox.transport = transport  # the compiled flush writes here directly
+        outbox.fd = self.fd
+        outbox.push(Payload(KIND_RAW, handshake.accept_response(self.key, headers)))
+        conn._mark_dirty()
 
     def _dispatch_events(self, events: list[tuple[int, object]]) -> None:
         """Handle parsed frames in order, at most ``_TURN`` per loop iteration.

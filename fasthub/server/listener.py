@@ -1,0 +1,138 @@
+"""``ListenerProtocol``: fasthub's own front door, uvicorn's hand-off turned around.
+
+uvicorn gives every connection an ``HttpToolsProtocol`` first (a logger lookup, flow control,
+address syscalls, an httptools parser, a keep-alive timer), and only after the request is parsed
+does it hand a WebSocket upgrade to the ``ws`` class, re-serializing the request for it. For a
+hub whose connections are almost all WebSockets, that machinery is most of the cost of a
+connect and a third of an idle connection's memory. This protocol is the first (and usually
+the only) protocol of every connection: it reads the request head itself; an upgrade request
+becomes a WebSocket right here (it *is* a ``HubProtocol``), and anything else is handed to
+uvicorn's HTTP protocol with the bytes read so far, so HTTP routes stay plain ASGI.
+
+Use it as uvicorn's ``http`` class (``fasthub serve`` does): ``uvicorn.Config(app,
+http=ListenerProtocol, ws=HubProtocol)`` or ``uvicorn app:app --http
+fasthub.server.listener:ListenerProtocol --ws fasthub.server.uvicorn:HubProtocol``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from .http import GuardedHttpToolsProtocol
+from .uvicorn import _HANDSHAKE, HubProtocol
+
+
+def _wants_websocket(head: bytes) -> bool:
+    """Whether a complete request head asks for a WebSocket upgrade (a cheap scan, not a parse)."""
+    lower = head.lower()
+    i = lower.find(b"\r\nupgrade:")
+    while i >= 0:
+        end = lower.find(b"\r\n", i + 10)
+        if b"websocket" in lower[i + 10 : end if end >= 0 else len(lower)]:
+            return True
+        i = lower.find(b"\r\nupgrade:", i + 10)
+    return False
+
+
+class ListenerProtocol(HubProtocol):
+    """Every connection's first protocol: WebSocket upgrades stay, other requests go to HTTP."""
+
+    __slots__ = ("head_timer", "server_state")
+
+    #: the protocol that serves plain HTTP requests (guards set by ``listener_protocol``)
+    http_class: type[Any] = GuardedHttpToolsProtocol
+    head_timeout: float = 10.0
+
+    def __init__(
+        self,
+        config: Any,
+        server_state: Any,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.server_state = server_state
+        self.head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.head_timeout > 0:
+            self.head_timer = self.loop.call_later(self.head_timeout, self._head_late)
+
+    def _head_late(self) -> None:
+        """Slowloris: the request head did not arrive in time."""
+        self.head_timer = None
+        if self.phase == _HANDSHAKE and not self.key and not self.lost:
+            self._write_response(408, [(b"content-type", b"text/plain")], b"request head not received in time\n")
+
+    def _head_done(self) -> None:
+        timer = self.head_timer
+        if timer is not None:
+            self.head_timer = None
+            timer.cancel()
+
+    def _handshake_data(self, data: bytes) -> None:
+        if self.key or self.phase != _HANDSHAKE:
+            super()._handshake_data(data)
+            return
+        buffered = self.request_buffer + data
+        end = buffered.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buffered) > self.max_head_size:
+                self._head_done()
+                self._write_response(431, [(b"content-type", b"text/plain")], b"request head too large\n")
+                return
+            self.request_buffer = buffered
+            return
+        self._head_done()
+        if _wants_websocket(buffered[: end + 2]):
+            self.request_buffer = b""
+            super()._handshake_data(buffered)
+        else:
+            self._hand_off(buffered)
+
+    @property
+    def max_head_size(self) -> int:
+        return int(getattr(self.http_class, "max_head_size", 16 * 1024))
+
+    def _hand_off(self, data: bytes) -> None:
+        """A plain HTTP request: uvicorn's HTTP protocol takes the connection from here."""
+        self.request_buffer = b""
+        self.connections.discard(self)
+        http = self.http_class(
+            config=self.config, server_state=self.server_state, app_state=self.app_state, _loop=self.loop
+        )
+        transport = self.transport
+        self.phase = _RESPONDED_BY_HTTP
+        http.connection_made(transport)
+        transport.set_protocol(http)
+        http.data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_done()
+        super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        self._head_done()
+        super().shutdown()
+
+
+_RESPONDED_BY_HTTP = 5  # the connection belongs to the HTTP protocol now
+
+
+def listener_protocol(head_timeout: float, max_head_size: int) -> type[ListenerProtocol]:
+    """A ``ListenerProtocol`` class with these request-head guards, for ``uvicorn.Config(http=...)``."""
+    http_class = type(
+        "GuardedHttpToolsProtocol",
+        (GuardedHttpToolsProtocol,),
+        {"head_timeout": head_timeout, "max_head_size": max_head_size},
+    )
+    return type(
+        "ListenerProtocol",
+        (ListenerProtocol,),
+        {"__slots__": (), "http_class": http_class, "head_timeout": head_timeout},
+    )
+
+
+__all__ = ["ListenerProtocol", "listener_protocol"]
