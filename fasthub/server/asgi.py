@@ -26,6 +26,7 @@ from ..dispatch import Dispatcher, MessageHandler, RoomHooks, UserHook, room_hoo
 from ..exceptions import Denied
 from ..hub import Hub
 from ..messages import MessageType, utc_timestamp
+from .handshake import denial_body
 from .types import Receive, Scope, Send
 
 log = logging.getLogger("fasthub")
@@ -47,6 +48,10 @@ _SECURITY_HEADERS = [
 
 async def _resolve(value: Any) -> Any:
     if inspect.isawaitable(value):
+        if asyncio.current_task() is None:
+            # started eagerly by the fast path (no task yet): move into one before running
+            # the hook, which may rely on it (asyncio.timeout, anyio)
+            await asyncio.sleep(0)
         return await value
     return value
 
@@ -271,6 +276,36 @@ class FasthubApp:
                 except Exception:
                     log.exception("fasthub: on_disconnect failed")
 
+    def opens_directly(self, raw_path: bytes) -> bool:
+        """Whether an upgrade to ``raw_path`` can be served by ``open_direct``.
+
+        That is when nothing would read the scope: no authenticate or on_connect hook, no Origin
+        list, no per-IP caps, ``keep_scope`` off, and the request is for ``ws_path`` itself.
+        """
+        if self.authenticate is not None or self.on_connect is not None or self.origins is not None:
+            return False
+        c = self.hub.config
+        if c.keep_scope or c.max_connections_per_ip or c.connect_rate_per_ip:
+            return False
+        return raw_path == self.ws_path.encode()
+
+    def open_direct(self, protocol: Any, subprotocols: list[str]) -> None:
+        """Open a fast-path connection without an ASGI scope or coroutine (see ``opens_directly``).
+
+        The same steps as ``serve_websocket`` takes for such an app, minus everything nobody
+        would look at: a reconnect storm of 10,000 clients is mostly this function.
+        """
+        hub = self.hub
+        if hub._loop is None:
+            hub._attach(protocol.loop)
+        refused = hub._admit(None)
+        if refused is not None:
+            protocol.deny(refused.status, refused.reason)
+            return
+        conn = hub._register(protocol, None, None)
+        protocol.open_hub(conn, self.dispatcher, self._lost, SUBPROTOCOL if SUBPROTOCOL in subprotocols else None)
+        self._hello(conn, None)
+
     def _precheck(self, scope: Scope) -> Denied | None:
         """Refusals that need no credential: Origin allow-list, then the connection caps."""
         if self.origins is not None and not self.origins.allows(scope):
@@ -375,7 +410,7 @@ class FasthubApp:
 
     async def _deny(self, scope: Scope, send: Send, status: int, reason: str) -> None:
         if "websocket.http.response" in scope.get("extensions", {}):
-            body = orjson.dumps({"error": reason, "status": status})
+            body = denial_body(status, reason)
             await send(
                 {
                     "type": "websocket.http.response.start",

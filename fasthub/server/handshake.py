@@ -12,6 +12,8 @@ import hashlib
 from dataclasses import dataclass
 from http import HTTPStatus
 
+import orjson
+
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_REQUEST_SIZE = 16 * 1024
 
@@ -123,6 +125,11 @@ def http_response(status: int, headers: list[tuple[bytes, bytes]], body: bytes) 
         out.append(b"connection: close\r\n")
     out += [b"\r\n", body]
     return b"".join(out)
+
+
+def denial_body(status: int, reason: str) -> bytes:
+    """The JSON body of a refused upgrade: ``{"error": reason, "status": status}``."""
+    return orjson.dumps({"error": reason, "status": status})
 
 
 def error_response(exc: HandshakeError) -> bytes:

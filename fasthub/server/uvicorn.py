@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import logging
 import os
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -30,6 +32,7 @@ from . import handshake
 if TYPE_CHECKING:
     from ..connection import Connection
     from ..dispatch import Dispatcher
+    from .asgi import FasthubApp
 
 log = logging.getLogger("fasthub")
 
@@ -85,6 +88,54 @@ def _address(info: Any) -> Any:
     if isinstance(info, str) and info:
         return (info, None)
     return None
+
+
+def _hub_app(config: Any) -> FasthubApp | None:
+    """The ``FasthubApp`` behind uvicorn's own wrappers, or None (cached on the config).
+
+    Only a fasthub app is run up to its first suspension inside ``data_received`` (or opened
+    without a coroutine at all, ``FasthubApp.open_direct``): its connection setup awaits
+    nothing unless a hook is async, and then it moves into a task before running it
+    (``asgi._resolve``). Other apps may expect ``asyncio.current_task()`` (anyio does), so they
+    always start in a task.
+    """
+    try:
+        return config._fasthub_app  # type: ignore[no-any-return]
+    except AttributeError:
+        pass
+    from .asgi import FasthubApp
+
+    app = config.loaded_app
+    while type(app).__name__ in ("ProxyHeadersMiddleware", "MessageLoggerMiddleware") and hasattr(app, "app"):
+        app = app.app
+    found = app if isinstance(app, FasthubApp) else None
+    config._fasthub_app = found
+    return found
+
+
+@types.coroutine
+def _resume(coro: Any, yielded: Any) -> Generator[Any, Any, None]:
+    """Finish, inside a task, a coroutine that was started eagerly and has yielded ``yielded``.
+
+    Like ``yield from coro`` minus its first step, which already happened: every later value,
+    result and exception (cancellation included) passes between the task and ``coro``.
+    """
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration:
+                return
 
 
 class HubProtocol(asyncio.Protocol):
@@ -302,11 +353,15 @@ class HubProtocol(asyncio.Protocol):
         self.request_buffer = b""
         self.key = request.key
         raw_path, _, query = request.target.partition(b"?")
+        server, client, fd, tls = _socket_info(self.transport)
+        self.fd = fd
+        hub_app = _hub_app(self.config)
+        if hub_app is not None and hub_app.opens_directly(raw_path):
+            hub_app.open_direct(self, request.subprotocols)
+            return
         path = unquote(raw_path.decode("ascii", "replace"))
         full_path = self.root_path + path
         full_raw_path = self.root_path.encode("ascii") + raw_path
-        server, client, fd, tls = _socket_info(self.transport)
-        self.fd = fd
         self.scope = {
             "type": "websocket",
             "asgi": {"version": self.config.asgi_version, "spec_version": "2.4"},
@@ -324,32 +379,57 @@ class HubProtocol(asyncio.Protocol):
             "extensions": {"websocket.http.response": {}, "fasthub.transport": {"protocol": self}},
         }
         self._put({"type": "websocket.connect"})
-        task = self.loop.create_task(self.run_asgi())
+        coro = self.app(self.scope, self.receive, self.send)
+        context = contextvars.copy_context()
+        if hub_app is not None:
+            # A fasthub app with synchronous hooks sets the connection up without suspending:
+            # run it to its first suspension now instead of creating a task for one step
+            try:
+                yielded = context.run(coro.send, None)
+            except StopIteration:
+                self._app_returned()
+                return
+            except BaseException as exc:
+                self._app_failed(exc)
+                return
+            task = self.loop.create_task(self.run_asgi(_resume(coro, yielded)), context=context)
+        else:
+            task = self.loop.create_task(self.run_asgi(coro), context=context)
         self.task = task
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def run_asgi(self) -> None:
+    async def run_asgi(self, coro: Any) -> None:
         try:
-            await self.app(self.scope, self.receive, self.send)
+            await coro
         except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError) and self.phase == _CLOSED:
-                return
-            log.exception("fasthub: exception in ASGI application", exc_info=exc)
-            if self.phase == _HANDSHAKE:
-                self._write_response(500, [(b"content-type", b"text/plain")], b"internal server error\n")
-            elif self.phase == _OPEN:
-                self._send_close(1011, "internal error")
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
+            self._app_failed(exc)
         else:
-            if self.phase == _HANDSHAKE:
-                self._write_response(500, [(b"content-type", b"text/plain")], b"no response from the app\n")
-            elif self.phase == _OPEN and self.conn is None:
-                self._send_close(1000, "")
-            # an attached connection lives on: the hub serves it from the protocol callbacks
+            self._app_returned()
         finally:
             self.task = None
+
+    def _app_failed(self, exc: BaseException) -> None:
+        if isinstance(exc, asyncio.CancelledError) and self.phase == _CLOSED:
+            return
+        log.exception("fasthub: exception in ASGI application", exc_info=exc)
+        if self.phase == _HANDSHAKE:
+            self._write_response(500, [(b"content-type", b"text/plain")], b"internal server error\n")
+        elif self.phase == _OPEN:
+            self._send_close(1011, "internal error")
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise exc
+
+    def _app_returned(self) -> None:
+        if self.phase == _HANDSHAKE:
+            self._write_response(500, [(b"content-type", b"text/plain")], b"no response from the app\n")
+        elif self.phase == _OPEN and self.conn is None:
+            self._send_close(1000, "")
+        # an attached connection lives on: the hub serves it from the protocol callbacks
+
+    def deny(self, status: int, reason: str) -> None:
+        """Refuse the upgrade with an HTTP response (what ``FasthubApp`` sends through ASGI)."""
+        self._write_response(status, [(b"content-type", b"application/json")], handshake.denial_body(status, reason))
 
     def _write_response(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         self.phase = _RESPONDED
