@@ -1,0 +1,243 @@
+"""The listener in front of ``fasthub serve``: upgrades served in place, HTTP handed to uvicorn.
+
+Also the two ways a fasthub app's connection is opened there: without a scope or coroutine
+when no hook would read them (``open_direct``), and run eagerly to its first suspension
+otherwise, moving into a task before any async hook runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import socket
+import time
+from typing import Any
+
+import pytest
+
+from fasthub import HubConfig
+from fasthub.server.uvicorn import _resume
+from tests.conftest import WS_GUID, RawClient, Server, connect, run, serve
+
+
+def _exchange(port: int, data: bytes, pieces: int = 1, until: bytes | None = None, timeout: float = 5) -> bytes:
+    """Send ``data`` (in ``pieces`` parts, a pause between them), read until ``until`` or EOF."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        step = max(1, len(data) // pieces)
+        for i in range(0, len(data), step):
+            s.sendall(data[i : i + step])
+            if pieces > 1:
+                time.sleep(0.05)
+        out = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = s.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            out += chunk
+            if until is not None and out.count(until) >= 1 and out.endswith(until):
+                break
+        return out
+
+
+def _upgrade(path: str = "/ws", extra: str = "") -> tuple[bytes, bytes]:
+    key = base64.b64encode(os.urandom(16))
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key.decode()}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    ).encode()
+    return request, base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+
+
+def _first_frame(data: bytes) -> tuple[bytes, Any]:
+    """The response head and the JSON of the first (unmasked, short) text frame after it."""
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert rest[0] == 0x81, rest[:2]
+    n = rest[1]
+    if n == 126:
+        n, body = int.from_bytes(rest[2:4], "big"), rest[4:]
+    else:
+        body = rest[2:]
+    return head, json.loads(body[:n])
+
+
+def _read_upgrade(port: int, request: bytes, pieces: int = 1) -> tuple[bytes, Any]:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        step = max(1, len(request) // pieces)
+        for i in range(0, len(request), step):
+            s.sendall(request[i : i + step])
+            if pieces > 1:
+                time.sleep(0.05)
+        data = b""
+        while True:
+            data += s.recv(65536)
+            _, sep, rest = data.partition(b"\r\n\r\n")
+            if sep and len(rest) >= 2 and len(rest) >= 2 + rest[1]:
+                return _first_frame(data)
+
+
+def test_upgrade_answered_in_place_with_connected_message() -> None:
+    with serve(ws="fasthub") as srv:
+        request, accept = _upgrade()
+        head, hello = _read_upgrade(srv.port, request)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        assert b"Sec-WebSocket-Accept: " + accept in head
+        assert hello["type"] == "system" and hello["payload"]["event"] == "connected"
+        assert hello["payload"]["user_id"].startswith("anon-")
+
+
+def test_upgrade_request_in_pieces() -> None:
+    with serve(ws="fasthub") as srv:
+        request, accept = _upgrade()
+        head, hello = _read_upgrade(srv.port, request, pieces=4)
+        assert b"Sec-WebSocket-Accept: " + accept in head
+        assert hello["payload"]["event"] == "connected"
+
+
+def test_subprotocol_selected_on_the_direct_path() -> None:
+    with serve(ws="fasthub") as srv:
+        request, _ = _upgrade(extra="Sec-WebSocket-Protocol: other, fasthub\r\n")
+        head, _ = _read_upgrade(srv.port, request)
+        assert b"sec-websocket-protocol: fasthub" in head.lower()
+
+
+def test_plain_http_handed_to_uvicorn_with_keepalive() -> None:
+    with serve(ws="fasthub") as srv:
+        one = b"GET /ws/stats HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        out = _exchange(srv.port, one + one, pieces=2, timeout=1.5)
+        assert out.count(b"HTTP/1.1 200 OK") == 2, out[:300]
+        body = out.split(b"\r\n\r\n", 1)[1]
+        assert b'"connections"' in body
+
+
+def test_plain_get_of_the_websocket_path_is_http() -> None:
+    with serve(ws="fasthub") as srv:
+        out = _exchange(srv.port, b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 404 "), out[:100]
+
+
+def test_malformed_upgrade_gets_400_and_server_carries_on() -> None:
+    with serve(ws="fasthub") as srv:
+        bad = (
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        out = _exchange(srv.port, bad)
+        assert out.startswith(b"HTTP/1.1 400 "), out[:100]
+        assert b"Sec-WebSocket-Key" in out
+        client = RawClient(srv, "")
+        assert client.json()["payload"]["event"] == "connected"
+        client.close()
+
+
+def test_connection_cap_on_the_direct_path() -> None:
+    with serve(ws="fasthub", config=HubConfig(max_connections=1)) as srv:
+        first = RawClient(srv, "")
+        assert first.json()["payload"]["event"] == "connected"
+        request, _ = _upgrade()
+        out = _exchange(srv.port, request)
+        assert out.startswith(b"HTTP/1.1 503 "), out[:100]
+        assert json.loads(out.split(b"\r\n\r\n", 1)[1]) == {"error": "server at its connection limit", "status": 503}
+        first.close()
+
+
+def test_sync_authenticate_runs_without_a_task() -> None:
+    seen: list[Any] = []
+
+    def authenticate(scope: dict[str, Any]) -> str:
+        seen.append(asyncio.current_task())
+        return "alice"
+
+    with serve({"authenticate": authenticate}, ws="fasthub") as srv:
+        client = RawClient(srv, "")
+        hello = client.json()
+        assert hello["payload"]["user_id"] == "alice"
+        assert seen == [None]  # opened eagerly inside data_received
+        client.close()
+
+
+def test_async_hooks_run_inside_a_task() -> None:
+    """An async hook may rely on a current task (``asyncio.timeout``, anyio): it gets one."""
+    seen: dict[str, bool] = {}
+
+    async def authenticate(scope: dict[str, Any]) -> str:
+        async with asyncio.timeout(2):
+            await asyncio.sleep(0.01)
+        seen["authenticate"] = asyncio.current_task() is not None
+        return "bob"
+
+    async def on_connect(conn: Any) -> None:
+        async with asyncio.timeout(2):
+            await asyncio.sleep(0)
+        seen["on_connect"] = asyncio.current_task() is not None
+        conn.send_json({"type": "notification", "payload": {"hello": conn.user_id}})
+
+    async def scenario(srv: Server) -> None:
+        client = await connect(srv)
+        assert client.user_id == "bob"
+        note = await client.expect("notification")
+        assert note["payload"] == {"hello": "bob"}
+        await client.close()
+
+    with serve({"authenticate": authenticate, "on_connect": on_connect}, ws="fasthub") as srv:
+        run(scenario(srv))
+    assert seen == {"authenticate": True, "on_connect": True}
+
+
+def test_failing_sync_hook_answers_500() -> None:
+    def on_connect(conn: Any) -> None:
+        raise RuntimeError("boom")
+
+    def authenticate(scope: dict[str, Any]) -> str:
+        raise RuntimeError("broken hook")
+
+    with serve({"authenticate": authenticate}, ws="fasthub") as srv:
+        request, _ = _upgrade()
+        out = _exchange(srv.port, request)
+        assert out.startswith(b"HTTP/1.1 500 "), out[:100]
+    with serve({"on_connect": on_connect}, ws="fasthub") as srv:
+        client = RawClient(srv, "")
+        assert client.json()["payload"]["event"] == "connected"
+        opcode, payload = client.frame() or (0, b"")
+        assert opcode == 0x8 and int.from_bytes(payload[:2], "big") == 1011
+        client.close()
+
+
+def test_resume_forwards_results_and_cancellation() -> None:
+    """``_resume`` finishes an eagerly started coroutine inside a task, cancellation included."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        gate: asyncio.Future[int] = loop.create_future()
+        log: list[str] = []
+
+        async def body() -> None:
+            try:
+                log.append(f"got {await gate}")
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                log.append("cancelled")
+                raise
+
+        coro = body()
+        first = coro.send(None)  # the eager step: suspends on the gate
+        assert first is gate
+        task = loop.create_task(_wrap(_resume(coro, first)))
+        await asyncio.sleep(0)
+        gate.set_result(7)
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert log == ["got 7", "cancelled"]
+
+    async def _wrap(gen: Any) -> None:
+        await gen
+
+    run(main())
