@@ -258,7 +258,7 @@ class Dispatcher:
         hub = self.hub
 
         def send() -> None:
-            members = hub._users.get(to)
+            members = hub._user_members(to)
             if not members:
                 raise EnvelopeError(ErrorCode.UNKNOWN_USER, f"user {to!r} is not connected")
             hub._deliver(members, self._relay(conn, msg))

@@ -92,7 +92,10 @@ class Hub:
         self.config = config if config is not None else HubConfig()
         self._connections: dict[str, Connection] = {}
         self._outboxes: dict[str, Outbox] = {}
+        # users with a credential; an anonymous connection is a user of its own, ``anon-<id>``,
+        # found through its connection (no dict per anonymous connection)
         self._users: dict[str, dict[str, Outbox]] = {}
+        self._anonymous = 0
         self._rooms: dict[str, Room] = {}
         self._fanout = Fanout()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -240,7 +243,10 @@ class Hub:
         sink.conn = conn
         self._connections[conn_id] = conn
         self._outboxes[conn_id] = outbox
-        self._users.setdefault(uid, {})[conn_id] = outbox
+        if anonymous:
+            self._anonymous += 1
+        else:
+            self._users.setdefault(uid, {})[conn_id] = outbox
         c = self.config
         if c.rate_limit or c.rate_limit_bytes:
             conn._limiter = RateLimiter(c.rate_limit, c.rate_limit_bytes, now)
@@ -260,11 +266,14 @@ class Hub:
         if conn._rooms:
             for name in list(conn._rooms):
                 self._leave(conn, name, reply_id=None, reply=False)
-        user = self._users.get(conn.user_id)
-        if user is not None:
-            user.pop(conn.id, None)
-            if not user:
-                del self._users[conn.user_id]
+        if conn.anonymous:
+            self._anonymous -= 1
+        else:
+            user = self._users.get(conn.user_id)
+            if user is not None:
+                user.pop(conn.id, None)
+                if not user:
+                    del self._users[conn.user_id]
         if conn.ip is not None:
             left = self._ip_counts.get(conn.ip, 1) - 1
             if left > 0:
@@ -316,8 +325,17 @@ class Hub:
     def get_connection(self, conn_id: str) -> Connection | None:
         return self._connections.get(conn_id)
 
+    def _user_members(self, user_id: str) -> dict[str, Outbox] | None:
+        """``connection id -> outbox`` of a user's connections, or None if it has none."""
+        members = self._users.get(user_id)
+        if members is None and user_id.startswith("anon-"):
+            conn = self._connections.get(user_id[5:])
+            if conn is not None and conn.anonymous:
+                return {conn.id: conn._outbox}
+        return members
+
     def get_user_connections(self, user_id: str | int) -> list[Connection]:
-        conns = self._users.get(str(user_id))
+        conns = self._user_members(str(user_id))
         if not conns:
             return []
         return [self._connections[cid] for cid in conns]
@@ -330,7 +348,7 @@ class Hub:
         return len(self._connections)
 
     def user_count(self) -> int:
-        return len(self._users)
+        return len(self._users) + self._anonymous
 
     def _conn(self, conn_id: str) -> Connection:
         conn = self._connections.get(conn_id)
@@ -352,13 +370,13 @@ class Hub:
 
     def send_to_user_json(self, user_id: str | int, obj: Any) -> int:
         """Send ``obj`` to every connection of ``user_id``; returns how many accepted it (0: offline)."""
-        members = self._users.get(str(user_id))
+        members = self._user_members(str(user_id))
         if not members:
             return 0
         return self._deliver(members, Payload(KIND_TEXT, encode(obj)))
 
     def send_to_user_bytes(self, user_id: str | int, data: bytes) -> int:
-        members = self._users.get(str(user_id))
+        members = self._user_members(str(user_id))
         if not members:
             return 0
         return self._deliver(members, Payload(KIND_BINARY, bytes(data)))
@@ -396,8 +414,8 @@ class Hub:
             self._deliver(room._members, self._system({"event": "room_deleted", "room": name}, room=name))
             for cid in room._members:
                 conn = self._connections.get(cid)
-                if conn is not None and conn._rooms is not None:
-                    conn._rooms.discard(name)
+                if conn is not None:
+                    conn._drop_room(name)
         room._members.clear()
         return True
 
@@ -421,9 +439,8 @@ class Hub:
         if room._members and len(room._members) < self.config.member_events_limit:
             self._deliver(room._members, self._member_event("user_joined", room, conn, len(room._members) + 1))
         room._members[conn.id] = conn._outbox
-        if conn._rooms is None:
-            conn._rooms = set()
-        conn._rooms.add(name)
+        # the room's own name string: one copy however many members
+        conn._rooms = (room.name,) if conn._rooms is None else (*conn._rooms, room.name)
         self._reply_membership(conn, room, "joined", reply_id)
         return room
 
@@ -435,8 +452,7 @@ class Hub:
         room = self._rooms.get(name)
         if room is None or room._members.pop(conn.id, None) is None:
             return False
-        if conn._rooms is not None:
-            conn._rooms.discard(name)
+        conn._drop_room(name)
         if reply:
             self._reply_membership(conn, room, "left", reply_id)
         if room._members:
@@ -502,7 +518,7 @@ class Hub:
         msgs_in_s, msgs_out_s, bytes_in_s, bytes_out_s = self._rates
         return {
             "connections": conns,
-            "users": len(self._users),
+            "users": self.user_count(),
             "rooms": len(self._rooms),
             "room_list": list(self._rooms),
             "messages_in": self.messages_in,

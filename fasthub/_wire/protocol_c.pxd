@@ -53,6 +53,8 @@ cdef class ServerProtocol:
     cdef bytearray _msg
     cdef Utf8Validator _utf8
 
+    cdef void _write(self, bytes data)
+    cdef void _event(self, tuple event)
     cpdef receive_data(self, object data)
     cpdef receive_eof(self)
     @cython.locals(events=list)
@@ -87,6 +89,7 @@ cdef class ServerProtocol:
         mask_pos=Py_ssize_t,
         i=Py_ssize_t,
         payload=bytes,
+        msg=bytearray,
     )
     cdef void _parse(self, bytes data) except *
 

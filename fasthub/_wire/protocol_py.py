@@ -77,8 +77,9 @@ class ServerProtocol:
         self.close_sent: tuple[int, str] | None = None
         self.close_received: tuple[int, str] | None = None
 
-        self._events: list[tuple[int, object]] = []
-        self._writes: list[bytes] = []
+        # created on first use: an idle connection holds neither list
+        self._events: list[tuple[int, object]] | None = None
+        self._writes: list[bytes] | None = None
         self._eof_sent = False
         self._eof_received = False
 
@@ -96,10 +97,12 @@ class ServerProtocol:
         self._remaining = 0
         self._phase = 0
 
-        # Current message: opcode (0 when none is in progress), payload so far, UTF-8 state.
+        # Current message: opcode (0 when none is in progress), payload so far, UTF-8 state;
+        # the buffer and validator exist only while a message arrives in pieces (an idle
+        # connection, and one that gets whole messages per read, holds neither)
         self._msg_opcode: int = 0
-        self._msg = bytearray()
-        self._utf8 = Utf8Validator()
+        self._msg: bytearray | None = None
+        self._utf8: Utf8Validator | None = None
 
     # Public state.
 
@@ -132,7 +135,7 @@ class ServerProtocol:
     @property
     def buffered(self) -> int:
         """Bytes held for later: an incomplete header or control frame and the message so far."""
-        return len(self._tail) + len(self._msg)
+        return len(self._tail) + (len(self._msg) if self._msg is not None else 0)
 
     def close_expected(self) -> bool:
         """True while we wait for the peer's close frame (arm a timeout in the I/O layer)."""
@@ -164,16 +167,32 @@ class ServerProtocol:
 
     # Public methods for getting the results.
 
+    def _write(self, data: bytes) -> None:
+        if self._writes is None:
+            self._writes = [data]
+        else:
+            self._writes.append(data)
+
+    def _event(self, event: tuple[int, object]) -> None:
+        if self._events is None:
+            self._events = [event]
+        else:
+            self._events.append(event)
+
     def events_received(self) -> list[tuple[int, object]]:
         """Return the events parsed since the last call."""
         events = self._events
-        self._events = []
+        if events is None:
+            return []
+        self._events = None
         return events
 
     def data_to_send(self) -> list[bytes]:
         """Return the bytes to write since the last call; ``b""`` means close the TCP connection."""
         writes = self._writes
-        self._writes = []
+        if writes is None:
+            return []
+        self._writes = None
         return writes
 
     # Public methods for sending.
@@ -182,38 +201,38 @@ class ServerProtocol:
         """Queue a text frame; ``data`` must be UTF-8 (not checked: it comes from our encoder)."""
         if self.state != OPEN:
             raise InvalidState(f"cannot send a message: {self._state_name()}")
-        self._writes.append(build_frame(OP_TEXT, data))
+        self._write(build_frame(OP_TEXT, data))
 
     def send_binary(self, data: bytes) -> None:
         """Queue a binary frame."""
         if self.state != OPEN:
             raise InvalidState(f"cannot send a message: {self._state_name()}")
-        self._writes.append(build_frame(OP_BINARY, data))
+        self._write(build_frame(OP_BINARY, data))
 
     def send_frame(self, frame: bytes) -> None:
         """Queue a data frame built once by ``build_frame`` and shared by many connections."""
         if self.state != OPEN:
             raise InvalidState(f"cannot send a message: {self._state_name()}")
-        self._writes.append(frame)
+        self._write(frame)
 
     def send_ping(self, data: bytes = b"") -> None:
         """Queue a ping (allowed while closing: 5.5 control frames may follow a close)."""
         if self.state == CLOSED:
             raise InvalidState(f"cannot send a ping: {self._state_name()}")
-        self._writes.append(build_frame(OP_PING, data))
+        self._write(build_frame(OP_PING, data))
 
     def send_pong(self, data: bytes = b"") -> None:
         """Queue an unsolicited pong, a unidirectional heartbeat (5.5.3)."""
         if self.state == CLOSED:
             raise InvalidState(f"cannot send a pong: {self._state_name()}")
-        self._writes.append(build_frame(OP_PONG, data))
+        self._write(build_frame(OP_PONG, data))
 
     def send_close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake (7.1.2); the TCP close follows the peer's close frame."""
         if self.state != OPEN:
             raise InvalidState(f"cannot send a close frame: {self._state_name()}")
         frame = build_close(code, reason)
-        self._writes.append(frame)
+        self._write(frame)
         self.close_sent = (int(code), reason)
         self.state = CLOSING
 
@@ -226,7 +245,7 @@ class ServerProtocol:
         """
         if self.state == OPEN and code != 1006:
             frame = build_close(code, reason)
-            self._writes.append(frame)
+            self._write(frame)
             self.close_sent = (int(code), reason)
         self._close_tcp()
 
@@ -243,15 +262,17 @@ class ServerProtocol:
                 if take > self._remaining:
                     take = self._remaining
                 if take:
-                    start = len(self._msg)
-                    unmask_append(self._msg, data, pos, pos + take, self._mask, self._phase)
+                    msg = self._msg
+                    assert msg is not None  # a message is in progress: its first frame made it
+                    start = len(msg)
+                    unmask_append(msg, data, pos, pos + take, self._mask, self._phase)
                     pos += take
                     self._remaining -= take
                     self._phase = (self._phase + take) & 3
                     # 8.1: "When an endpoint is to interpret a byte stream as UTF-8 but finds
                     # that the byte stream is not, in fact, a valid UTF-8 stream, that endpoint
                     # MUST _Fail the WebSocket Connection_." Checked per chunk: fail fast.
-                    if self._msg_opcode == OP_TEXT and not self._utf8.feed(self._msg, start, start + take):
+                    if self._msg_opcode == OP_TEXT and not self._utf8.feed(msg, start, start + take):  # type: ignore[union-attr]
                         self._fail(CloseCode.INVALID_DATA, "invalid UTF-8 in text message")
                         return
                 if self._remaining:
@@ -338,7 +359,9 @@ class ServerProtocol:
                 continue
 
             # Data frame. 10.4: limit the message before buffering any of it.
-            if self.max_message_size and length > self.max_message_size - len(self._msg):
+            if self.max_message_size and length > self.max_message_size - (
+                len(self._msg) if self._msg is not None else 0
+            ):
                 self._fail(CloseCode.MESSAGE_TOO_BIG, "message too big")
                 return
             pos += hlen
@@ -350,11 +373,15 @@ class ServerProtocol:
                     if opcode == OP_TEXT and not is_valid_utf8(payload):
                         self._fail(CloseCode.INVALID_DATA, "invalid UTF-8 in text message")
                         return
-                    self._events.append((opcode, payload))
+                    self._event((opcode, payload))
                     continue
                 self._msg_opcode = opcode
+                self._msg = bytearray()
                 if opcode == OP_TEXT:
-                    self._utf8.reset()
+                    if self._utf8 is None:
+                        self._utf8 = Utf8Validator()
+                    else:
+                        self._utf8.reset()
             self._fin = fin
             self._mask = data[mask_pos : mask_pos + 4]
             self._remaining = length
@@ -367,13 +394,13 @@ class ServerProtocol:
     def _end_message(self) -> bool:
         """Deliver the message just completed; False if it failed the connection."""
         opcode = self._msg_opcode
-        if opcode == OP_TEXT and not self._utf8.complete():
+        if opcode == OP_TEXT and not self._utf8.complete():  # type: ignore[union-attr]
             self._fail(CloseCode.INVALID_DATA, "invalid UTF-8 in text message")
             return False
-        payload = bytes(self._msg)
-        self._msg.clear()
+        payload = bytes(self._msg)  # type: ignore[arg-type]
+        self._msg = None
         self._msg_opcode = 0
-        self._events.append((opcode, payload))
+        self._event((opcode, payload))
         return True
 
     def _control(self, opcode: int, payload: bytes) -> bool:
@@ -381,12 +408,12 @@ class ServerProtocol:
         if opcode == OP_PING:
             # 5.5.2: "Upon receipt of a Ping frame, an endpoint MUST send a Pong frame in
             # response ... The Pong frame MUST have identical "Application data"."
-            self._events.append((OP_PING, payload))
-            self._writes.append(build_frame(OP_PONG, payload))
+            self._event((OP_PING, payload))
+            self._write(build_frame(OP_PONG, payload))
             return True
         if opcode == OP_PONG:
             # 5.5.3: "A response to an unsolicited Pong frame is not expected."
-            self._events.append((OP_PONG, payload))
+            self._event((OP_PONG, payload))
             return True
 
         # 5.5.1 Close. "If there is a body, the first two bytes of the body MUST be a 2-byte
@@ -411,16 +438,16 @@ class ServerProtocol:
                 self._fail(CloseCode.INVALID_DATA, "invalid UTF-8 in close reason")
                 return False
         self.close_received = (code, reason)
-        self._events.append((OP_CLOSE, (code, reason)))
+        self._event((OP_CLOSE, (code, reason)))
         # A close frame may arrive between the fragments of a message: drop the unfinished one.
-        self._msg.clear()
+        self._msg = None
         self._msg_opcode = 0
         if self.state == OPEN:
             # 5.5.1: "If an endpoint receives a Close frame and did not previously send a Close
             # frame, the endpoint MUST send a Close frame in response. (When sending a Close
             # frame in response, the endpoint typically echos the status code it received.)"
             # The received payload is echoed as is: an empty one stays empty (no status).
-            self._writes.append(build_frame(OP_CLOSE, payload))
+            self._write(build_frame(OP_CLOSE, payload))
             self.close_sent = (code, reason)
         # 7.1.1: "the server SHOULD close the underlying TCP connection" once both close
         # frames have gone by; 1.4: the peer "discards any further data received".
@@ -436,11 +463,11 @@ class ServerProtocol:
         """Queue the TCP close (b"") once, stop reading and release the buffers."""
         if not self._eof_sent:
             self._eof_sent = True
-            self._writes.append(_EOF)
+            self._write(_EOF)
         self.state = CLOSED
         self._rstate = DISCARD
         self._tail = b""
-        self._msg = bytearray()
+        self._msg = None
         self._msg_opcode = 0
 
     def _state_name(self) -> str:

@@ -210,7 +210,8 @@ class HubProtocol(asyncio.Protocol):
         self.response_start: dict[str, Any] | None = None  # denial response in progress
         self.response_body: list[bytes] | None = None
         self.close_timer: asyncio.TimerHandle | None = None
-        self.deferred: list[bytes] = []  # a failure's close, held until the app took earlier messages
+        # a failure's close, held until the app took earlier messages (None: nothing held)
+        self.deferred: list[bytes] | None = None
         self.lost = False  # connection_lost has run
         self.rate_timer: asyncio.TimerHandle | None = None  # reading paused by the rate limit
 
@@ -578,6 +579,7 @@ class HubProtocol(asyncio.Protocol):
         outbox.transport = transport  # the compiled flush writes here directly
         outbox.fd = self.fd
         outbox.push(Payload(KIND_RAW, handshake.accept_response(self.key, headers)))
+        self.key = b""
         conn._mark_dirty()
 
     def _dispatch_events(self, events: list[tuple[int, object]]) -> None:
@@ -761,7 +763,7 @@ class HubProtocol(asyncio.Protocol):
         out = wire.data_to_send()
         if not out:
             return
-        if self.deferred:
+        if self.deferred is not None:
             self.deferred.extend(out)
             return
         if out[-1] == b"" and wire.exc is not None:
@@ -778,7 +780,7 @@ class HubProtocol(asyncio.Protocol):
 
     def _write_deferred(self) -> None:
         out = self.deferred
-        self.deferred = []
+        self.deferred = None
         if out and self.phase != _CLOSED:
             self._write_out(out)
 
