@@ -241,3 +241,31 @@ def test_resume_forwards_results_and_cancellation() -> None:
         await gen
 
     run(main())
+
+
+def test_anonymous_users_reachable_without_a_user_table_entry() -> None:
+    """Anonymous connections are users of their own (``anon-<id>``), found via the connection."""
+
+    async def scenario(srv: Server) -> None:
+        a = await connect(srv)
+        b = await connect(srv)
+        await a.send({"type": "user_message", "to": b.user_id, "payload": {"hi": 1}})
+        got = await b.expect("user_message")
+        assert got["payload"] == {"hi": 1} and got["from"] == a.user_id
+        assert srv.call(srv.hub.user_count) == 2
+        assert srv.hub._users == {}  # nothing stored per anonymous connection
+        gone = b.user_id
+        await b.close()
+        for _ in range(100):
+            if srv.call(srv.hub.connection_count) == 1:
+                break
+            await asyncio.sleep(0.02)
+        await a.send({"type": "user_message", "to": gone, "payload": {}, "id": "m2"})
+        assert (await a.error("unknown_user"))["id"] == "m2"
+        # an anonymous id that matches no connection
+        await a.send({"type": "user_message", "to": "anon-" + "x" * 16, "payload": {}})
+        await a.error("unknown_user")
+        await a.close()
+
+    with serve(ws="fasthub") as srv:
+        run(scenario(srv))

@@ -167,6 +167,7 @@ class FasthubApp:
         self.on_disconnect = on_disconnect
         self.authenticate = authenticate
         self.ws_path = ws_path
+        self._on_lost = self._lost  # one bound method shared by every connection (64 bytes each)
         self.stats_path = stats_path
         self.demo = demo
 
@@ -303,7 +304,7 @@ class FasthubApp:
             protocol.deny(refused.status, refused.reason)
             return
         conn = hub._register(protocol, None, None)
-        protocol.open_hub(conn, self.dispatcher, self._lost, SUBPROTOCOL if SUBPROTOCOL in subprotocols else None)
+        protocol.open_hub(conn, self.dispatcher, self._on_lost, SUBPROTOCOL if SUBPROTOCOL in subprotocols else None)
         self._hello(conn, None)
 
     def _precheck(self, scope: Scope) -> Denied | None:
@@ -333,7 +334,7 @@ class FasthubApp:
         the connection is set up, so no task waits per connection.
         """
         conn = self.hub._register(protocol, user_id, scope)
-        protocol.open_hub(conn, self.dispatcher, self._lost, subprotocol)
+        protocol.open_hub(conn, self.dispatcher, self._on_lost, subprotocol)
         self._hello(conn, identity)
         await self._connected(conn)
 
