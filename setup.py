@@ -23,6 +23,7 @@ COMPILED = [
     ("fasthub._wire.protocol_c", "fasthub/_wire/protocol_py.py"),
     ("fasthub._wire.mask_c", "fasthub/_wire/mask_c.pyx"),
     ("fasthub._wire.utf8_c", "fasthub/_wire/utf8_c.pyx"),
+    ("fasthub._wire.handshake_c", "fasthub/_wire/handshake_c.pyx"),
 ]
 
 NO_EXTENSIONS = bool(os.environ.get("FASTHUB_NO_EXTENSIONS")) or sys.implementation.name != "cpython"

@@ -25,7 +25,7 @@ from .codes import (
     OPEN,
     CloseCode,
 )
-from .exceptions import InvalidState, ProtocolError, WireError
+from .exceptions import HandshakeError, InvalidState, ProtocolError, WireError
 
 #: (opcode, data) as returned by ``ServerProtocol.events_received()``; data is ``bytes``, or
 #: ``(code, reason)`` for OP_CLOSE
@@ -37,10 +37,12 @@ TWINS = {
     "fasthub._wire.mask_c": "fasthub._wire.mask_py",
     "fasthub._wire.utf8_c": "fasthub._wire.utf8_py",
     "fasthub._wire.protocol_c": "fasthub._wire.protocol_py",
+    "fasthub._wire.handshake_c": "fasthub._wire.handshake_py",
 }
 
 if TYPE_CHECKING or NO_EXTENSIONS:
     from .frames_py import build_close, build_frame, build_header, close_code_allowed
+    from .handshake_py import parse_upgrade
     from .mask_py import apply_mask
     from .protocol_py import ServerProtocol
     from .utf8_py import Utf8Validator, is_valid_utf8
@@ -64,6 +66,7 @@ else:
     Utf8Validator = _mods["fasthub._wire.utf8_c"].Utf8Validator
     is_valid_utf8 = _mods["fasthub._wire.utf8_c"].is_valid_utf8
     ServerProtocol = _mods["fasthub._wire.protocol_c"].ServerProtocol
+    parse_upgrade = _mods["fasthub._wire.handshake_c"].parse_upgrade
 
 __all__ = [
     "CLOSED",
@@ -78,6 +81,7 @@ __all__ = [
     "TWINS",
     "CloseCode",
     "Event",
+    "HandshakeError",
     "InvalidState",
     "ProtocolError",
     "ServerProtocol",
@@ -89,4 +93,5 @@ __all__ = [
     "build_header",
     "close_code_allowed",
     "is_valid_utf8",
+    "parse_upgrade",
 ]

@@ -32,3 +32,12 @@ class ProtocolError(WireError):
 
 class InvalidState(WireError, AssertionError):
     """An operation is not allowed in the connection's current state."""
+
+
+class HandshakeError(WireError):
+    """An upgrade request that cannot be accepted; ``status`` is the HTTP answer (400 or 426)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message

@@ -1,30 +1,23 @@
 """The RFC 6455 opening handshake: parse the upgrade request, answer 101 / 400 / 426.
 
-Kept apart from the protocol class so that any listener (uvicorn's hand-off today, our own
-listener later) shares one strict implementation.
+Kept apart from the protocol class so that both front doors (uvicorn's hand-off and our own
+listener) share one strict implementation.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 from dataclasses import dataclass
 from http import HTTPStatus
 
 import orjson
 
+from .._wire import HandshakeError as HandshakeError
+from .._wire import parse_upgrade
+
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_REQUEST_SIZE = 16 * 1024
-
-
-class HandshakeError(Exception):
-    """A request that cannot be upgraded; ``status`` is the HTTP answer (400 or 426)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass(slots=True)
@@ -41,59 +34,12 @@ def accept_key(key: bytes) -> bytes:
     return base64.b64encode(hashlib.sha1(key + _GUID).digest())
 
 
-def _tokens(value: bytes) -> set[bytes]:
-    return {t.strip().lower() for t in value.split(b",")}
-
-
 def parse_request(data: bytes) -> UpgradeRequest:
-    """Parse and validate a complete upgrade request (everything up to the blank line)."""
-    head, sep, _ = data.partition(b"\r\n\r\n")
-    if not sep:
-        raise HandshakeError(400, "incomplete request")
-    lines = head.split(b"\r\n")
-    parts = lines[0].split(b" ")
-    if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
-        raise HandshakeError(400, "malformed request line")
-    method, target = parts[0], parts[1]
-    headers: list[tuple[bytes, bytes]] = []
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not name or name != name.strip():
-            raise HandshakeError(400, "malformed header line")
-        headers.append((name.lower(), value.strip()))
-    # 4.2.1: a GET with Upgrade: websocket, Connection: Upgrade, a 16-byte key, version 13.
-    if method != b"GET":
-        raise HandshakeError(400, "the WebSocket handshake must be a GET")
-    upgrade = connection = key = version = None
-    protocols: list[str] = []
-    for name, value in headers:
-        if name == b"upgrade":
-            upgrade = value
-        elif name == b"connection":
-            connection = value if connection is None else connection + b"," + value
-        elif name == b"sec-websocket-key":
-            if key is not None:
-                raise HandshakeError(400, "more than one Sec-WebSocket-Key")
-            key = value
-        elif name == b"sec-websocket-version":
-            version = value
-        elif name == b"sec-websocket-protocol":
-            protocols.extend(p.strip() for p in value.decode("latin-1").split(",") if p.strip())
-    if upgrade is None or b"websocket" not in _tokens(upgrade):
-        raise HandshakeError(400, "missing Upgrade: websocket")
-    if connection is None or b"upgrade" not in _tokens(connection):
-        raise HandshakeError(400, "missing Connection: Upgrade")
-    if version != b"13":
-        raise HandshakeError(426, "unsupported Sec-WebSocket-Version (13 is required)")
-    if key is None:
-        raise HandshakeError(400, "missing Sec-WebSocket-Key")
-    try:
-        raw = base64.b64decode(key, validate=True)
-    except (binascii.Error, ValueError):
-        raw = b""
-    if len(raw) != 16:
-        raise HandshakeError(400, "Sec-WebSocket-Key is not 16 bytes in base64")
-    return UpgradeRequest(method, target, headers, key, protocols)
+    """Parse and validate a complete upgrade request (everything up to the blank line).
+
+    The parse is the wire engine's (``fasthub._wire.parse_upgrade``, compiled with a pure twin).
+    """
+    return UpgradeRequest(*parse_upgrade(data))
 
 
 def accept_response(key: bytes, extra: list[tuple[bytes, bytes]]) -> bytes:
