@@ -370,6 +370,38 @@ def test_one_schedule_per_tick_however_many_pushes(core: ModuleType) -> None:
     assert [s.flushes for s in sinks] == [1, 1, 1, 2, 1]
 
 
+def test_a_big_flush_waits_for_one_more_tick_and_takes_what_came_meanwhile(core: ModuleType) -> None:
+    """At ``hold_min`` dirty outboxes the flush is held back once (one more socket poll)."""
+    sched = Scheduler()
+    fan = core.Fanout(sched)
+    assert fan.hold_min == 256 and not fan.held
+    fan.hold_min = 4
+    sinks = [Sink() for _ in range(6)]
+    boxes = []
+    for s in sinks:
+        ob = core.Outbox(10_000)
+        ob.sink = s
+        boxes.append(ob)
+    small = {str(i): ob for i, ob in enumerate(boxes[:3])}
+    big = {str(i): ob for i, ob in enumerate(boxes)}
+    fan.push_many(small, text(core, 3))
+    sched.tick()  # 3 dirty: below hold_min, flushed at once
+    assert [s.flushes for s in sinks] == [1, 1, 1, 0, 0, 0] and not fan.held
+    fan.push_many(big, text(core, 3))
+    sched.tick()  # 6 dirty: held back, rescheduled once
+    assert [s.flushes for s in sinks] == [1, 1, 1, 0, 0, 0]
+    assert fan.held and fan.flush_scheduled and len(sched.calls) == 1
+    fan.push_many(big, text(core, 3))  # arrives during the held tick: no second schedule
+    assert len(sched.calls) == 1 and all(len(ob.items) == 2 for ob in boxes[3:])
+    sched.tick()  # flushed now, both messages together, never held twice
+    assert [s.flushes for s in sinks] == [2, 2, 2, 1, 1, 1]
+    assert not fan.held and not fan.flush_scheduled and sched.calls == []
+    fan.hold_min = 0  # 0: never held
+    fan.push_many(big, text(core, 3))
+    sched.tick()
+    assert [s.flushes for s in sinks] == [3, 3, 3, 2, 2, 2]
+
+
 def test_refused_pushes_schedule_nothing(core: ModuleType) -> None:
     sched = Scheduler()
     fan = core.Fanout(sched)

@@ -41,6 +41,8 @@ cdef class Fanout:
     cdef public list dirty
     cdef public object schedule
     cdef public bint flush_scheduled
+    cdef public Py_ssize_t hold_min
+    cdef public bint held
     cdef public long long delivered
     cdef public long long dropped
     cdef public long long bytes_out

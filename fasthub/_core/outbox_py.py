@@ -178,6 +178,10 @@ class Fanout:
         self.dirty: list[Outbox] = []
         self.schedule = schedule
         self.flush_scheduled = False
+        # A flush to at least ``hold_min`` outboxes waits for one more poll of the sockets first
+        # (``held``: it did already); 0 never waits. See ``flush``.
+        self.hold_min = 256
+        self.held = False
         self.delivered = 0
         self.dropped = 0
         self.bytes_out = 0  # payload bytes queued for delivery
@@ -231,9 +235,18 @@ class Fanout:
         the same payloads in the same order, so the bytes joined for one outbox are reused for
         the next when its items are the very same objects: one join per distinct sequence, then
         one ``write`` of one shared ``bytes`` per member (the uWebSockets cork, shared).
+
+        A big flush costs one ``send(2)`` per member, so it is held back once: rescheduled, it
+        runs after the loop has polled its sockets again (a few microseconds), and messages
+        that arrived meanwhile (the rest of a publisher's burst) leave in the same ``send``.
         """
-        self.flush_scheduled = False
         dirty = self.dirty
+        if self.hold_min and not self.held and len(dirty) >= self.hold_min and self.schedule is not None:
+            self.held = True
+            self.schedule(self.flush)
+            return
+        self.held = False
+        self.flush_scheduled = False
         self.dirty = []
         error: BaseException | None = None
         last: list[Payload] = _NO_ITEMS
