@@ -1,6 +1,8 @@
 # Types for outbox_py.py compiled as fasthub._core.outbox_c (the hot-path spec).
 cimport cython
 
+from fasthub._core.sockio_c cimport send_some
+
 cdef int _KIND_TEXT, _KIND_BINARY, _KIND_CLOSE, _KIND_RAW
 cdef int _QUEUED, _DROPPED, _OVERFLOW, _CLOSED
 cdef int _OP_TEXT, _OP_BINARY

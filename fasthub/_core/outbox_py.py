@@ -11,12 +11,23 @@ Compiled as ``fasthub._core.outbox_c`` with ``outbox_c.pxd``; this file is also 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fasthub._ext import LIVE, NO_EXTENSIONS
 from fasthub._wire import build_close, build_frame
 
-if NO_EXTENSIONS:
+if TYPE_CHECKING:
+    from fasthub._wire import _nocython as cython
+else:
+    try:
+        import cython
+    except ImportError:  # pure-Python install: no Cython at run time
+        from fasthub._wire import _nocython as cython
+
+if cython.compiled:
+    # outbox_c.pxd cimports send_some from sockio_c: a C call per member in the flush
+    LIVE["fasthub._core.sockio_c"] = True
+elif NO_EXTENSIONS:
     from fasthub._core.sockio_py import send_some
 
     LIVE["fasthub._core.sockio_c"] = False
@@ -256,12 +267,14 @@ class Fanout:
             try:
                 if ob.transport is not None and not ob.closing:
                     items = ob.items
-                    ob.items = []
                     ob.pending = 0
                     if len(items) == 1:
+                        # the usual case: keep the outbox's list (no new list per member)
                         first = items[0]
                         data = first.frame()
+                        items.clear()
                     else:
+                        ob.items = []
                         if not _same(items, last):
                             joined = _join(items)
                             last = items

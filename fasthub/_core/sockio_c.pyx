@@ -15,7 +15,7 @@ cdef extern from "sys/socket.h" nogil:
     int MSG_DONTWAIT
 
 
-def send_some(int fd, bytes data):
+cpdef Py_ssize_t send_some(int fd, bytes data):
     """Bytes the socket took now (0 if it would block); -1 on an error (the transport reports it)."""
     cdef const char *buf = data
     cdef Py_ssize_t n = len(data)
