@@ -269,3 +269,45 @@ def test_anonymous_users_reachable_without_a_user_table_entry() -> None:
 
     with serve(ws="fasthub") as srv:
         run(scenario(srv))
+
+
+def test_head_deadlines_one_timer_oldest_first() -> None:
+    """One timer per server: late heads get ``_head_late``, the rest wait, the timer re-arms."""
+    from fasthub.server.listener import _HeadDeadlines
+
+    class Loop:
+        def __init__(self) -> None:
+            self.now = 100.0
+            self.timers: list[tuple[float, Any]] = []
+
+        def time(self) -> float:
+            return self.now
+
+        def call_later(self, delay: float, fn: Any) -> Any:
+            self.timers.append((delay, fn))
+            return object()
+
+    class Proto:
+        def __init__(self) -> None:
+            self.late = 0
+
+        def _head_late(self) -> None:
+            self.late += 1
+
+    loop = Loop()
+    heads = _HeadDeadlines(loop, 2.0)  # type: ignore[arg-type]
+    a, b, c = Proto(), Proto(), Proto()
+    heads.add(a)  # type: ignore[arg-type]
+    loop.now = 101.0
+    heads.add(b)  # type: ignore[arg-type]
+    heads.add(c)  # type: ignore[arg-type]
+    assert len(loop.timers) == 1 and loop.timers[0][0] == 0.5  # one timer, a quarter of the timeout
+    heads.waiting.pop(c)  # c's head arrived
+    loop.now = 102.5
+    loop.timers.pop()[1]()
+    assert (a.late, b.late, c.late) == (1, 0, 0) and list(heads.waiting) == [b]
+    assert len(loop.timers) == 1  # re-armed while someone waits
+    loop.now = 103.1
+    loop.timers.pop()[1]()
+    assert (a.late, b.late, c.late) == (1, 1, 0) and not heads.waiting
+    assert loop.timers == []  # nobody waits: no timer

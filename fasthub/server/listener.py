@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from . import handshake
 from .http import GuardedHttpToolsProtocol
 from .uvicorn import _HANDSHAKE, HubProtocol
 
@@ -35,10 +36,48 @@ def _wants_websocket(head: bytes) -> bool:
     return False
 
 
+class _HeadDeadlines:
+    """Request-head deadlines of one server's new connections, checked by one timer.
+
+    A timer per connection (created at connect, cancelled when the head arrived) cost about a
+    microsecond of every connect; here a connection is a dict entry, and one timer looks at
+    the oldest entries (same timeout, so insertion order is deadline order) a few times per
+    timeout.
+    """
+
+    __slots__ = ("loop", "period", "timeout", "timer", "waiting")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self.loop = loop
+        self.timeout = timeout
+        self.period = min(1.0, timeout / 4)
+        self.waiting: dict[ListenerProtocol, float] = {}
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(self, protocol: ListenerProtocol) -> None:
+        self.waiting[protocol] = self.loop.time() + self.timeout
+        if self.timer is None:
+            self.timer = self.loop.call_later(self.period, self._check)
+
+    def _check(self) -> None:
+        self.timer = None
+        now = self.loop.time()
+        late = []
+        for protocol, deadline in self.waiting.items():
+            if deadline > now:
+                break
+            late.append(protocol)
+        for protocol in late:
+            del self.waiting[protocol]
+            protocol._head_late()
+        if self.waiting:
+            self.timer = self.loop.call_later(self.period, self._check)
+
+
 class ListenerProtocol(HubProtocol):
     """Every connection's first protocol: WebSocket upgrades stay, other requests go to HTTP."""
 
-    __slots__ = ("head_timer", "server_state")
+    __slots__ = ("server_state",)
 
     #: the protocol that serves plain HTTP requests (guards set by ``listener_protocol``)
     http_class: type[Any] = GuardedHttpToolsProtocol
@@ -53,24 +92,24 @@ class ListenerProtocol(HubProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.server_state = server_state
-        self.head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         if self.head_timeout > 0:
-            self.head_timer = self.loop.call_later(self.head_timeout, self._head_late)
+            heads = getattr(self.server_state, "_fasthub_heads", None)
+            if heads is None:
+                heads = self.server_state._fasthub_heads = _HeadDeadlines(self.loop, self.head_timeout)
+            heads.add(self)
 
     def _head_late(self) -> None:
         """Slowloris: the request head did not arrive in time."""
-        self.head_timer = None
         if self.phase == _HANDSHAKE and not self.key and not self.lost:
             self._write_response(408, [(b"content-type", b"text/plain")], b"request head not received in time\n")
 
     def _head_done(self) -> None:
-        timer = self.head_timer
-        if timer is not None:
-            self.head_timer = None
-            timer.cancel()
+        heads = getattr(self.server_state, "_fasthub_heads", None)
+        if heads is not None:
+            heads.waiting.pop(self, None)
 
     def _handshake_data(self, data: bytes) -> None:
         if self.key or self.phase != _HANDSHAKE:
@@ -86,11 +125,16 @@ class ListenerProtocol(HubProtocol):
             self.request_buffer = buffered
             return
         self._head_done()
-        if _wants_websocket(buffered[: end + 2]):
-            self.request_buffer = b""
-            super()._handshake_data(buffered)
-        else:
-            self._hand_off(buffered)
+        self.request_buffer = b""
+        try:
+            request = handshake.parse_request(buffered)  # compiled; upgrades are the usual case
+        except handshake.HandshakeError as exc:
+            if _wants_websocket(buffered[: end + 2]):
+                self._refuse(exc)  # an upgrade, but a malformed one
+            else:
+                self._hand_off(buffered)
+            return
+        self._upgrade(request)
 
     @property
     def max_head_size(self) -> int:

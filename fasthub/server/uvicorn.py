@@ -347,11 +347,19 @@ class HubProtocol(asyncio.Protocol):
         try:
             request = handshake.parse_request(self.request_buffer)
         except handshake.HandshakeError as exc:
-            self.phase = _RESPONDED
-            self.transport.write(handshake.error_response(exc))
-            self.transport.close()
+            self._refuse(exc)
             return
         self.request_buffer = b""
+        self._upgrade(request)
+
+    def _refuse(self, exc: handshake.HandshakeError) -> None:
+        """A malformed upgrade request: 400 or 426, then close."""
+        self.phase = _RESPONDED
+        self.transport.write(handshake.error_response(exc))
+        self.transport.close()
+
+    def _upgrade(self, request: handshake.UpgradeRequest) -> None:
+        """A valid upgrade request: open a fasthub connection directly or run the ASGI app."""
         self.key = request.key
         raw_path, _, query = request.target.partition(b"?")
         server, client, fd, tls = _socket_info(self.transport)
