@@ -30,6 +30,7 @@ class Connection:
         "_metadata",
         "_outbox",
         "_rooms",
+        "_user",
         "anonymous",
         "close_code",
         "close_reason",
@@ -40,14 +41,13 @@ class Connection:
         "ip",
         "last_seen",
         "scope",
-        "user_id",
     )
 
     def __init__(
         self,
         hub: Hub,
         conn_id: str,
-        user_id: str,
+        user_id: str | None,
         outbox: Outbox,
         scope: MutableMapping[str, Any] | None = None,
         anonymous: bool = False,
@@ -55,7 +55,9 @@ class Connection:
     ) -> None:
         self.hub = hub
         self.id = conn_id
-        self.user_id = user_id
+        # an anonymous connection's user id is derived from its id when asked for (no string
+        # of its own per idle connection)
+        self._user = None if anonymous else user_id
         self.anonymous = anonymous
         self.scope = scope
         self._outbox = outbox
@@ -114,6 +116,12 @@ class Connection:
         ob = self._outbox
         if not ob.scheduled:
             self.hub._fanout._mark(ob)
+
+    @property
+    def user_id(self) -> str:
+        """The authenticated user's id; ``anon-<connection id>`` for an anonymous connection."""
+        user = self._user
+        return user if user is not None else "anon-" + self.id
 
     @property
     def closed(self) -> bool:

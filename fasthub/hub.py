@@ -235,7 +235,7 @@ class Hub:
     def _register(self, sink: Sink, user_id: str | None, scope: MutableMapping[str, Any] | None = None) -> Connection:
         conn_id = _ids.next()
         anonymous = user_id is None
-        uid = f"anon-{conn_id}" if user_id is None else str(user_id)
+        uid = None if user_id is None else str(user_id)
         outbox = Outbox(self.config.send_buffer_size, self.config.slow_consumer == "drop")
         now = self._loop.time() if self._loop is not None else 0.0
         conn = Connection(self, conn_id, uid, outbox, scope, anonymous, now)
@@ -243,7 +243,7 @@ class Hub:
         sink.conn = conn
         self._connections[conn_id] = conn
         self._outboxes[conn_id] = outbox
-        if anonymous:
+        if uid is None:
             self._anonymous += 1
         else:
             self._users.setdefault(uid, {})[conn_id] = outbox

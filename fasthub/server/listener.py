@@ -77,7 +77,7 @@ class _HeadDeadlines:
 class ListenerProtocol(HubProtocol):
     """Every connection's first protocol: WebSocket upgrades stay, other requests go to HTTP."""
 
-    __slots__ = ("server_state",)
+    __slots__ = ()
 
     #: the protocol that serves plain HTTP requests (guards set by ``listener_protocol``)
     http_class: type[Any] = GuardedHttpToolsProtocol
@@ -91,14 +91,13 @@ class ListenerProtocol(HubProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self.server_state = server_state
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         if self.head_timeout > 0:
-            heads = getattr(self.server_state, "_fasthub_heads", None)
+            heads = getattr(self.shared.server_state, "_fasthub_heads", None)
             if heads is None:
-                heads = self.server_state._fasthub_heads = _HeadDeadlines(self.loop, self.head_timeout)
+                heads = self.shared.server_state._fasthub_heads = _HeadDeadlines(self.loop, self.head_timeout)
             heads.add(self)
 
     def _head_late(self) -> None:
@@ -107,7 +106,7 @@ class ListenerProtocol(HubProtocol):
             self._write_response(408, [(b"content-type", b"text/plain")], b"request head not received in time\n")
 
     def _head_done(self) -> None:
-        heads = getattr(self.server_state, "_fasthub_heads", None)
+        heads = getattr(self.shared.server_state, "_fasthub_heads", None)
         if heads is not None:
             heads.waiting.pop(self, None)
 
@@ -143,9 +142,12 @@ class ListenerProtocol(HubProtocol):
     def _hand_off(self, data: bytes) -> None:
         """A plain HTTP request: uvicorn's HTTP protocol takes the connection from here."""
         self.request_buffer = b""
-        self.connections.discard(self)
+        self.shared.server_state.connections.discard(self)
         http = self.http_class(
-            config=self.config, server_state=self.server_state, app_state=self.app_state, _loop=self.loop
+            config=self.shared.config,
+            server_state=self.shared.server_state,
+            app_state=self.shared.app_state,
+            _loop=self.loop,
         )
         transport = self.transport
         self.phase = _RESPONDED_BY_HTTP

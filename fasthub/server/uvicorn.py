@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import contextvars
 import logging
 import os
+import socket
 import types
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
@@ -59,26 +61,37 @@ def _client_disconnected() -> Exception:
         return ConnectionClosed("the client disconnected")
 
 
-def _socket_info(transport: Any) -> tuple[Any, Any, int, bool]:
-    """``(server, client, fd, tls)`` for a new connection, from one socket lookup.
+def _plain_fd(transport: Any) -> int:
+    """The socket's descriptor for direct writes; -1 for TLS or anything that is not a plain socket."""
+    if transport.get_extra_info("sslcontext") is not None:
+        return -1
+    sock = transport.get_extra_info("socket")
+    try:
+        return int(sock.fileno()) if sock is not None else -1
+    except (AttributeError, OSError, ValueError):
+        return -1
 
-    ``fd`` is the socket's descriptor for direct writes, -1 for TLS or anything that is not a
-    plain socket (then every write goes through the transport).
+
+def _addresses(transport: Any) -> tuple[Any, Any]:
+    """ASGI's ``(server, client)`` for a connection, for the scope only.
+
+    Read through a temporary socket object on the descriptor, not through uvloop's
+    ``get_extra_info("sockname"/"peername")``: uvloop keeps those tuples for the transport's
+    lifetime (about 300 bytes per connection that nothing reads once the scope is gone).
     """
-    tls = transport.get_extra_info("sslcontext") is not None
     sock = transport.get_extra_info("socket")
     if sock is None:
-        return _address(transport.get_extra_info("sockname")), _address(transport.get_extra_info("peername")), -1, tls
+        return _address(transport.get_extra_info("sockname")), _address(transport.get_extra_info("peername"))
     try:
-        server = _address(sock.getsockname())
-        client = _address(sock.getpeername())
-    except OSError:  # a socket already gone, or a Unix socket without a peer name
-        server = client = None
-    try:
-        fd = -1 if tls else int(sock.fileno())
+        probe = socket.socket(fileno=sock.fileno())
     except (AttributeError, OSError, ValueError):
-        fd = -1
-    return server, client, fd, tls
+        return None, None
+    try:
+        return _address(probe.getsockname()), _address(probe.getpeername())
+    except OSError:  # a socket already gone, or a Unix socket without a peer name
+        return None, None
+    finally:
+        probe.detach()  # the descriptor stays the transport's
 
 
 def _address(info: Any) -> Any:
@@ -138,23 +151,28 @@ def _resume(coro: Any, yielded: Any) -> Generator[Any, Any, None]:
                 return
 
 
+class _Shared:
+    """What every connection of one uvicorn server shares: one object, not seven slots each."""
+
+    __slots__ = ("app_state", "config", "server_state")
+
+    def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any]) -> None:
+        self.config = config
+        self.server_state = server_state  # connections, tasks, default_headers (kept fresh)
+        self.app_state = app_state
+
+
 class HubProtocol(asyncio.Protocol):
     """One WebSocket connection served by fasthub's own engine under uvicorn."""
 
     # Slots keep an idle connection small (no per-instance __dict__).
     __slots__ = (
-        "app",
-        "app_state",
         "backlog",
         "busy",
         "close_timer",
-        "config",
         "conn",
-        "connections",
-        "default_headers",
         "deferred",
         "dispatcher",
-        "fd",
         "key",
         "last_ping",
         "last_received",
@@ -169,12 +187,11 @@ class HubProtocol(asyncio.Protocol):
         "request_buffer",
         "response_body",
         "response_start",
-        "root_path",
         "scope",
+        "shared",
         "stall_since",
         "stall_size",
         "task",
-        "tasks",
         "transport",
         "waiter",
         "wire",
@@ -189,14 +206,13 @@ class HubProtocol(asyncio.Protocol):
     ) -> None:
         if not config.loaded:
             config.load()
-        self.config = config
-        self.app = config.loaded_app
+        shared = getattr(server_state, "_fasthub_shared", None)
+        if shared is None or shared.config is not config or shared.app_state is not app_state:
+            shared = _Shared(config, server_state, app_state)
+            with contextlib.suppress(AttributeError):  # a server state without a __dict__
+                server_state._fasthub_shared = shared
+        self.shared = shared
         self.loop = _loop or asyncio.get_event_loop()
-        self.root_path: str = config.root_path
-        self.app_state = app_state
-        self.connections = server_state.connections
-        self.tasks = server_state.tasks
-        self.default_headers: list[tuple[bytes, bytes]] = server_state.default_headers
 
         # Connection state
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
@@ -206,7 +222,6 @@ class HubProtocol(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.request_buffer = b""
         self.key = b""
-        self.fd = -1  # the socket for direct writes, once known (-1: none, or TLS)
         self.response_start: dict[str, Any] | None = None  # denial response in progress
         self.response_body: list[bytes] | None = None
         self.close_timer: asyncio.TimerHandle | None = None
@@ -216,7 +231,8 @@ class HubProtocol(asyncio.Protocol):
         self.rate_timer: asyncio.TimerHandle | None = None  # reading paused by the rate limit
 
         # Generic ASGI apps: events for receive()
-        self.queue: Any = collections.deque()  # () once attached: the hub path has no receive()
+        # receive()'s events, a deque from the first one on (the hub path never has any)
+        self.queue: Any = ()
         self.waiter: asyncio.Future[None] | None = None
         self.read_paused = False
 
@@ -238,7 +254,7 @@ class HubProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.connections.add(self)
+        self.shared.server_state.connections.add(self)
         self.last_received = self.loop.time()
 
     def data_received(self, data: bytes) -> None:
@@ -265,7 +281,7 @@ class HubProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self._detach_transport()
-        self.connections.discard(self)
+        self.shared.server_state.connections.discard(self)
         if self.close_timer is not None:
             self.close_timer.cancel()
             self.close_timer = None
@@ -362,33 +378,33 @@ class HubProtocol(asyncio.Protocol):
         """A valid upgrade request: open a fasthub connection directly or run the ASGI app."""
         self.key = request.key
         raw_path, _, query = request.target.partition(b"?")
-        server, client, fd, tls = _socket_info(self.transport)
-        self.fd = fd
-        hub_app = _hub_app(self.config)
+        hub_app = _hub_app(self.shared.config)
         if hub_app is not None and hub_app.opens_directly(raw_path):
             hub_app.open_direct(self, request.subprotocols)
             return
+        server, client = _addresses(self.transport)
+        tls = self.transport.get_extra_info("sslcontext") is not None
         path = unquote(raw_path.decode("ascii", "replace"))
-        full_path = self.root_path + path
-        full_raw_path = self.root_path.encode("ascii") + raw_path
+        full_path = self.shared.config.root_path + path
+        full_raw_path = self.shared.config.root_path.encode("ascii") + raw_path
         self.scope = {
             "type": "websocket",
-            "asgi": {"version": self.config.asgi_version, "spec_version": "2.4"},
+            "asgi": {"version": self.shared.config.asgi_version, "spec_version": "2.4"},
             "http_version": "1.1",
             "scheme": "wss" if tls else "ws",
             "server": server,
             "client": client,
-            "root_path": self.root_path,
+            "root_path": self.shared.config.root_path,
             "path": full_path,
             "raw_path": full_raw_path,
             "query_string": query,
             "headers": request.headers,
             "subprotocols": request.subprotocols,
-            "state": self.app_state.copy(),
+            "state": self.shared.app_state.copy(),
             "extensions": {"websocket.http.response": {}, "fasthub.transport": {"protocol": self}},
         }
         self._put({"type": "websocket.connect"})
-        coro = self.app(self.scope, self.receive, self.send)
+        coro = self.shared.config.loaded_app(self.scope, self.receive, self.send)
         context = contextvars.copy_context()
         if hub_app is not None:
             # A fasthub app with synchronous hooks sets the connection up without suspending:
@@ -405,8 +421,8 @@ class HubProtocol(asyncio.Protocol):
         else:
             task = self.loop.create_task(self.run_asgi(coro), context=context)
         self.task = task
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.shared.server_state.tasks.add(task)
+        task.add_done_callback(self.shared.server_state.tasks.discard)
 
     async def run_asgi(self, coro: Any) -> None:
         try:
@@ -442,7 +458,9 @@ class HubProtocol(asyncio.Protocol):
 
     def _write_response(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         self.phase = _RESPONDED
-        self.transport.write(handshake.http_response(status, list(self.default_headers) + headers, body))
+        self.transport.write(
+            handshake.http_response(status, list(self.shared.server_state.default_headers) + headers, body)
+        )
         self.transport.close()
 
     # -- ASGI send / receive ------------------------------------------------------------------------
@@ -501,7 +519,7 @@ class HubProtocol(asyncio.Protocol):
             raise _client_disconnected()
 
     def _accept(self, message: dict[str, Any]) -> None:
-        extra = list(self.default_headers)
+        extra = list(self.shared.server_state.default_headers)
         subprotocol = message.get("subprotocol")
         if subprotocol:
             extra.append((b"sec-websocket-protocol", subprotocol.encode()))
@@ -509,7 +527,7 @@ class HubProtocol(asyncio.Protocol):
             extra.append((bytes(name), bytes(value)))
         self.transport.write(handshake.accept_response(self.key, extra))
         self.phase = _OPEN
-        self.wire = ServerProtocol(self.config.ws_max_size or 0)
+        self.wire = ServerProtocol(self.shared.config.ws_max_size or 0)
         self.transport.set_write_buffer_limits(high=64 * 1024, low=16 * 1024)
 
     async def receive(self) -> dict[str, Any]:
@@ -531,6 +549,8 @@ class HubProtocol(asyncio.Protocol):
         return event
 
     def _put(self, event: dict[str, Any]) -> None:
+        if not self.queue:
+            self.queue = collections.deque()
         self.queue.append(event)
         waiter = self.waiter
         if waiter is not None and not waiter.done():
@@ -577,15 +597,15 @@ class HubProtocol(asyncio.Protocol):
             return
         if self.phase != _HANDSHAKE:  # answered meanwhile (shutdown); connection_lost follows
             return
-        headers = self.default_headers
+        headers = self.shared.server_state.default_headers
         if subprotocol:
             headers = [*headers, (b"sec-websocket-protocol", subprotocol.encode())]
         self.phase = _OPEN
-        self.wire = ServerProtocol(self.config.ws_max_size or 0)
+        self.wire = ServerProtocol(self.shared.config.ws_max_size or 0)
         transport = self.transport
         transport.set_write_buffer_limits(high=64 * 1024, low=16 * 1024)
         outbox.transport = transport  # the compiled flush writes here directly
-        outbox.fd = self.fd
+        outbox.fd = _plain_fd(transport)
         outbox.push(Payload(KIND_RAW, handshake.accept_response(self.key, headers)))
         self.key = b""
         conn._mark_dirty()
