@@ -7,6 +7,8 @@ cdef int _KIND_TEXT, _KIND_BINARY, _KIND_CLOSE, _KIND_RAW
 cdef int _QUEUED, _DROPPED, _OVERFLOW, _CLOSED
 cdef int _OP_TEXT, _OP_BINARY
 
+# final: no Python subclass can override the cpdef methods, so C calls skip that lookup
+@cython.final
 cdef class Payload:
     cdef readonly int kind
     cdef readonly bytes data
@@ -18,6 +20,7 @@ cdef class Payload:
     cpdef bytes frame(self)
     cpdef dict asgi(self)
 
+@cython.final
 cdef class Outbox:
     cdef public list items
     cdef public Py_ssize_t pending
@@ -39,6 +42,7 @@ cdef class Outbox:
     cpdef Py_ssize_t discard(self)
     cpdef Py_ssize_t size(self)
 
+@cython.final
 cdef class Fanout:
     cdef public list dirty
     cdef public object schedule

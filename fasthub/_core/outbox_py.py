@@ -274,11 +274,11 @@ class Fanout:
                         data = first.frame()
                         items.clear()
                     else:
-                        ob.items = []
                         if not _same(items, last):
                             joined = _join(items)
-                            last = items
+                            last = items[:]  # a copy per distinct sequence, not a list per member
                         data = joined
+                        items.clear()
                     transport = ob.transport
                     if ob.fd >= 0:
                         if ob.unsure:
