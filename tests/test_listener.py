@@ -311,3 +311,55 @@ def test_head_deadlines_one_timer_oldest_first() -> None:
     loop.timers.pop()[1]()
     assert (a.late, b.late, c.late) == (1, 1, 0) and not heads.waiting
     assert loop.timers == []  # nobody waits: no timer
+
+
+def _early_frames_exchange(port: int, extra: str = "") -> list[Any]:
+    """Upgrade request and two masked frames in one send, before any 101: what comes back."""
+    from fasthub._wire.testing import encode_frame
+
+    request, _ = _upgrade(extra=extra)
+    frames = b"".join(
+        encode_frame(0x1, json.dumps(m).encode(), mask=os.urandom(4))
+        for m in ({"type": "join_room", "room": "early", "id": "j1"}, {"type": "ping", "id": "p1"})
+    )
+    got: list[Any] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(request + frames)
+        data = b""
+        deadline = time.monotonic() + 5
+        while len(got) < 4 and time.monotonic() < deadline:
+            data += s.recv(65536)
+            if not got and b"\r\n\r\n" in data:
+                head, data = data.split(b"\r\n\r\n", 1)
+                assert head.startswith(b"HTTP/1.1 101 "), head
+                got.append("101")
+            while got and len(data) >= 4:
+                n, start = data[1], 2
+                if n == 126:
+                    n, start = int.from_bytes(data[2:4], "big"), 4
+                if len(data) < start + n:
+                    break
+                got.append(json.loads(data[start : start + n]))
+                data = data[start + n :]
+    return got
+
+
+def test_frames_sent_with_the_upgrade_request_are_not_lost() -> None:
+    """A client that does not wait for the 101: its frames are handled after ``connected``."""
+    with serve(ws="fasthub") as srv:
+        got = _early_frames_exchange(srv.port)
+    assert got[0] == "101"
+    assert got[1]["payload"]["event"] == "connected"
+    assert got[2]["payload"]["event"] == "joined" and got[2]["id"] == "j1"
+    assert got[3]["type"] == "pong" and got[3]["id"] == "p1"
+
+
+def test_early_frames_wait_for_an_async_authenticate() -> None:
+    async def authenticate(scope: dict[str, Any]) -> str:
+        await asyncio.sleep(0.1)  # the frames arrive while this runs
+        return "carol"
+
+    with serve({"authenticate": authenticate}, ws="fasthub") as srv:
+        got = _early_frames_exchange(srv.port)
+    assert got[1]["payload"]["event"] == "connected" and got[1]["payload"]["user_id"] == "carol"
+    assert [m.get("id") for m in got[2:]] == ["j1", "p1"]

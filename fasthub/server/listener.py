@@ -124,7 +124,8 @@ class ListenerProtocol(HubProtocol):
             self.request_buffer = buffered
             return
         self._head_done()
-        self.request_buffer = b""
+        # bytes after the head (a client that did not wait for the 101) wait for the engine
+        self.request_buffer = buffered[end + 4 :]
         try:
             request = handshake.parse_request(buffered)  # compiled; upgrades are the usual case
         except handshake.HandshakeError as exc:

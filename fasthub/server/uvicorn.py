@@ -47,6 +47,7 @@ _RESPONDED = 4  # answered with an HTTP response instead of upgrading
 
 _RECEIVE_QUEUE_HIGH = 16  # generic ASGI apps: pause reading above this many queued events
 _TURN = 64  # frames one connection may have handled per loop iteration (fair scheduling)
+_EARLY_MAX = 64 * 1024  # bytes kept from a client that sends frames before the 101
 _CLOSE_TIMEOUT = 5.0  # seconds to wait for the peer's close frame before dropping TCP
 # close codes after which TCP is closed at once, without waiting for the peer's close frame
 _NO_HANDSHAKE_CODES = frozenset({1008, 1009, 1011})
@@ -353,8 +354,16 @@ class HubProtocol(asyncio.Protocol):
     # -- handshake --------------------------------------------------------------------------------
 
     def _handshake_data(self, data: bytes) -> None:
-        if self.phase != _HANDSHAKE or self.key:
-            return  # bytes before the app accepted: RFC 6455 clients wait for the 101
+        if self.phase != _HANDSHAKE:
+            return
+        if self.key:
+            # frames before the app accepted (RFC 6455 clients wait for the 101, some do not):
+            # kept for the engine; past 64 KiB reading pauses until the open completes
+            self.request_buffer += data
+            if len(self.request_buffer) > _EARLY_MAX and not self.read_paused:
+                self.read_paused = True
+                self.transport.pause_reading()
+            return
         self.request_buffer += data
         if b"\r\n\r\n" not in self.request_buffer:
             if len(self.request_buffer) > handshake.MAX_REQUEST_SIZE:
@@ -365,7 +374,8 @@ class HubProtocol(asyncio.Protocol):
         except handshake.HandshakeError as exc:
             self._refuse(exc)
             return
-        self.request_buffer = b""
+        # bytes after the head (a client that did not wait for the 101) wait for the engine
+        self.request_buffer = self.request_buffer.partition(b"\r\n\r\n")[2]
         self._upgrade(request)
 
     def _refuse(self, exc: handshake.HandshakeError) -> None:
@@ -529,6 +539,7 @@ class HubProtocol(asyncio.Protocol):
         self.phase = _OPEN
         self.wire = ServerProtocol(self.shared.config.ws_max_size or 0)
         self.transport.set_write_buffer_limits(high=64 * 1024, low=16 * 1024)
+        self._feed_early()
 
     async def receive(self) -> dict[str, Any]:
         if self.deferred and not any(e["type"] == "websocket.receive" for e in self.queue):
@@ -609,6 +620,24 @@ class HubProtocol(asyncio.Protocol):
         outbox.push(Payload(KIND_RAW, handshake.accept_response(self.key, headers)))
         self.key = b""
         conn._mark_dirty()
+        self._feed_early()
+
+    def _feed_early(self) -> None:
+        """Frames that came with the upgrade request, handled after the open completes (so the
+        replies follow the ``connected`` message)."""
+        early = self.request_buffer
+        if early:
+            self.request_buffer = b""
+            self.loop.call_soon(self._feed, early)
+
+    def _feed(self, data: bytes) -> None:
+        if not self.lost and self.phase == _OPEN:
+            self.data_received(data)
+            if self.dispatcher is not None:
+                self._maybe_resume_reading()
+            elif self.read_paused and len(self.queue) <= _RECEIVE_QUEUE_HIGH // 2:
+                self.read_paused = False
+                self.transport.resume_reading()
 
     def _dispatch_events(self, events: list[tuple[int, object]]) -> None:
         """Handle parsed frames in order, at most ``_TURN`` per loop iteration.
