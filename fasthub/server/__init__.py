@@ -1,4 +1,4 @@
-"""Server layer: the ASGI app (portable path) and the uvicorn protocol (fast path)."""
+"""Server layer: the ASGI app (portable path), the uvicorn protocols (fast path: listener + HubProtocol)."""
 
 from .asgi import FasthubApp, create_app
 

@@ -1,13 +1,14 @@
 """``HubProtocol``: fasthub's WebSocket protocol class for uvicorn (the fast path).
 
-Use it with ``uvicorn.Config(app, ws=HubProtocol)`` or ``uvicorn app:app --ws
-fasthub.server.uvicorn:HubProtocol``. uvicorn parses the HTTP upgrade request, then hands the
-socket over (``connection_made`` + the re-serialized request in ``data_received``); from then on
-this class owns the bytes: frames are parsed by ``fasthub._wire`` and written straight to the
-transport. To the ASGI app it speaks the standard ``websocket`` scope, send and receive, so any
-ASGI app runs on it; a fasthub app also finds ``scope["extensions"]["fasthub.transport"]`` and
-attaches the connection to the hub, which then queues frames on the connection's outbox and
-flushes every dirty connection with one ``writelines`` per event-loop tick.
+Two ways in. ``fasthub serve`` makes every connection a ``listener.ListenerProtocol`` (a
+subclass) that reads the request head itself. With plain uvicorn, ``uvicorn.Config(app,
+ws=HubProtocol)`` or ``uvicorn app:app --ws fasthub.server.uvicorn:HubProtocol``: uvicorn parses
+the upgrade request, then hands the socket over (``connection_made`` + the re-serialized request
+in ``data_received``). Either way this class then owns the bytes: frames are parsed by
+``fasthub._wire`` and written straight to the socket. To an ASGI app it speaks the standard
+``websocket`` scope, send and receive, so any ASGI app runs on it; a fasthub app opens the
+connection on the hub instead (``open_hub``, directly from ``data_received`` when it can), and
+the hub's compiled flush writes every dirty connection once per event-loop tick.
 
 Modelled on uvicorn's ``websockets_sansio_impl.py``.
 """
