@@ -20,7 +20,7 @@ import asyncio
 from typing import Any
 
 from . import handshake
-from .http import GuardedHttpToolsProtocol
+from .http import GuardedHttpToolsProtocol, guarded_http_protocol
 from .uvicorn import _HANDSHAKE, HubProtocol
 
 
@@ -79,26 +79,19 @@ class ListenerProtocol(HubProtocol):
 
     __slots__ = ()
 
-    #: the protocol that serves plain HTTP requests (guards set by ``listener_protocol``)
+    #: the protocol that serves plain HTTP requests, and the request-head guards (both set by
+    #: ``listener_protocol``)
     http_class: type[Any] = GuardedHttpToolsProtocol
     head_timeout: float = 10.0
-
-    def __init__(
-        self,
-        config: Any,
-        server_state: Any,
-        app_state: dict[str, Any],
-        _loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
+    max_head_size: int = 16 * 1024
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         if self.head_timeout > 0:
-            heads = getattr(self.shared.server_state, "_fasthub_heads", None)
-            if heads is None:
-                heads = self.shared.server_state._fasthub_heads = _HeadDeadlines(self.loop, self.head_timeout)
-            heads.add(self)
+            shared = self.shared
+            if shared.heads is None:
+                shared.heads = _HeadDeadlines(self.loop, self.head_timeout)
+            shared.heads.add(self)
 
     def _head_late(self) -> None:
         """Slowloris: the request head did not arrive in time."""
@@ -106,7 +99,7 @@ class ListenerProtocol(HubProtocol):
             self._write_response(408, [(b"content-type", b"text/plain")], b"request head not received in time\n")
 
     def _head_done(self) -> None:
-        heads = getattr(self.shared.server_state, "_fasthub_heads", None)
+        heads = self.shared.heads
         if heads is not None:
             heads.waiting.pop(self, None)
 
@@ -135,10 +128,6 @@ class ListenerProtocol(HubProtocol):
                 self._hand_off(buffered)
             return
         self._upgrade(request)
-
-    @property
-    def max_head_size(self) -> int:
-        return int(getattr(self.http_class, "max_head_size", 16 * 1024))
 
     def _hand_off(self, data: bytes) -> None:
         """A plain HTTP request: uvicorn's HTTP protocol takes the connection from here."""
@@ -170,15 +159,15 @@ _RESPONDED_BY_HTTP = 5  # the connection belongs to the HTTP protocol now
 
 def listener_protocol(head_timeout: float, max_head_size: int) -> type[ListenerProtocol]:
     """A ``ListenerProtocol`` class with these request-head guards, for ``uvicorn.Config(http=...)``."""
-    http_class = type(
-        "GuardedHttpToolsProtocol",
-        (GuardedHttpToolsProtocol,),
-        {"head_timeout": head_timeout, "max_head_size": max_head_size},
-    )
     return type(
         "ListenerProtocol",
         (ListenerProtocol,),
-        {"__slots__": (), "http_class": http_class, "head_timeout": head_timeout},
+        {
+            "__slots__": (),
+            "http_class": guarded_http_protocol(head_timeout, max_head_size),
+            "head_timeout": head_timeout,
+            "max_head_size": max_head_size,
+        },
     )
 
 

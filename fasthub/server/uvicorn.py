@@ -156,12 +156,13 @@ def _resume(coro: Any, yielded: Any) -> Generator[Any, Any, None]:
 class _Shared:
     """What every connection of one uvicorn server shares: one object, not seven slots each."""
 
-    __slots__ = ("app_state", "config", "server_state")
+    __slots__ = ("app_state", "config", "heads", "server_state")
 
     def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any]) -> None:
         self.config = config
         self.server_state = server_state  # connections, tasks, default_headers (kept fresh)
         self.app_state = app_state
+        self.heads: Any = None  # the listener's request-head deadlines (listener._HeadDeadlines)
 
 
 class HubProtocol(asyncio.Protocol):
