@@ -23,14 +23,19 @@ from fasthub.server.uvicorn import _resume
 from tests.conftest import WS_GUID, RawClient, Server, connect, run, serve
 
 
-def _exchange(port: int, data: bytes, pieces: int = 1, until: bytes | None = None, timeout: float = 5) -> bytes:
-    """Send ``data`` (in ``pieces`` parts, a pause between them), read until ``until`` or EOF."""
+def _send(s: socket.socket, data: bytes, pieces: int) -> None:
+    """Send ``data`` in ``pieces`` parts with a pause between them."""
+    step = max(1, len(data) // pieces)
+    for i in range(0, len(data), step):
+        s.sendall(data[i : i + step])
+        if pieces > 1:
+            time.sleep(0.05)
+
+
+def _exchange(port: int, data: bytes, pieces: int = 1, timeout: float = 5) -> bytes:
+    """Send ``data`` (in ``pieces`` parts), read until EOF or ``timeout``."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        step = max(1, len(data) // pieces)
-        for i in range(0, len(data), step):
-            s.sendall(data[i : i + step])
-            if pieces > 1:
-                time.sleep(0.05)
+        _send(s, data, pieces)
         out = b""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -41,8 +46,6 @@ def _exchange(port: int, data: bytes, pieces: int = 1, until: bytes | None = Non
             if not chunk:
                 break
             out += chunk
-            if until is not None and out.count(until) >= 1 and out.endswith(until):
-                break
         return out
 
 
@@ -55,31 +58,43 @@ def _upgrade(path: str = "/ws", extra: str = "") -> tuple[bytes, bytes]:
     return request, base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
 
 
-def _first_frame(data: bytes) -> tuple[bytes, Any]:
-    """The response head and the JSON of the first (unmasked, short) text frame after it."""
-    head, _, rest = data.partition(b"\r\n\r\n")
-    assert rest[0] == 0x81, rest[:2]
-    n = rest[1]
-    if n == 126:
-        n, body = int.from_bytes(rest[2:4], "big"), rest[4:]
-    else:
-        body = rest[2:]
-    return head, json.loads(body[:n])
+def _text_frames(data: bytes) -> tuple[list[Any], bytes]:
+    """The JSON of the complete (unmasked, short) text frames at the start of ``data``, and the rest."""
+    out: list[Any] = []
+    while len(data) >= 2:
+        assert data[0] == 0x81, data[:2]
+        n, start = data[1], 2
+        if n == 126:
+            if len(data) < 4:
+                break
+            n, start = int.from_bytes(data[2:4], "big"), 4
+        if len(data) < start + n:
+            break
+        out.append(json.loads(data[start : start + n]))
+        data = data[start + n :]
+    return out, data
+
+
+def _upgrade_exchange(port: int, data: bytes, pieces: int = 1, frames: int = 1) -> tuple[bytes, list[Any]]:
+    """Send ``data``; read the response head and then ``frames`` text frames."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        _send(s, data, pieces)
+        buf, head, got = b"", None, []
+        deadline = time.monotonic() + 5
+        while len(got) < frames and time.monotonic() < deadline:
+            buf += s.recv(65536)
+            if head is None and b"\r\n\r\n" in buf:
+                head, buf = buf.split(b"\r\n\r\n", 1)
+            if head is not None:
+                more, buf = _text_frames(buf)
+                got += more
+        assert head is not None, buf[:200]
+        return head, got
 
 
 def _read_upgrade(port: int, request: bytes, pieces: int = 1) -> tuple[bytes, Any]:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        step = max(1, len(request) // pieces)
-        for i in range(0, len(request), step):
-            s.sendall(request[i : i + step])
-            if pieces > 1:
-                time.sleep(0.05)
-        data = b""
-        while True:
-            data += s.recv(65536)
-            _, sep, rest = data.partition(b"\r\n\r\n")
-            if sep and len(rest) >= 2 and len(rest) >= 2 + rest[1]:
-                return _first_frame(data)
+    head, got = _upgrade_exchange(port, request, pieces)
+    return head, got[0]
 
 
 def test_upgrade_answered_in_place_with_connected_message() -> None:
@@ -322,26 +337,9 @@ def _early_frames_exchange(port: int, extra: str = "") -> list[Any]:
         encode_frame(0x1, json.dumps(m).encode(), mask=os.urandom(4))
         for m in ({"type": "join_room", "room": "early", "id": "j1"}, {"type": "ping", "id": "p1"})
     )
-    got: list[Any] = []
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(request + frames)
-        data = b""
-        deadline = time.monotonic() + 5
-        while len(got) < 4 and time.monotonic() < deadline:
-            data += s.recv(65536)
-            if not got and b"\r\n\r\n" in data:
-                head, data = data.split(b"\r\n\r\n", 1)
-                assert head.startswith(b"HTTP/1.1 101 "), head
-                got.append("101")
-            while got and len(data) >= 4:
-                n, start = data[1], 2
-                if n == 126:
-                    n, start = int.from_bytes(data[2:4], "big"), 4
-                if len(data) < start + n:
-                    break
-                got.append(json.loads(data[start : start + n]))
-                data = data[start + n :]
-    return got
+    head, got = _upgrade_exchange(port, request + frames, frames=3)
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    return ["101", *got]
 
 
 def test_frames_sent_with_the_upgrade_request_are_not_lost() -> None:
