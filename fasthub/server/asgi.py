@@ -65,6 +65,11 @@ def _finished(task: asyncio.Future[Any]) -> None:
         log.error("fasthub: on_disconnect failed", exc_info=task.exception())
 
 
+def _subprotocol(offered: Iterable[str]) -> str | None:
+    """The subprotocol to select: ``fasthub`` when the client offers it (tokens ride beside it)."""
+    return SUBPROTOCOL if SUBPROTOCOL in offered else None
+
+
 def route_path(scope: Scope) -> str:
     """The path below the mount point (servers and Starlette's Mount keep the prefix in ``path``)."""
     path: str = scope.get("path", "/")
@@ -241,7 +246,7 @@ class FasthubApp:
                 if refused is not None:
                     await self._deny(scope, send, refused.status, refused.reason)
                     return
-        subprotocol = SUBPROTOCOL if SUBPROTOCOL in (scope.get("subprotocols") or ()) else None
+        subprotocol = _subprotocol(scope.get("subprotocols") or ())
         fast = scope.get("extensions", {}).get("fasthub.transport")
         if fast is not None:
             await self._serve_fast(fast["protocol"], scope, user_id, identity, subprotocol)
@@ -303,9 +308,7 @@ class FasthubApp:
         if refused is not None:
             protocol.deny(refused.status, refused.reason)
             return
-        conn = hub._register(protocol, None, None)
-        protocol.open_hub(conn, self.dispatcher, self._on_lost, SUBPROTOCOL if SUBPROTOCOL in subprotocols else None)
-        self._hello(conn, None)
+        self._open_fast(protocol, None, None, None, _subprotocol(subprotocols))
 
     def _precheck(self, scope: Scope) -> Denied | None:
         """Refusals that need no credential: Origin allow-list, then the connection caps."""
@@ -333,10 +336,17 @@ class FasthubApp:
         The 101 and the ``connected`` message leave in one write; this coroutine returns once
         the connection is set up, so no task waits per connection.
         """
+        conn = self._open_fast(protocol, scope, user_id, identity, subprotocol)
+        await self._connected(conn)
+
+    def _open_fast(
+        self, protocol: Any, scope: Scope | None, user_id: Any, identity: Identity | None, subprotocol: str | None
+    ) -> Connection:
+        """Register the connection, accept it on the protocol, queue the ``connected`` message."""
         conn = self.hub._register(protocol, user_id, scope)
         protocol.open_hub(conn, self.dispatcher, self._on_lost, subprotocol)
         self._hello(conn, identity)
-        await self._connected(conn)
+        return conn
 
     async def _connected(self, conn: Connection) -> None:
         """Run ``on_connect``; then let go of the scope unless ``HubConfig.keep_scope``."""

@@ -106,7 +106,7 @@ def _address(info: Any) -> Any:
 
 
 def _hub_app(config: Any) -> FasthubApp | None:
-    """The ``FasthubApp`` behind uvicorn's own wrappers, or None (cached on the config).
+    """The ``FasthubApp`` behind uvicorn's own wrappers, or None (found once per server).
 
     Only a fasthub app is run up to its first suspension inside ``data_received`` (or opened
     without a coroutine at all, ``FasthubApp.open_direct``): its connection setup awaits
@@ -114,18 +114,12 @@ def _hub_app(config: Any) -> FasthubApp | None:
     (``asgi._resolve``). Other apps may expect ``asyncio.current_task()`` (anyio does), so they
     always start in a task.
     """
-    try:
-        return config._fasthub_app  # type: ignore[no-any-return]
-    except AttributeError:
-        pass
     from .asgi import FasthubApp
 
     app = config.loaded_app
     while type(app).__name__ in ("ProxyHeadersMiddleware", "MessageLoggerMiddleware") and hasattr(app, "app"):
         app = app.app
-    found = app if isinstance(app, FasthubApp) else None
-    config._fasthub_app = found
-    return found
+    return app if isinstance(app, FasthubApp) else None
 
 
 @types.coroutine
@@ -156,13 +150,14 @@ def _resume(coro: Any, yielded: Any) -> Generator[Any, Any, None]:
 class _Shared:
     """What every connection of one uvicorn server shares: one object, not seven slots each."""
 
-    __slots__ = ("app_state", "config", "heads", "server_state")
+    __slots__ = ("app_state", "config", "heads", "hub_app", "server_state")
 
     def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any]) -> None:
         self.config = config
         self.server_state = server_state  # connections, tasks, default_headers (kept fresh)
         self.app_state = app_state
         self.heads: Any = None  # the listener's request-head deadlines (listener._HeadDeadlines)
+        self.hub_app = _hub_app(config)  # opened directly or eagerly (see _hub_app)
 
 
 class HubProtocol(asyncio.Protocol):
@@ -390,7 +385,7 @@ class HubProtocol(asyncio.Protocol):
         """A valid upgrade request: open a fasthub connection directly or run the ASGI app."""
         self.key = request.key
         raw_path, _, query = request.target.partition(b"?")
-        hub_app = _hub_app(self.shared.config)
+        hub_app = self.shared.hub_app
         if hub_app is not None and hub_app.opens_directly(raw_path):
             hub_app.open_direct(self, request.subprotocols)
             return
