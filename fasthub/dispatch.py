@@ -162,11 +162,11 @@ class Dispatcher:
         except EnvelopeError as exc:
             conn.send_json(error_envelope(exc.code, exc.message, msg.id))
 
-    def rate_limited(self, conn: Connection, limiter: Any) -> None:
-        """A message refused by the connection's rate limiter; too many in a row close it (1008)."""
+    def rate_limited(self, conn: Connection) -> None:
+        """A message refused by the connection's rate limit; too many in a row close it (1008)."""
         self.hub.messages_in += 1
         config = self.hub.config
-        if limiter.strikes > config.rate_limit_strikes:
+        if conn.strikes > config.rate_limit_strikes:
             if not conn.closed:
                 log.info("fasthub: closing %s: stayed over its rate limit", conn.id)
                 conn._queue_close(1008, "rate limit exceeded", discard=False)
@@ -214,9 +214,8 @@ class Dispatcher:
         room = self._room_name(msg)
 
         def join() -> None:
-            rooms = conn._rooms
             limit = self.hub.config.max_rooms_per_connection
-            if rooms is not None and room not in rooms and len(rooms) >= limit:
+            if not conn._in_room(room) and conn._room_count() >= limit:
                 raise EnvelopeError(ErrorCode.TOO_MANY_ROOMS, f"a connection may be in at most {limit} rooms")
             if conn.id not in self.hub._connections:  # closed while an async hook ran
                 return
@@ -290,7 +289,7 @@ class Dispatcher:
         conn._push(self.hub._system(payload, reply_id=msg.id))
 
     def _broadcast(self, conn: Connection, msg: Message) -> None:
-        self.hub._deliver(self.hub._outboxes, self._relay(conn, msg))
+        self.hub._deliver(self.hub._connections, self._relay(conn, msg))
 
     @staticmethod
     def _relay(conn: Connection, msg: Message) -> Payload:

@@ -18,9 +18,8 @@ from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any, Protocol
 
 from . import _ext
-from ._core import KIND_BINARY, KIND_TEXT, Fanout, Outbox, Payload, RateLimiter
+from ._core import KIND_BINARY, KIND_TEXT, Connection, Fanout, Outbox, Payload, RateLimiter
 from .config import HubConfig
-from .connection import Connection
 from .exceptions import Denied, HubError
 from .messages import MessageType, encode, utc_timestamp
 from .room import Room
@@ -90,11 +89,12 @@ class Hub:
 
     def __init__(self, config: HubConfig | None = None) -> None:
         self.config = config if config is not None else HubConfig()
+        # connection id -> connection; a connection is its own outbox, so this is also the
+        # member map of a broadcast
         self._connections: dict[str, Connection] = {}
-        self._outboxes: dict[str, Outbox] = {}
         # users with a credential; an anonymous connection is a user of its own, ``anon-<id>``,
         # found through its connection (no dict per anonymous connection)
-        self._users: dict[str, dict[str, Outbox]] = {}
+        self._users: dict[str, dict[str, Connection]] = {}
         self._anonymous = 0
         self._rooms: dict[str, Room] = {}
         self._fanout = Fanout()
@@ -158,8 +158,8 @@ class Hub:
             stale = [ip for ip, b in self._connect_buckets.items() if now - b.stamp > 2.0 / rate + 1.0]
             for ip in stale:
                 del self._connect_buckets[ip]
-        for outbox in list(self._outboxes.values()):
-            sink = outbox.sink
+        for conn in list(self._connections.values()):
+            sink = conn.sink
             if sink is not None:
                 try:
                     sink.sweep(now)
@@ -236,20 +236,18 @@ class Hub:
         conn_id = _ids.next()
         anonymous = user_id is None
         uid = None if user_id is None else str(user_id)
-        outbox = Outbox(self.config.send_buffer_size, self.config.slow_consumer == "drop")
+        c = self.config
         now = self._loop.time() if self._loop is not None else 0.0
-        conn = Connection(self, conn_id, uid, outbox, scope, anonymous, now)
-        outbox.sink = sink
+        conn = Connection(self, conn_id, uid, c.send_buffer_size, c.slow_consumer == "drop", scope, anonymous, now)
+        conn.sink = sink
         sink.conn = conn
         self._connections[conn_id] = conn
-        self._outboxes[conn_id] = outbox
         if uid is None:
             self._anonymous += 1
         else:
-            self._users.setdefault(uid, {})[conn_id] = outbox
-        c = self.config
+            self._users.setdefault(uid, {})[conn_id] = conn
         if c.rate_limit or c.rate_limit_bytes:
-            conn._limiter = RateLimiter(c.rate_limit, c.rate_limit_bytes, now)
+            conn.limit(c.rate_limit, c.rate_limit_bytes, now)
         if c.max_connections_per_ip:
             conn.ip = _client_ip(scope)
             self._ip_counts[conn.ip] = self._ip_counts.get(conn.ip, 0) + 1
@@ -259,13 +257,10 @@ class Hub:
     def _unregister(self, conn: Connection) -> None:
         if self._connections.pop(conn.id, None) is None:
             return
-        self._outboxes.pop(conn.id, None)
-        outbox = conn._outbox
-        outbox.closing = True
-        outbox.discard()
-        if conn._rooms:
-            for name in list(conn._rooms):
-                self._leave(conn, name, reply_id=None, reply=False)
+        conn.closing = True
+        conn.discard()
+        for name in conn._room_names():
+            self._leave(conn, name, reply_id=None, reply=False)
         if conn.anonymous:
             self._anonymous -= 1
         else:
@@ -283,8 +278,7 @@ class Hub:
         if conn._expiry is not None:
             conn._expiry.cancel()
             conn._expiry = None
-        if conn._limiter is not None:
-            self.rate_limited += conn._limiter.refused
+        self.rate_limited += conn.refused
         self.connections_closed += 1
 
     def _set_expiry(self, conn: Connection, expires_at: float | None) -> None:
@@ -304,20 +298,18 @@ class Hub:
             log.info("fasthub: closing %s: token expired", conn.id)
             conn._queue_close(4001, "token expired", discard=False)
 
-    def _slow_consumer(self, outbox: Outbox) -> None:
-        """An outbox went over budget under policy "close": close it now, dropping its backlog."""
-        sink = outbox.sink
-        conn = sink.conn if sink is not None else None
-        if conn is None or outbox.closing:
+    def _slow_consumer(self, conn: Outbox) -> None:
+        """A connection went over budget under policy "close": close it now, dropping its backlog."""
+        if not isinstance(conn, Connection) or conn.closing:
             return
         self.slow_consumer_closes += 1
-        log.info("fasthub: closing %s: slow consumer (%d bytes buffered)", conn.id, outbox.size())
+        log.info("fasthub: closing %s: slow consumer (%d bytes buffered)", conn.id, conn.size())
         conn._queue_close(1008, "slow consumer", discard=True)
 
-    def _deliver(self, members: dict[str, Outbox], payload: Payload, exclude: Any = None) -> int:
+    def _deliver(self, members: dict[str, Connection], payload: Payload, exclude: Any = None) -> int:
         count, overflow = self._fanout.push_many(members, payload, exclude)
-        for outbox in overflow:
-            self._slow_consumer(outbox)
+        for conn in overflow:
+            self._slow_consumer(conn)
         return int(count)
 
     # -- connections and users -------------------------------------------------------------------
@@ -325,20 +317,20 @@ class Hub:
     def get_connection(self, conn_id: str) -> Connection | None:
         return self._connections.get(conn_id)
 
-    def _user_members(self, user_id: str) -> dict[str, Outbox] | None:
-        """``connection id -> outbox`` of a user's connections, or None if it has none."""
+    def _user_members(self, user_id: str) -> dict[str, Connection] | None:
+        """``connection id -> connection`` of a user's connections, or None if it has none."""
         members = self._users.get(user_id)
         if members is None and user_id.startswith("anon-"):
             conn = self._connections.get(user_id[5:])
             if conn is not None and conn.anonymous:
-                return {conn.id: conn._outbox}
+                return {conn.id: conn}
         return members
 
     def get_user_connections(self, user_id: str | int) -> list[Connection]:
         conns = self._user_members(str(user_id))
         if not conns:
             return []
-        return [self._connections[cid] for cid in conns]
+        return list(conns.values())
 
     @property
     def connections(self) -> list[Connection]:
@@ -360,13 +352,13 @@ class Hub:
 
     def broadcast_json(self, obj: Any, exclude: Exclude = None) -> int:
         """Send ``obj`` (encoded once) to every connection; returns how many accepted it."""
-        return self._deliver(self._outboxes, Payload(KIND_TEXT, encode(obj)), _exclude_set(exclude))
+        return self._deliver(self._connections, Payload(KIND_TEXT, encode(obj)), _exclude_set(exclude))
 
     def broadcast_text(self, text: str, exclude: Exclude = None) -> int:
-        return self._deliver(self._outboxes, Payload(KIND_TEXT, text.encode()), _exclude_set(exclude))
+        return self._deliver(self._connections, Payload(KIND_TEXT, text.encode()), _exclude_set(exclude))
 
     def broadcast_bytes(self, data: bytes, exclude: Exclude = None) -> int:
-        return self._deliver(self._outboxes, Payload(KIND_BINARY, bytes(data)), _exclude_set(exclude))
+        return self._deliver(self._connections, Payload(KIND_BINARY, bytes(data)), _exclude_set(exclude))
 
     def send_to_user_json(self, user_id: str | int, obj: Any) -> int:
         """Send ``obj`` to every connection of ``user_id``; returns how many accepted it (0: offline)."""
@@ -412,10 +404,8 @@ class Hub:
             return False
         if room._members:
             self._deliver(room._members, self._system({"event": "room_deleted", "room": name}, room=name))
-            for cid in room._members:
-                conn = self._connections.get(cid)
-                if conn is not None:
-                    conn._drop_room(name)
+            for conn in room._members.values():
+                conn._drop_room(name)
         room._members.clear()
         return True
 
@@ -432,15 +422,14 @@ class Hub:
             return room
         if not self.config.valid_room_name(name):
             raise HubError(f"invalid room name {name!r}")
-        if conn._rooms is not None and len(conn._rooms) >= self.config.max_rooms_per_connection:
-            raise HubError(f"connection is in {len(conn._rooms)} rooms already (max_rooms_per_connection)")
+        if conn._room_count() >= self.config.max_rooms_per_connection:
+            raise HubError(f"connection is in {conn._room_count()} rooms already (max_rooms_per_connection)")
         if room is None:
             room = self._rooms[name] = Room(name)
         if room._members and len(room._members) < self.config.member_events_limit:
             self._deliver(room._members, self._member_event("user_joined", room, conn, len(room._members) + 1))
-        room._members[conn.id] = conn._outbox
-        # the room's own name string: one copy however many members
-        conn._rooms = (room.name,) if conn._rooms is None else (*conn._rooms, room.name)
+        room._members[conn.id] = conn
+        conn._add_room(room.name)  # the room's own name string: one copy however many members
         self._reply_membership(conn, room, "joined", reply_id)
         return room
 
@@ -510,8 +499,8 @@ class Hub:
     def stats(self) -> dict[str, Any]:
         """Counters for ``/ws/stats``: the original's four keys plus traffic and uptime."""
         buffered = 0
-        for outbox in self._outboxes.values():
-            buffered += outbox.size()
+        for conn in self._connections.values():
+            buffered += conn.size()
         rss = _rss_bytes()
         conns = len(self._connections)
         per_conn = round((rss - self._rss_at_start) / conns) if conns else None
@@ -531,8 +520,7 @@ class Hub:
             "bytes_out_per_s": bytes_out_s,
             "dropped": int(self._fanout.dropped),
             "slow_consumer_closes": self.slow_consumer_closes,
-            "rate_limited": self.rate_limited
-            + sum(c._limiter.refused for c in self._connections.values() if c._limiter is not None),
+            "rate_limited": self.rate_limited + sum(c.refused for c in self._connections.values()),
             "connections_opened": self.connections_opened,
             "connections_closed": self.connections_closed,
             "bytes_buffered": buffered,

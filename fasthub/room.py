@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._core import Outbox
+    from ._core import Connection
 
 
 class Room:
-    """A room. Members are kept as ``connection id -> outbox`` so fan-out iterates one dict.
+    """A room. Members are kept as ``connection id -> connection`` (each its own outbox) so fan-out
+    iterates one dict.
 
     A room made by ``Hub.create_room`` is ``persistent`` and lives until ``Hub.delete_room``; a
     room made implicitly by a client's ``join_room`` disappears with its last member, so clients
@@ -22,7 +23,7 @@ class Room:
         self.name = name
         self.metadata: dict[str, Any] = dict(metadata) if metadata else {}
         self.persistent = persistent
-        self._members: dict[str, Outbox] = {}
+        self._members: dict[str, Connection] = {}
 
     @property
     def members(self) -> list[str]:

@@ -20,22 +20,24 @@ cdef class Payload:
     cpdef bytes frame(self)
     cpdef dict asgi(self)
 
-@cython.final
+# not final: conn_c.Connection extends it (a static subclass, so cpdef calls stay C calls)
 cdef class Outbox:
+    # Word-sized fields first, the flags as bytes after them (smaller per connection)
     cdef public list items
+    cdef public object sink
+    cdef public object transport
     cdef public Py_ssize_t pending
     cdef public Py_ssize_t inflight
     cdef public Py_ssize_t buffered
     cdef public Py_ssize_t budget
     cdef public Py_ssize_t dropped
-    cdef public bint drop_when_full
-    cdef public bint closing
-    cdef public bint scheduled
-    cdef public object sink
-    cdef public object transport
     cdef public int fd
-    cdef public bint unsure
+    cdef public unsigned char drop_when_full
+    cdef public unsigned char closing
+    cdef public unsigned char scheduled
+    cdef public unsigned char unsure
     cpdef int push(self, Payload p)
+    cdef void _append(self, Payload p)
     cpdef list take(self)
     cpdef done(self, Py_ssize_t n)
     cpdef close_with(self, Payload p, bint discard)

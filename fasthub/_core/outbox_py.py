@@ -109,7 +109,8 @@ class Outbox:
     """
 
     def __init__(self, budget: int, drop_when_full: bool = False) -> None:
-        self.items: list[Payload] = []
+        # None while empty: an idle connection keeps no list (56 bytes each)
+        self.items: list[Payload] | None = None
         self.pending = 0
         self.inflight = 0
         self.buffered = 0
@@ -134,24 +135,29 @@ class Outbox:
                 # the transport may have drained since the last flush: look before refusing
                 self.buffered = self.transport.get_write_buffer_size()
                 if self.pending + self.inflight + self.buffered + p.nbytes <= self.budget:
-                    self.items.append(p)
-                    self.pending += p.nbytes
+                    self._append(p)
                     return _QUEUED
             if self.drop_when_full:
                 self.dropped += 1
                 return _DROPPED
             return _OVERFLOW
-        self.items.append(p)
-        self.pending += p.nbytes
+        self._append(p)
         return _QUEUED
+
+    def _append(self, p: Payload) -> None:
+        if self.items is None:
+            self.items = [p]
+        else:
+            self.items.append(p)
+        self.pending += p.nbytes
 
     def take(self) -> list[Payload]:
         """Hand every queued payload to the writer; their bytes count as in flight."""
         items = self.items
-        self.items = []
+        self.items = None
         self.inflight += self.pending
         self.pending = 0
-        return items
+        return items if items is not None else []
 
     def done(self, n: int) -> None:
         """The writer confirms ``n`` bytes of taken payloads."""
@@ -168,13 +174,12 @@ class Outbox:
         if discard:
             self.discard()
         self.closing = True
-        self.items.append(p)
-        self.pending += p.nbytes
+        self._append(p)
 
     def discard(self) -> int:
         """Drop everything queued (the connection is going away); returns how many."""
-        n = len(self.items)
-        self.items = []
+        n = len(self.items) if self.items is not None else 0
+        self.items = None
         self.pending = 0
         return n
 
@@ -267,18 +272,18 @@ class Fanout:
             try:
                 if ob.transport is not None and not ob.closing:
                     items = ob.items
+                    if items is None:
+                        continue
+                    ob.items = None
                     ob.pending = 0
                     if len(items) == 1:
-                        # the usual case: keep the outbox's list (no new list per member)
                         first = items[0]
                         data = first.frame()
-                        items.clear()
                     else:
                         if not _same(items, last):
                             joined = _join(items)
-                            last = items[:]  # a copy per distinct sequence, not a list per member
+                            last = items
                         data = joined
-                        items.clear()
                     transport = ob.transport
                     if ob.fd >= 0:
                         if ob.unsure:

@@ -206,7 +206,7 @@ class FasthubApp:
         """Close every connection with 1001 and give their handlers ``grace`` seconds to finish."""
         hub = self.hub
         handlers = [
-            ob.sink.handler for ob in hub._outboxes.values() if isinstance(ob.sink, AsgiSink) and ob.sink.handler
+            c.sink.handler for c in hub._connections.values() if isinstance(c.sink, AsgiSink) and c.sink.handler
         ]
         hub.close_all(1001, "server shutting down")
         if handlers:
@@ -257,7 +257,7 @@ class FasthubApp:
         await send(accept)
         sink = AsgiSink(send, loop, asyncio.current_task())
         conn = hub._register(sink, user_id, scope)
-        sink.outbox = conn._outbox
+        sink.outbox = conn  # a connection is its own outbox
         writer = loop.create_task(sink.run_writer())
         self._hello(conn, identity)
         try:
@@ -379,6 +379,8 @@ class FasthubApp:
         loop = asyncio.get_running_loop()
         dispatcher = self.dispatcher
         max_size = hub.config.max_message_size
+        rate, byte_rate = hub.config.rate_limit, hub.config.rate_limit_bytes
+        limited = bool(rate or byte_rate)
         while True:
             message = await receive()
             kind = message["type"]
@@ -391,11 +393,10 @@ class FasthubApp:
                         conn._queue_close(1009, "message too big", discard=False)
                         continue
                     hub.bytes_in += n
-                    limiter = conn._limiter
-                    if limiter is not None and limiter.take(now, n):
+                    if limited and conn.spend(now, n, rate, byte_rate):
                         # refused and counted; no sleep here: a client that stays over must
                         # pile up strikes and be closed, like on the fast path
-                        dispatcher.rate_limited(conn, limiter)
+                        dispatcher.rate_limited(conn)
                         continue
                     if not conn.closed:
                         pending = dispatcher.dispatch(conn, text)
@@ -407,9 +408,8 @@ class FasthubApp:
                         conn._queue_close(1009, "message too big", discard=False)
                         continue
                     hub.bytes_in += len(data)
-                    limiter = conn._limiter
-                    if limiter is not None and limiter.take(now, len(data)):
-                        dispatcher.rate_limited(conn, limiter)
+                    if limited and conn.spend(now, len(data), rate, byte_rate):
+                        dispatcher.rate_limited(conn)
                         continue
                     if not conn.closed:
                         dispatcher.binary(conn)

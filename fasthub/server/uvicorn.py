@@ -173,11 +173,9 @@ class HubProtocol(asyncio.Protocol):
         "dispatcher",
         "key",
         "last_ping",
-        "last_received",
         "loop",
         "lost",
         "on_lost",
-        "outbox",
         "phase",
         "queue",
         "rate_timer",
@@ -236,14 +234,12 @@ class HubProtocol(asyncio.Protocol):
 
         # Hub-attached connections (fast path)
         self.conn: Connection | None = None
-        self.outbox: Outbox | None = None
         self.dispatcher: Dispatcher | None = None
         self.busy: asyncio.Task[None] | None = None  # an async handler in progress
         self.backlog: collections.deque[tuple[int, object]] | None = None
         self.on_lost: Callable[[Connection], None] | None = None  # the hub's goodbye
 
         # Keep-alive (the hub's sweep drives it for attached connections)
-        self.last_received = 0.0
         self.last_ping = 0.0
         self.stall_size = 0
         self.stall_since = 0.0
@@ -253,10 +249,12 @@ class HubProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.shared.server_state.connections.add(self)
-        self.last_received = self.loop.time()
 
     def data_received(self, data: bytes) -> None:
-        self.last_received = self.loop.time()
+        conn = self.conn
+        if conn is not None:
+            # keep-alive's and the rate limit's clock, in a C field (no float kept per connection)
+            conn.last_seen = self.loop.time()
         wire = self.wire
         if wire is None:
             self._handshake_data(data)
@@ -310,8 +308,9 @@ class HubProtocol(asyncio.Protocol):
         """Over the high-water mark; the budget already counts the transport's buffer."""
 
     def resume_writing(self) -> None:
-        if self.outbox is not None:
-            self.outbox.buffered = self.transport.get_write_buffer_size()
+        outbox = self._outbox()
+        if outbox is not None:
+            outbox.buffered = self.transport.get_write_buffer_size()
 
     def shutdown(self) -> None:
         """Server shutdown: close open connections with 1012 (service restart)."""
@@ -594,7 +593,7 @@ class HubProtocol(asyncio.Protocol):
         once when the socket is gone.
         """
         self.conn = conn
-        outbox = self.outbox = conn._outbox
+        outbox = conn  # a connection is its own outbox
         self.dispatcher = dispatcher
         self.on_lost = on_lost
         self.scope = None  # the app has its own reference for as long as it needs one
@@ -650,8 +649,10 @@ class HubProtocol(asyncio.Protocol):
         dispatcher = self.dispatcher
         assert conn is not None and dispatcher is not None
         hub = conn.hub
-        limiter = conn._limiter
-        now = self.last_received
+        config = hub.config
+        rate, byte_rate = config.rate_limit, config.rate_limit_bytes
+        limited = rate or byte_rate
+        now = conn.last_seen
         for i, (opcode, data) in enumerate(events):
             if i == _TURN:
                 self.backlog = collections.deque(events[i:])
@@ -660,12 +661,12 @@ class HubProtocol(asyncio.Protocol):
                 return
             if opcode in (OP_TEXT, OP_BINARY):
                 hub.bytes_in += len(data)  # type: ignore[arg-type]
-                if conn._outbox.closing:
+                if conn.closing:
                     continue
-                if limiter is not None:
-                    wait = limiter.take(now, len(data))  # type: ignore[arg-type]
+                if limited:
+                    wait = conn.spend(now, len(data), rate, byte_rate)  # type: ignore[arg-type]
                     if wait:
-                        dispatcher.rate_limited(conn, limiter)
+                        dispatcher.rate_limited(conn)
                         self._pause_for(wait)
                         continue
                 if opcode == OP_BINARY:
@@ -733,7 +734,7 @@ class HubProtocol(asyncio.Protocol):
 
     def flush(self) -> None:
         """Write everything queued on the outbox with one ``writelines`` (one writev)."""
-        outbox = self.outbox
+        outbox = self._outbox()
         if outbox is None:
             return
         items = outbox.take()
@@ -766,7 +767,7 @@ class HubProtocol(asyncio.Protocol):
             return
         config = self.conn.hub.config
         if self.phase == _OPEN:  # keep-alive; a closing connection only gets the write check
-            idle = now - self.last_received
+            idle = now - self.conn.last_seen
             if idle > config.pong_timeout:
                 log.info("fasthub: %s: no data and no pong for %.1f s, closing", self.conn.id, idle)
                 self._fail(1011, "keepalive timeout")
@@ -778,8 +779,9 @@ class HubProtocol(asyncio.Protocol):
                     wire.send_ping(os.urandom(4))
                     self._write_wire()
         size = self.transport.get_write_buffer_size()
-        if self.outbox is not None:
-            self.outbox.buffered = size
+        outbox = self._outbox()
+        if outbox is not None:
+            outbox.buffered = size
         if size and size >= self.stall_size:
             if not self.stall_since:
                 self.stall_since = now
@@ -791,11 +793,17 @@ class HubProtocol(asyncio.Protocol):
             self.stall_since = 0.0
         self.stall_size = size
 
+    def _outbox(self) -> Connection | None:
+        """The hub connection once ``open_hub`` ran (its outbox is live); None before that and
+        for a generic ASGI app."""
+        return self.conn if self.dispatcher is not None else None
+
     def _detach_transport(self) -> None:
         """No more direct writes: only the close handshake is left on this socket."""
-        if self.outbox is not None:
-            self.outbox.transport = None
-            self.outbox.fd = -1
+        outbox = self._outbox()
+        if outbox is not None:
+            outbox.transport = None
+            outbox.fd = -1
 
     def abort(self) -> None:
         self._detach_transport()
@@ -828,7 +836,8 @@ class HubProtocol(asyncio.Protocol):
             self.deferred = out
             self.loop.call_later(_CLOSE_TIMEOUT, self._write_deferred)
             return
-        if self.outbox is not None and self.outbox.items:
+        outbox = self._outbox()
+        if outbox is not None and outbox.items:
             self.flush()
         self._write_out(out)
 
@@ -845,8 +854,9 @@ class HubProtocol(asyncio.Protocol):
             close_tcp = True
         if out:
             self.transport.writelines(out)
-            if self.outbox is not None:
-                self.outbox.unsure = True
+            outbox = self._outbox()
+            if outbox is not None:
+                outbox.unsure = True
         if close_tcp:
             self.phase = _CLOSED
             self._detach_transport()
@@ -875,6 +885,7 @@ class HubProtocol(asyncio.Protocol):
         if self.phase == _OPEN:
             self.phase = _CLOSING
         self._detach_transport()
-        if self.outbox is not None:
-            self.outbox.closing = True
-            self.outbox.discard()
+        outbox = self._outbox()
+        if outbox is not None:
+            outbox.closing = True
+            outbox.discard()

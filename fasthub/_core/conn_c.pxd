@@ -1,0 +1,31 @@
+# Types for conn_py.py compiled as fasthub._core.conn_c: the connection is its outbox, one object.
+cimport cython
+
+from fasthub._core.outbox_c cimport Outbox, Payload
+
+
+@cython.final
+cdef class Connection(Outbox):
+    # Word-sized fields first, the small ones after them
+    cdef public object hub
+    cdef public str id
+    cdef public object _user
+    cdef public object scope
+    cdef public object _metadata
+    cdef public object _rooms
+    cdef public object close_code
+    cdef public str close_reason
+    cdef public object ip
+    cdef public object expires_at
+    cdef public object _expiry
+    cdef public double connected_at
+    cdef public double last_seen
+    cdef public double tokens
+    cdef public double byte_tokens
+    cdef public double stamp
+    cdef public unsigned int strikes
+    cdef public unsigned int refused
+    cdef public bint anonymous
+    @cython.locals(elapsed=double, wait=double, byte_wait=double)
+    cpdef double spend(self, double now, Py_ssize_t nbytes, double rate, double byte_rate)
+    cpdef bint _push(self, Payload payload)

@@ -1,0 +1,249 @@
+"""Connection: one client socket as the hub and the application see it.
+
+A ``Connection`` *is* its outbound queue (it extends ``Outbox``) and carries its own token
+buckets, so an idle connection is one compiled object with C fields instead of a connection,
+an outbox, a rate limiter and the float objects between them (see docs/design-notes.md,
+"Idle memory"). The fan-out loop sees only the ``Outbox`` part.
+
+Compiled as ``fasthub._core.conn_c`` with ``conn_c.pxd``; this file is also the pure twin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from fasthub._wire import close_code_allowed
+
+if TYPE_CHECKING:
+    from fasthub._wire import _nocython as cython
+else:
+    try:
+        import cython
+    except ImportError:  # pure-Python install: no Cython at run time
+        from fasthub._wire import _nocython as cython
+
+if cython.compiled:
+    # conn_c.pxd cimports Outbox and Payload from outbox_c (C-level base class)
+    from fasthub._core.outbox_c import KIND_BINARY, KIND_CLOSE, KIND_TEXT, OVERFLOW, QUEUED
+else:
+    from fasthub._core.outbox_py import KIND_BINARY, KIND_CLOSE, KIND_TEXT, OVERFLOW, QUEUED, Outbox, Payload
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from fasthub.hub import Hub
+
+
+class Connection(Outbox):
+    """A live WebSocket connection registered in a hub.
+
+    Sends never await: they queue on the connection's outbox and return whether the message was
+    accepted (``False`` when the connection is closing, or the message was dropped by the
+    slow-consumer policy). Metadata and the room set are created on first use. ``scope`` is the
+    ASGI scope during ``authenticate`` and ``on_connect`` and None afterwards, unless
+    ``HubConfig.keep_scope`` (copy what you need into the metadata in ``on_connect``).
+    """
+
+    def __init__(
+        self,
+        hub: Hub,
+        conn_id: str,
+        user_id: str | None,
+        budget: int,
+        drop_when_full: bool = False,
+        scope: MutableMapping[str, Any] | None = None,
+        anonymous: bool = False,
+        now: float = 0.0,
+    ) -> None:
+        Outbox.__init__(self, budget, drop_when_full)
+        self.hub = hub
+        self.id = conn_id
+        # an anonymous connection's user id is derived from its id when asked for (no string
+        # of its own per idle connection)
+        self._user = None if anonymous else user_id
+        self.anonymous = anonymous
+        self.scope = scope
+        self._metadata: dict[str, Any] | None = None
+        # None, one room's name (the room's own string), or a tuple of names: no set per
+        # connection (216 bytes) and no tuple for the usual single room
+        self._rooms: Any = None
+        self.connected_at = now
+        self.last_seen = now
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.ip: str | None = None  # set when per-IP caps are on
+        self.expires_at: float | None = None  # Unix time the credential expires
+        self._expiry: asyncio.TimerHandle | None = None
+        # Token buckets on messages and bytes (``limit``/``spend``); the rates are the hub's
+        self.tokens = 0.0
+        self.byte_tokens = 0.0
+        self.stamp = now
+        self.strikes = 0
+        self.refused = 0
+
+    # -- rate limit --------------------------------------------------------------------------------
+
+    def limit(self, rate: float, byte_rate: float, now: float) -> None:
+        """Fill the buckets for ``rate`` messages and ``byte_rate`` bytes per second (burst 2 x)."""
+        self.tokens = rate * 2.0
+        self.byte_tokens = byte_rate * 2.0
+        self.stamp = now
+
+    def spend(self, now: float, nbytes: int, rate: float, byte_rate: float) -> float:
+        """Spend one message and its bytes (0.0) or refuse it: how long until it would pass.
+
+        The buckets of ``RateLimiter.take`` on this object's fields (no limiter object per
+        connection; the rates, the same for every connection, are passed in; 0 disables one).
+        ``strikes`` counts refusals since the last accepted message.
+        """
+        elapsed = now - self.stamp
+        if elapsed > 0.0:
+            self.stamp = now
+            if rate > 0.0:
+                self.tokens = min(rate * 2.0, self.tokens + elapsed * rate)
+            if byte_rate > 0.0:
+                self.byte_tokens = min(byte_rate * 2.0, self.byte_tokens + elapsed * byte_rate)
+        wait = 0.0
+        if rate > 0.0 and self.tokens < 1.0:
+            wait = (1.0 - self.tokens) / rate
+        if byte_rate > 0.0 and self.byte_tokens < nbytes:
+            byte_wait = (nbytes - self.byte_tokens) / byte_rate
+            if byte_wait > wait:
+                wait = byte_wait
+        if wait > 0.0:
+            self.strikes += 1
+            self.refused += 1
+            return wait
+        if rate > 0.0:
+            self.tokens -= 1.0
+        if byte_rate > 0.0:
+            self.byte_tokens -= nbytes
+        self.strikes = 0
+        return 0.0
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def send_json(self, obj: Any) -> bool:
+        """Encode ``obj`` with orjson and queue it as a text frame."""
+        return self._push(Payload(KIND_TEXT, orjson.dumps(obj)))
+
+    def send_text(self, text: str) -> bool:
+        return self._push(Payload(KIND_TEXT, text.encode()))
+
+    def send_bytes(self, data: bytes) -> bool:
+        """Queue a binary frame."""
+        return self._push(Payload(KIND_BINARY, bytes(data)))
+
+    def _push(self, payload: Payload) -> bool:
+        result = self.hub._fanout.push(self, payload)
+        if result == OVERFLOW:
+            self.hub._slow_consumer(self)
+        return bool(result == QUEUED)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close after the messages already queued; later sends are refused.
+
+        Raises:
+            ValueError: ``code`` may not be sent (RFC 6455 7.4: 1000-1003, 1007-1014 and
+                3000-4999 may) or ``reason`` is over 123 bytes in UTF-8.
+        """
+        if not close_code_allowed(code):
+            raise ValueError(f"close code {code} may not be sent (use 1000-1003, 1007-1014 or 3000-4999)")
+        if len(reason.encode()) > 123:
+            raise ValueError("a close reason is at most 123 bytes in UTF-8")
+        if self.closing:
+            return
+        self._queue_close(code, reason, False)
+
+    def _queue_close(self, code: int, reason: str, discard: bool) -> None:
+        self.close_code = code
+        self.close_reason = reason
+        self.close_with(Payload(KIND_CLOSE, b"", code, reason), discard)
+        self._mark_dirty()
+
+    def _mark_dirty(self) -> None:
+        if not self.scheduled:
+            self.hub._fanout._mark(self)
+
+    @property
+    def user_id(self) -> str:
+        """The authenticated user's id; ``anon-<connection id>`` for an anonymous connection."""
+        user = self._user
+        return user if user is not None else "anon-" + self.id
+
+    @property
+    def closed(self) -> bool:
+        """True once a close is queued or the connection is gone."""
+        return bool(self.closing)
+
+    # -- metadata and rooms ----------------------------------------------------------------------
+
+    def set_metadata(self, key: str, value: Any) -> None:
+        if self._metadata is None:
+            self._metadata = {}
+        self._metadata[key] = value
+
+    def get_metadata(self, key: str, default: Any = None) -> Any:
+        if self._metadata is None:
+            return default
+        return self._metadata.get(key, default)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """A copy of the metadata."""
+        return dict(self._metadata) if self._metadata else {}
+
+    def _room_names(self) -> tuple[str, ...]:
+        rooms = self._rooms
+        if rooms is None:
+            return ()
+        if isinstance(rooms, str):
+            return (rooms,)
+        return rooms  # type: ignore[no-any-return]
+
+    def _room_count(self) -> int:
+        rooms = self._rooms
+        if rooms is None:
+            return 0
+        if isinstance(rooms, str):
+            return 1
+        return len(rooms)
+
+    def _in_room(self, name: str) -> bool:
+        rooms = self._rooms
+        if rooms is None:
+            return False
+        if isinstance(rooms, str):
+            return bool(rooms == name)
+        return name in rooms
+
+    def _add_room(self, name: str) -> None:
+        """Record membership; ``name`` should be the room's own string (one copy per room)."""
+        rooms = self._rooms
+        if rooms is None:
+            self._rooms = name
+        elif isinstance(rooms, str):
+            self._rooms = (rooms, name)
+        else:
+            self._rooms = (*rooms, name)
+
+    def _drop_room(self, name: str) -> None:
+        if not self._in_room(name):
+            return
+        left = tuple(r for r in self._room_names() if r != name)
+        self._rooms = None if not left else left[0] if len(left) == 1 else left
+
+    @property
+    def rooms(self) -> frozenset[str]:
+        return frozenset(self._room_names())
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes queued for this connection, in the hub and in the transport."""
+        return int(self.size())
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id} user={self.user_id!r}>"
