@@ -49,7 +49,6 @@ RateLimiter = _limits.RateLimiter
 
 __all__ = [
     "CLOSED",
-    "Connection",
     "DROPPED",
     "KIND_BINARY",
     "KIND_CLOSE",
@@ -57,6 +56,7 @@ __all__ = [
     "KIND_TEXT",
     "OVERFLOW",
     "QUEUED",
+    "Connection",
     "Fanout",
     "Outbox",
     "Payload",

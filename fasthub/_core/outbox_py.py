@@ -11,6 +11,7 @@ Compiled as ``fasthub._core.outbox_c`` with ``outbox_c.pxd``; this file is also 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from fasthub._ext import LIVE, NO_EXTENSIONS
@@ -220,7 +221,7 @@ class Fanout:
             self.dropped += 1
         return r
 
-    def push_many(self, members: dict[Any, Outbox], p: Payload, exclude: Any = None) -> tuple[int, list[Outbox]]:
+    def push_many(self, members: Mapping[Any, Outbox], p: Payload, exclude: Any = None) -> tuple[int, list[Outbox]]:
         """Push ``p`` to every outbox in ``members`` whose key is not in ``exclude``.
 
         Returns how many accepted it and the outboxes that overflowed (policy "close"), which the

@@ -95,7 +95,7 @@ class ListenerProtocol(HubProtocol):
 
     def _head_late(self) -> None:
         """Slowloris: the request head did not arrive in time."""
-        if self.phase == _HANDSHAKE and not self.key and not self.lost:
+        if self.phase == _HANDSHAKE and not self._pending().key and not self.lost:
             self._write_response(408, [(b"content-type", b"text/plain")], b"request head not received in time\n")
 
     def _head_done(self) -> None:
@@ -104,21 +104,22 @@ class ListenerProtocol(HubProtocol):
             heads.waiting.pop(self, None)
 
     def _handshake_data(self, data: bytes) -> None:
-        if self.key or self.phase != _HANDSHAKE:
+        p = self._pending()
+        if p.key or self.phase != _HANDSHAKE:
             super()._handshake_data(data)
             return
-        buffered = self.request_buffer + data
+        buffered = p.request_buffer + data
         end = buffered.find(b"\r\n\r\n")
         if end < 0:
             if len(buffered) > self.max_head_size:
                 self._head_done()
                 self._write_response(431, [(b"content-type", b"text/plain")], b"request head too large\n")
                 return
-            self.request_buffer = buffered
+            p.request_buffer = buffered
             return
         self._head_done()
         # bytes after the head (a client that did not wait for the 101) wait for the engine
-        self.request_buffer = buffered[end + 4 :]
+        p.request_buffer = buffered[end + 4 :]
         try:
             request = handshake.parse_request(buffered)  # compiled; upgrades are the usual case
         except handshake.HandshakeError as exc:
@@ -131,7 +132,7 @@ class ListenerProtocol(HubProtocol):
 
     def _hand_off(self, data: bytes) -> None:
         """A plain HTTP request: uvicorn's HTTP protocol takes the connection from here."""
-        self.request_buffer = b""
+        self.pending = None
         self.shared.server_state.connections.discard(self)
         http = self.http_class(
             config=self.shared.config,

@@ -27,7 +27,7 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from .._core import KIND_BINARY, KIND_CLOSE, KIND_RAW, KIND_TEXT, Outbox, Payload
+from .._core import KIND_BINARY, KIND_CLOSE, KIND_RAW, KIND_TEXT, Payload
 from .._wire import OP_BINARY, OP_CLOSE, OP_TEXT, OPEN, ServerProtocol, build_frame
 from ..exceptions import ConnectionClosed
 from . import handshake
@@ -160,6 +160,28 @@ class _Shared:
         self.hub_app = _hub_app(config)  # opened directly or eagerly (see _hub_app)
 
 
+class _Pending:
+    """What only the handshake or a generic ASGI app needs, off the per-connection object.
+
+    A hub connection drops it once open, so an idle connection does not carry nine empty
+    slots (72 bytes) for a request, a response and a receive queue it no longer has. (The
+    scope and the app's task are not kept here: the app and uvicorn's task set hold them.)
+    """
+
+    __slots__ = ("deferred", "key", "queue", "request_buffer", "response_body", "response_start", "waiter")
+
+    def __init__(self) -> None:
+        self.request_buffer = b""  # the request head so far; then frames sent before the 101
+        self.key = b""  # Sec-WebSocket-Key once the head parsed
+        self.response_start: dict[str, Any] | None = None  # denial response in progress
+        self.response_body: list[bytes] | None = None
+        # a failure's close, held until the app took earlier messages (None: nothing held)
+        self.deferred: list[bytes] | None = None
+        # receive()'s events, a deque from the first one on (the hub path never has any)
+        self.queue: Any = ()
+        self.waiter: asyncio.Future[None] | None = None
+
+
 class HubProtocol(asyncio.Protocol):
     """One WebSocket connection served by fasthub's own engine under uvicorn."""
 
@@ -169,27 +191,19 @@ class HubProtocol(asyncio.Protocol):
         "busy",
         "close_timer",
         "conn",
-        "deferred",
         "dispatcher",
-        "key",
         "last_ping",
         "loop",
         "lost",
         "on_lost",
+        "pending",
         "phase",
-        "queue",
         "rate_timer",
         "read_paused",
-        "request_buffer",
-        "response_body",
-        "response_start",
-        "scope",
         "shared",
         "stall_since",
         "stall_size",
-        "task",
         "transport",
-        "waiter",
         "wire",
     )
 
@@ -214,22 +228,11 @@ class HubProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.phase = _HANDSHAKE
         self.wire: ServerProtocol | None = None
-        self.scope: dict[str, Any] | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.request_buffer = b""
-        self.key = b""
-        self.response_start: dict[str, Any] | None = None  # denial response in progress
-        self.response_body: list[bytes] | None = None
+        # the handshake's and a generic ASGI app's state; dropped once a hub connection is open
+        self.pending: _Pending | None = _Pending()
         self.close_timer: asyncio.TimerHandle | None = None
-        # a failure's close, held until the app took earlier messages (None: nothing held)
-        self.deferred: list[bytes] | None = None
         self.lost = False  # connection_lost has run
         self.rate_timer: asyncio.TimerHandle | None = None  # reading paused by the rate limit
-
-        # Generic ASGI apps: events for receive()
-        # receive()'s events, a deque from the first one on (the hub path never has any)
-        self.queue: Any = ()
-        self.waiter: asyncio.Future[None] | None = None
         self.read_paused = False
 
         # Hub-attached connections (fast path)
@@ -352,26 +355,27 @@ class HubProtocol(asyncio.Protocol):
     def _handshake_data(self, data: bytes) -> None:
         if self.phase != _HANDSHAKE:
             return
-        if self.key:
+        p = self._pending()
+        if p.key:
             # frames before the app accepted (RFC 6455 clients wait for the 101, some do not):
             # kept for the engine; past 64 KiB reading pauses until the open completes
-            self.request_buffer += data
-            if len(self.request_buffer) > _EARLY_MAX and not self.read_paused:
+            p.request_buffer += data
+            if len(p.request_buffer) > _EARLY_MAX and not self.read_paused:
                 self.read_paused = True
                 self.transport.pause_reading()
             return
-        self.request_buffer += data
-        if b"\r\n\r\n" not in self.request_buffer:
-            if len(self.request_buffer) > handshake.MAX_REQUEST_SIZE:
+        p.request_buffer += data
+        if b"\r\n\r\n" not in p.request_buffer:
+            if len(p.request_buffer) > handshake.MAX_REQUEST_SIZE:
                 self._write_response(431, [], b"request header fields too large\n")
             return
         try:
-            request = handshake.parse_request(self.request_buffer)
+            request = handshake.parse_request(p.request_buffer)
         except handshake.HandshakeError as exc:
             self._refuse(exc)
             return
         # bytes after the head (a client that did not wait for the 101) wait for the engine
-        self.request_buffer = self.request_buffer.partition(b"\r\n\r\n")[2]
+        p.request_buffer = p.request_buffer.partition(b"\r\n\r\n")[2]
         self._upgrade(request)
 
     def _refuse(self, exc: handshake.HandshakeError) -> None:
@@ -382,7 +386,7 @@ class HubProtocol(asyncio.Protocol):
 
     def _upgrade(self, request: handshake.UpgradeRequest) -> None:
         """A valid upgrade request: open a fasthub connection directly or run the ASGI app."""
-        self.key = request.key
+        self._pending().key = request.key
         raw_path, _, query = request.target.partition(b"?")
         hub_app = self.shared.hub_app
         if hub_app is not None and hub_app.opens_directly(raw_path):
@@ -393,7 +397,7 @@ class HubProtocol(asyncio.Protocol):
         path = unquote(raw_path.decode("ascii", "replace"))
         full_path = self.shared.config.root_path + path
         full_raw_path = self.shared.config.root_path.encode("ascii") + raw_path
-        self.scope = {
+        scope = {
             "type": "websocket",
             "asgi": {"version": self.shared.config.asgi_version, "spec_version": "2.4"},
             "http_version": "1.1",
@@ -410,7 +414,7 @@ class HubProtocol(asyncio.Protocol):
             "extensions": {"websocket.http.response": {}, "fasthub.transport": {"protocol": self}},
         }
         self._put({"type": "websocket.connect"})
-        coro = self.shared.config.loaded_app(self.scope, self.receive, self.send)
+        coro = self.shared.config.loaded_app(scope, self.receive, self.send)
         context = contextvars.copy_context()
         if hub_app is not None:
             # A fasthub app with synchronous hooks sets the connection up without suspending:
@@ -426,8 +430,7 @@ class HubProtocol(asyncio.Protocol):
             task = self.loop.create_task(self.run_asgi(_resume(coro, yielded)), context=context)
         else:
             task = self.loop.create_task(self.run_asgi(coro), context=context)
-        self.task = task
-        self.shared.server_state.tasks.add(task)
+        self.shared.server_state.tasks.add(task)  # uvicorn's set holds it; shutdown waits for it
         task.add_done_callback(self.shared.server_state.tasks.discard)
 
     async def run_asgi(self, coro: Any) -> None:
@@ -437,8 +440,6 @@ class HubProtocol(asyncio.Protocol):
             self._app_failed(exc)
         else:
             self._app_returned()
-        finally:
-            self.task = None
 
     def _app_failed(self, exc: BaseException) -> None:
         if isinstance(exc, asyncio.CancelledError) and self.phase == _CLOSED:
@@ -480,17 +481,20 @@ class HubProtocol(asyncio.Protocol):
             elif kind == "websocket.close":
                 self._write_response(403, [(b"content-type", b"text/plain")], b"forbidden\n")
             elif kind == "websocket.http.response.start":
-                if self.response_start is not None:
+                p = self._pending()
+                if p.response_start is not None:
                     raise RuntimeError("websocket.http.response.start sent twice")
-                self.response_start = dict(message)
-            elif kind == "websocket.http.response.body" and self.response_start is not None:
-                if self.response_body is None:
-                    self.response_body = []
-                self.response_body.append(bytes(message.get("body", b"")))
+                p.response_start = dict(message)
+            elif kind == "websocket.http.response.body" and self._pending().response_start is not None:
+                p = self._pending()
+                if p.response_body is None:
+                    p.response_body = []
+                p.response_body.append(bytes(message.get("body", b"")))
                 if not message.get("more_body", False):
-                    start = self.response_start
+                    start = p.response_start
+                    assert start is not None
                     headers = [(bytes(n), bytes(v)) for n, v in start.get("headers", [])]
-                    self._write_response(int(start["status"]), headers, b"".join(self.response_body))
+                    self._write_response(int(start["status"]), headers, b"".join(p.response_body))
             else:
                 raise RuntimeError(
                     "Expected ASGI message 'websocket.accept', 'websocket.close' or "
@@ -531,35 +535,37 @@ class HubProtocol(asyncio.Protocol):
             extra.append((b"sec-websocket-protocol", subprotocol.encode()))
         for name, value in message.get("headers") or []:
             extra.append((bytes(name), bytes(value)))
-        self.transport.write(handshake.accept_response(self.key, extra))
+        self.transport.write(handshake.accept_response(self._pending().key, extra))
         self.phase = _OPEN
         self.wire = ServerProtocol(self.shared.config.ws_max_size or 0)
         self.transport.set_write_buffer_limits(high=64 * 1024, low=16 * 1024)
         self._feed_early()
 
     async def receive(self) -> dict[str, Any]:
-        if self.deferred and not any(e["type"] == "websocket.receive" for e in self.queue):
+        p = self._pending()
+        if p.deferred and not any(e["type"] == "websocket.receive" for e in p.queue):
             self._write_deferred()
-        while not self.queue:
+        while not p.queue:
             if self.read_paused:
                 self.read_paused = False
                 self.transport.resume_reading()
-            self.waiter = self.loop.create_future()
+            p.waiter = self.loop.create_future()
             try:
-                await self.waiter
+                await p.waiter
             finally:
-                self.waiter = None
-        event: dict[str, Any] = self.queue.popleft()
-        if self.read_paused and len(self.queue) <= _RECEIVE_QUEUE_HIGH // 2:
+                p.waiter = None
+        event: dict[str, Any] = p.queue.popleft()
+        if self.read_paused and len(p.queue) <= _RECEIVE_QUEUE_HIGH // 2:
             self.read_paused = False
             self.transport.resume_reading()
         return event
 
     def _put(self, event: dict[str, Any]) -> None:
-        if not self.queue:
-            self.queue = collections.deque()
-        self.queue.append(event)
-        waiter = self.waiter
+        p = self._pending()
+        if not p.queue:
+            p.queue = collections.deque()
+        p.queue.append(event)
+        waiter = p.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
@@ -572,7 +578,7 @@ class HubProtocol(asyncio.Protocol):
                 self._put({"type": "websocket.receive", "bytes": data})
             elif opcode == OP_CLOSE:
                 self._on_close_frame()
-        if len(self.queue) > _RECEIVE_QUEUE_HIGH and not self.read_paused and self.phase != _CLOSED:
+        if len(self._pending().queue) > _RECEIVE_QUEUE_HIGH and not self.read_paused and self.phase != _CLOSED:
             self.read_paused = True
             self.transport.pause_reading()
 
@@ -596,8 +602,10 @@ class HubProtocol(asyncio.Protocol):
         outbox = conn  # a connection is its own outbox
         self.dispatcher = dispatcher
         self.on_lost = on_lost
-        self.scope = None  # the app has its own reference for as long as it needs one
-        self.queue = ()  # the hub path has no receive()
+        # the hub path has no receive() and no response: keep only the key and early frames
+        p = self._pending()
+        key, early = p.key, p.request_buffer
+        self.pending = None
         if self.lost:  # gone while the app authenticated it
             self.on_lost = None
             on_lost(conn)
@@ -613,17 +621,18 @@ class HubProtocol(asyncio.Protocol):
         transport.set_write_buffer_limits(high=64 * 1024, low=16 * 1024)
         outbox.transport = transport  # the compiled flush writes here directly
         outbox.fd = _plain_fd(transport)
-        outbox.push(Payload(KIND_RAW, handshake.accept_response(self.key, headers)))
-        self.key = b""
+        outbox.push(Payload(KIND_RAW, handshake.accept_response(key, headers)))
         conn._mark_dirty()
-        self._feed_early()
+        if early:  # handled after the open completes, so the replies follow ``connected``
+            self.loop.call_soon(self._feed, early)
 
     def _feed_early(self) -> None:
         """Frames that came with the upgrade request, handled after the open completes (so the
         replies follow the ``connected`` message)."""
-        early = self.request_buffer
+        p = self._pending()
+        early = p.request_buffer
         if early:
-            self.request_buffer = b""
+            p.request_buffer = b""
             self.loop.call_soon(self._feed, early)
 
     def _feed(self, data: bytes) -> None:
@@ -631,7 +640,7 @@ class HubProtocol(asyncio.Protocol):
             self.data_received(data)
             if self.dispatcher is not None:
                 self._maybe_resume_reading()
-            elif self.read_paused and len(self.queue) <= _RECEIVE_QUEUE_HIGH // 2:
+            elif self.read_paused and len(self._pending().queue) <= _RECEIVE_QUEUE_HIGH // 2:
                 self.read_paused = False
                 self.transport.resume_reading()
 
@@ -793,6 +802,13 @@ class HubProtocol(asyncio.Protocol):
             self.stall_since = 0.0
         self.stall_size = size
 
+    def _pending(self) -> _Pending:
+        """The handshake/ASGI state, made again if something needs it after a hub open."""
+        p = self.pending
+        if p is None:
+            p = self.pending = _Pending()
+        return p
+
     def _outbox(self) -> Connection | None:
         """The hub connection once ``open_hub`` ran (its outbox is live); None before that and
         for a generic ASGI app."""
@@ -825,15 +841,17 @@ class HubProtocol(asyncio.Protocol):
         out = wire.data_to_send()
         if not out:
             return
-        if self.deferred is not None:
-            self.deferred.extend(out)
+        p = self.pending
+        if p is not None and p.deferred is not None:
+            p.deferred.extend(out)
             return
         if out[-1] == b"" and wire.exc is not None:
             # a peer that just went away (EOF) is routine; a protocol violation is worth a line
             level = logging.DEBUG if isinstance(wire.exc, EOFError) else logging.INFO
             log.log(level, "fasthub: closing a connection: %s", wire.exc)
-        if out[-1] == b"" and self.dispatcher is None and any(e["type"] == "websocket.receive" for e in self.queue):
-            self.deferred = out
+        queued = self._pending().queue if self.dispatcher is None else ()
+        if out[-1] == b"" and any(e["type"] == "websocket.receive" for e in queued):
+            self._pending().deferred = out
             self.loop.call_later(_CLOSE_TIMEOUT, self._write_deferred)
             return
         outbox = self._outbox()
@@ -842,8 +860,11 @@ class HubProtocol(asyncio.Protocol):
         self._write_out(out)
 
     def _write_deferred(self) -> None:
-        out = self.deferred
-        self.deferred = None
+        p = self.pending
+        if p is None:
+            return
+        out = p.deferred
+        p.deferred = None
         if out and self.phase != _CLOSED:
             self._write_out(out)
 
