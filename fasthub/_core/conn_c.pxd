@@ -5,6 +5,15 @@ from fasthub._core.outbox_c cimport Outbox, Payload
 
 
 @cython.final
+cdef class _Rare:
+    cdef public object close_code
+    cdef public str close_reason
+    cdef public object ip
+    cdef public object expires_at
+    cdef public object expiry
+
+
+@cython.final
 cdef class Connection(Outbox):
     # Word-sized fields first, the small ones after them
     cdef public object hub
@@ -13,11 +22,7 @@ cdef class Connection(Outbox):
     cdef public object scope
     cdef public object _metadata
     cdef public object _rooms
-    cdef public object close_code
-    cdef public str close_reason
-    cdef public object ip
-    cdef public object expires_at
-    cdef public object _expiry
+    cdef public _Rare _rare
     cdef public double connected_at
     cdef public double last_seen
     cdef public double tokens
@@ -29,3 +34,4 @@ cdef class Connection(Outbox):
     @cython.locals(elapsed=double, wait=double, byte_wait=double)
     cpdef double spend(self, double now, Py_ssize_t nbytes, double rate, double byte_rate)
     cpdef bint _push(self, Payload payload)
+    cdef _Rare _rare_fields(self)

@@ -37,6 +37,17 @@ if TYPE_CHECKING:
     from fasthub.hub import Hub
 
 
+class _Rare:
+    """What most connections never set, kept off the connection object until one is set."""
+
+    def __init__(self) -> None:
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.ip: str | None = None
+        self.expires_at: float | None = None
+        self.expiry: asyncio.TimerHandle | None = None
+
+
 class Connection(Outbox):
     """A live WebSocket connection registered in a hub.
 
@@ -72,17 +83,69 @@ class Connection(Outbox):
         self._rooms: Any = None
         self.connected_at = now
         self.last_seen = now
-        self.close_code: int | None = None
-        self.close_reason = ""
-        self.ip: str | None = None  # set when per-IP caps are on
-        self.expires_at: float | None = None  # Unix time the credential expires
-        self._expiry: asyncio.TimerHandle | None = None
+        self._rare: _Rare | None = None  # close code and reason, IP, credential expiry
         # Token buckets on messages and bytes (``limit``/``spend``); the rates are the hub's
         self.tokens = 0.0
         self.byte_tokens = 0.0
         self.stamp = now
         self.strikes = 0
         self.refused = 0
+
+    # -- fields most connections never set (on a _Rare object from the first one on) -------------
+
+    def _rare_fields(self) -> _Rare:
+        rare = self._rare
+        if rare is None:
+            rare = self._rare = _Rare()
+        return rare
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code once the connection closed (or a close was queued); None before."""
+        rare = self._rare
+        return None if rare is None else rare.close_code
+
+    @close_code.setter
+    def close_code(self, value: int | None) -> None:
+        self._rare_fields().close_code = value
+
+    @property
+    def close_reason(self) -> str:
+        rare = self._rare
+        return "" if rare is None else rare.close_reason
+
+    @close_reason.setter
+    def close_reason(self, value: str) -> None:
+        self._rare_fields().close_reason = value
+
+    @property
+    def ip(self) -> str | None:
+        """The client address; set when per-IP caps are on."""
+        rare = self._rare
+        return None if rare is None else rare.ip
+
+    @ip.setter
+    def ip(self, value: str | None) -> None:
+        self._rare_fields().ip = value
+
+    @property
+    def expires_at(self) -> float | None:
+        """Unix time the credential expires (None: it does not)."""
+        rare = self._rare
+        return None if rare is None else rare.expires_at
+
+    @expires_at.setter
+    def expires_at(self, value: float | None) -> None:
+        self._rare_fields().expires_at = value
+
+    @property
+    def _expiry(self) -> asyncio.TimerHandle | None:
+        rare = self._rare
+        return None if rare is None else rare.expiry
+
+    @_expiry.setter
+    def _expiry(self, value: asyncio.TimerHandle | None) -> None:
+        self._rare_fields().expiry = value
 
     # -- rate limit --------------------------------------------------------------------------------
 
