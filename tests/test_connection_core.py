@@ -1,0 +1,154 @@
+"""Unit tests of ``Connection`` in the hub core, over both twins in the same run.
+
+``conn_py`` (on ``outbox_py``) is the pure module; ``conn_c`` (on ``outbox_c``) is the same file
+compiled with ``conn_c.pxd``. A connection is its own outbox, keeps its token buckets in its own
+fields and makes its rarely used fields and room list on demand; these tests pin that behaviour
+and that both twins agree with each other and with ``RateLimiter``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fasthub._core import conn_py, limits_py, outbox_py
+
+NO_EXTENSIONS = os.environ.get("FASTHUB_NO_EXTENSIONS", "") not in ("", "0")
+
+
+def _compiled() -> tuple[ModuleType, ModuleType] | None:
+    if NO_EXTENSIONS:
+        return None
+    try:
+        return importlib.import_module("fasthub._core.conn_c"), importlib.import_module("fasthub._core.outbox_c")
+    except ImportError:
+        return None
+
+
+COMPILED = _compiled()
+IMPLS = [
+    pytest.param((conn_py, outbox_py), id="py"),
+    pytest.param(
+        COMPILED,
+        id="c",
+        marks=pytest.mark.skipif(COMPILED is None, reason="no compiled fasthub._core.conn_c here"),
+    ),
+]
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request: pytest.FixtureRequest) -> tuple[ModuleType, ModuleType]:
+    return request.param  # type: ignore[no-any-return]
+
+
+def make(impl: tuple[ModuleType, ModuleType], budget: int = 1000, **kw: Any) -> Any:
+    """A connection on a stand-in hub whose fan-out is the same twin's."""
+    conn_mod, outbox_mod = impl
+    overflowed: list[Any] = []
+    hub = SimpleNamespace(_fanout=outbox_mod.Fanout(), _slow_consumer=overflowed.append, overflowed=overflowed)
+    return conn_mod.Connection(hub, "c1", kw.pop("user_id", None), budget, kw.pop("drop", False), None, True, 5.0)
+
+
+def test_a_connection_is_its_own_outbox(impl: tuple[ModuleType, ModuleType]) -> None:
+    _, outbox_mod = impl
+    conn = make(impl)
+    assert isinstance(conn, outbox_mod.Outbox)
+    assert conn.items is None  # no list while nothing is queued
+    assert conn.send_text("hi") is True
+    assert conn.items is not None and [p.data for p in conn.items] == [b"hi"]
+    assert conn.scheduled and conn.hub._fanout.dirty == [conn]
+    # a room's member map holds the connection itself: fan-out pushes to it directly
+    count, overflow = conn.hub._fanout.push_many({"c1": conn}, outbox_mod.Payload(outbox_mod.KIND_TEXT, b"x"))
+    assert (count, overflow) == (1, []) and [p.data for p in conn.items] == [b"hi", b"x"]
+
+
+def test_over_budget_send_is_refused_and_reported(impl: tuple[ModuleType, ModuleType]) -> None:
+    conn = make(impl, budget=10)
+    assert conn.send_text("0123456789") is True
+    assert conn.send_text("more") is False  # policy "close": the hub is told
+    assert conn.hub.overflowed == [conn]
+
+
+def test_rooms_kept_as_a_name_then_a_tuple(impl: tuple[ModuleType, ModuleType]) -> None:
+    conn = make(impl)
+    assert conn._rooms is None and conn._room_count() == 0 and conn.rooms == frozenset()
+    conn._add_room("abc")
+    assert conn._rooms == "abc" and conn._room_count() == 1
+    # one room is a plain string: membership is equality, never a substring match
+    assert conn._in_room("abc") and not conn._in_room("ab") and not conn._in_room("b")
+    conn._add_room("ab")
+    assert conn._rooms == ("abc", "ab") and conn._room_names() == ("abc", "ab")
+    assert conn._in_room("ab") and conn._room_count() == 2
+    conn._drop_room("zzz")  # not a member: nothing changes
+    assert conn._room_count() == 2
+    conn._drop_room("abc")
+    assert conn._rooms == "ab" and conn.rooms == frozenset({"ab"})
+    conn._drop_room("ab")
+    assert conn._rooms is None and conn._room_names() == ()
+
+
+def test_rare_fields_are_made_on_first_use(impl: tuple[ModuleType, ModuleType]) -> None:
+    conn = make(impl)
+    assert conn._rare is None
+    assert (conn.close_code, conn.close_reason, conn.ip, conn.expires_at, conn._expiry) == (None, "", None, None, None)
+    assert conn._rare is None  # reading does not make it
+    conn.ip = "10.0.0.1"
+    assert conn._rare is not None and conn.ip == "10.0.0.1" and conn.close_code is None
+    conn.close(4000, "bye")
+    assert (conn.close_code, conn.close_reason, conn.closed) == (4000, "bye", True)
+    assert conn.send_text("late") is False
+
+
+def test_close_rejects_codes_that_may_not_be_sent(impl: tuple[ModuleType, ModuleType]) -> None:
+    conn = make(impl)
+    with pytest.raises(ValueError, match="may not be sent"):
+        conn.close(1006)
+    with pytest.raises(ValueError, match="123 bytes"):
+        conn.close(1000, "x" * 124)
+    assert conn._rare is None and not conn.closed
+
+
+def test_user_id_of_anonymous_and_named_connections(impl: tuple[ModuleType, ModuleType]) -> None:
+    conn_mod, _ = impl
+    anon = make(impl)
+    assert anon.user_id == "anon-c1" and anon.anonymous
+    named = conn_mod.Connection(anon.hub, "c2", "alice", 100, False, None, False, 0.0)
+    assert named.user_id == "alice" and not named.anonymous
+
+
+_STEPS = st.lists(st.tuples(st.floats(0.0, 0.05), st.integers(0, 5000)), min_size=1, max_size=60)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rate=st.sampled_from([0.0, 5.0, 100.0]), byte_rate=st.sampled_from([0.0, 2000.0, 50_000.0]), steps=_STEPS)
+def test_spend_is_the_rate_limiters_bucket(rate: float, byte_rate: float, steps: list[tuple[float, int]]) -> None:
+    """Every twin's ``spend`` answers like ``RateLimiter.take`` step by step (same buckets)."""
+    impls = [(conn_py, outbox_py)] + ([COMPILED] if COMPILED is not None else [])
+    conns = [make(i) for i in impls]
+    for c in conns:
+        c.limit(rate, byte_rate, 1.0)
+    ref = limits_py.RateLimiter(rate, byte_rate, 1.0)
+    now = 1.0
+    for dt, nbytes in steps:
+        now += dt
+        want = ref.take(now, nbytes)
+        for c in conns:
+            assert c.spend(now, nbytes, rate, byte_rate) == pytest.approx(want, abs=1e-12)
+            assert (c.strikes, c.refused) == (ref.strikes, ref.refused)
+            assert c.tokens == pytest.approx(ref.tokens) and c.byte_tokens == pytest.approx(ref.byte_tokens)
+
+
+@pytest.mark.skipif(COMPILED is None, reason="no compiled fasthub._core.conn_c here")
+def test_compiled_connection_stays_small() -> None:
+    """The idle-memory budget (issue 5): one compiled object, C fields, no per-connection extras."""
+    conn = make(COMPILED)  # type: ignore[arg-type]
+    conn._add_room("lobby")
+    assert sys.getsizeof(conn) <= 224, "a field was added to Connection: check docs/design-notes.md, Idle memory"
+    assert conn._rare is None and conn.items is None
