@@ -108,7 +108,7 @@ class Hub:
         self.connections_opened = 0
         self.connections_closed = 0
         self.slow_consumer_closes = 0
-        self.rate_limited = 0  # messages refused by closed connections' limiters
+        self.rate_limited = 0  # messages refused by the rate limits of connections now closed
         self._ip_counts: dict[str, int] = {}
         self._last_sample: tuple[float, tuple[int, int, int, int]] = (0.0, (0, 0, 0, 0))
         self._rates: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0)
@@ -298,7 +298,7 @@ class Hub:
             log.info("fasthub: closing %s: token expired", conn.id)
             conn._queue_close(4001, "token expired", discard=False)
 
-    def _slow_consumer(self, conn: Outbox) -> None:
+    def _slow_consumer(self, conn: Connection | Outbox) -> None:
         """A connection went over budget under policy "close": close it now, dropping its backlog."""
         if not isinstance(conn, Connection) or conn.closing:
             return

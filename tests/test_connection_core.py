@@ -152,3 +152,66 @@ def test_compiled_connection_stays_small() -> None:
     conn._add_room("lobby")
     assert sys.getsizeof(conn) <= 224, "a field was added to Connection: check docs/design-notes.md, Idle memory"
     assert conn._rare is None and conn.items is None
+
+
+def test_twins_take_no_attributes_of_their_own(impl: tuple[ModuleType, ModuleType]) -> None:
+    conn = make(impl)
+    with pytest.raises(AttributeError):
+        conn.colour = "blue"
+    with pytest.raises(AttributeError):
+        impl[1].Outbox(10).colour = "blue"
+
+
+def test_close_code_and_reason_set_together(impl: tuple[ModuleType, ModuleType]) -> None:
+    """What the server does when the peer's close frame arrives (a tuple assignment)."""
+    conn = make(impl)
+    conn.close_code, conn.close_reason = (1001, "going away")
+    assert (conn.close_code, conn.close_reason) == (1001, "going away")
+
+
+def test_setting_a_default_makes_no_rare_object(impl: tuple[ModuleType, ModuleType]) -> None:
+    conn = make(impl)
+    conn.expires_at = None  # a token refresh without an expiry
+    conn._expiry = None
+    conn.ip = None
+    conn.close_code = None
+    conn.close_reason = ""
+    assert conn._rare is None
+    conn.expires_at = 12.5
+    conn.expires_at = None  # once made, it records the change
+    assert conn._rare is not None and conn.expires_at is None
+
+
+class _Transport:
+    """Takes writes; holds nothing back (so the flush would write directly if it had an fd)."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(bytes(data))
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def test_flush_writes_connections_and_leaves_no_lists(impl: tuple[ModuleType, ModuleType]) -> None:
+    """The compiled flush over connection members: one write each, shared bytes, lists dropped."""
+    _, outbox_mod = impl
+    conns = [make(impl) for _ in range(3)]
+    fan = conns[0].hub._fanout
+    for c in conns:
+        c.hub = conns[0].hub
+        c.transport = _Transport()
+    members = {f"c{i}": c for i, c in enumerate(conns)}
+    for text in (b"one", b"two"):
+        fan.push_many(members, outbox_mod.Payload(outbox_mod.KIND_TEXT, text))
+    conns[2].send_text("three")  # the last member's sequence differs: its own join
+    fan.flush()
+    frames = [c.transport.written for c in conns]
+    assert frames[0] == frames[1] == [b"\x81\x03one\x81\x03two"]
+    assert frames[2] == [b"\x81\x03one\x81\x03two\x81\x05three"]
+    assert all(c.items is None and c.pending == 0 and not c.scheduled for c in conns)
+    conns[1].send_text("again")
+    fan.flush()
+    assert conns[1].transport.written[-1] == b"\x81\x05again" and conns[1].items is None

@@ -361,3 +361,27 @@ def test_early_frames_wait_for_an_async_authenticate() -> None:
         got = _early_frames_exchange(srv.port)
     assert got[1]["payload"]["event"] == "connected" and got[1]["payload"]["user_id"] == "carol"
     assert [m.get("id") for m in got[2:]] == ["j1", "p1"]
+
+
+def test_an_open_hub_connection_keeps_only_what_it_uses() -> None:
+    """Idle memory: after the open and some traffic a hub connection holds no handshake state,
+    no empty outbox list and no rarely used fields; one room is kept as the room's own name."""
+    with serve(ws="fasthub") as srv:
+
+        async def scenario() -> None:
+            a = await connect(srv)
+            await a.join("lobby")
+            await a.send({"type": "room_message", "room": "lobby", "payload": {"n": 1}})
+            await a.expect("room_message")
+
+            def look() -> tuple[Any, ...]:
+                conn = srv.hub.get_connection(a.conn_id)
+                assert conn is not None
+                room = srv.hub.get_room("lobby")
+                assert room is not None
+                return (type(conn.sink).__name__, conn.sink.pending, conn.items, conn._rare, conn._rooms is room.name)
+
+            assert srv.call(look) == ("ListenerProtocol", None, None, None, True)
+            await a.close()
+
+        run(scenario())

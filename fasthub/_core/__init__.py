@@ -1,4 +1,4 @@
-"""Hub core: connections, outbound queues, budgets, per-tick fan-out and rate limits (compiled).
+"""Hub core: connections, outbound queues, budgets, per-tick fan-out, rate limits (compiled, twins).
 
 Picks each compiled module or its pure twin like aiohttp's ``_websocket/reader.py``:
 ``FASTHUB_NO_EXTENSIONS=1`` (or type checking) takes the twin, otherwise the compiled module is

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 class _Rare:
     """What most connections never set, kept off the connection object until one is set."""
 
+    __slots__ = ("close_code", "close_reason", "expires_at", "expiry", "ip")
+
     def __init__(self) -> None:
         self.close_code: int | None = None
         self.close_reason = ""
@@ -53,10 +55,32 @@ class Connection(Outbox):
 
     Sends never await: they queue on the connection's outbox and return whether the message was
     accepted (``False`` when the connection is closing, or the message was dropped by the
-    slow-consumer policy). Metadata and the room set are created on first use. ``scope`` is the
+    slow-consumer policy). Metadata and the room list are created on first use. ``scope`` is the
     ASGI scope during ``authenticate`` and ``on_connect`` and None afterwards, unless
     ``HubConfig.keep_scope`` (copy what you need into the metadata in ``on_connect``).
+
+    The hub creates connections (applications get them from hooks and ``Hub`` lookups), so the
+    class is not meant to be subclassed; the compiled class cannot be, and neither twin takes
+    attributes of its own (keep per-connection data in the metadata).
     """
+
+    __slots__ = (
+        "_metadata",
+        "_rare",
+        "_rooms",
+        "_user",
+        "anonymous",
+        "byte_tokens",
+        "connected_at",
+        "hub",
+        "id",
+        "last_seen",
+        "refused",
+        "scope",
+        "stamp",
+        "strikes",
+        "tokens",
+    )
 
     def __init__(
         self,
@@ -99,6 +123,8 @@ class Connection(Outbox):
             rare = self._rare = _Rare()
         return rare
 
+    # Each setter leaves ``_rare`` unmade while the value stays the default.
+
     @property
     def close_code(self) -> int | None:
         """The close code once the connection closed (or a close was queued); None before."""
@@ -107,7 +133,8 @@ class Connection(Outbox):
 
     @close_code.setter
     def close_code(self, value: int | None) -> None:
-        self._rare_fields().close_code = value
+        if value is not None or self._rare is not None:
+            self._rare_fields().close_code = value
 
     @property
     def close_reason(self) -> str:
@@ -116,7 +143,8 @@ class Connection(Outbox):
 
     @close_reason.setter
     def close_reason(self, value: str) -> None:
-        self._rare_fields().close_reason = value
+        if value or self._rare is not None:
+            self._rare_fields().close_reason = value
 
     @property
     def ip(self) -> str | None:
@@ -126,7 +154,8 @@ class Connection(Outbox):
 
     @ip.setter
     def ip(self, value: str | None) -> None:
-        self._rare_fields().ip = value
+        if value is not None or self._rare is not None:
+            self._rare_fields().ip = value
 
     @property
     def expires_at(self) -> float | None:
@@ -136,7 +165,8 @@ class Connection(Outbox):
 
     @expires_at.setter
     def expires_at(self, value: float | None) -> None:
-        self._rare_fields().expires_at = value
+        if value is not None or self._rare is not None:
+            self._rare_fields().expires_at = value
 
     @property
     def _expiry(self) -> asyncio.TimerHandle | None:
@@ -145,7 +175,8 @@ class Connection(Outbox):
 
     @_expiry.setter
     def _expiry(self, value: asyncio.TimerHandle | None) -> None:
-        self._rare_fields().expiry = value
+        if value is not None or self._rare is not None:
+            self._rare_fields().expiry = value
 
     # -- rate limit --------------------------------------------------------------------------------
 

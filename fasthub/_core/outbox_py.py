@@ -11,7 +11,6 @@ Compiled as ``fasthub._core.outbox_c`` with ``outbox_c.pxd``; this file is also 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from fasthub._ext import LIVE, NO_EXTENSIONS
@@ -108,6 +107,23 @@ class Outbox:
     confirmed) and ``buffered`` (the transport's write buffer when last flushed), and is checked
     before appending, so memory per connection is bounded by ``budget`` plus one message.
     """
+
+    # the pure twin's slots match the compiled class's fields (an unknown attribute fails alike)
+    __slots__ = (
+        "budget",
+        "buffered",
+        "closing",
+        "drop_when_full",
+        "dropped",
+        "fd",
+        "inflight",
+        "items",
+        "pending",
+        "scheduled",
+        "sink",
+        "transport",
+        "unsure",
+    )
 
     def __init__(self, budget: int, drop_when_full: bool = False) -> None:
         # None while empty: an idle connection keeps no list (56 bytes each)
@@ -221,8 +237,8 @@ class Fanout:
             self.dropped += 1
         return r
 
-    def push_many(self, members: Mapping[Any, Outbox], p: Payload, exclude: Any = None) -> tuple[int, list[Outbox]]:
-        """Push ``p`` to every outbox in ``members`` whose key is not in ``exclude``.
+    def push_many(self, members: dict[Any, Any], p: Payload, exclude: Any = None) -> tuple[int, list[Outbox]]:
+        """Push ``p`` to every outbox (the values of the dict ``members``) whose key is not in ``exclude``.
 
         Returns how many accepted it and the outboxes that overflowed (policy "close"), which the
         caller closes after the loop so that ``members`` is not changed while it is iterated.

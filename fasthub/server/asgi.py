@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from .._core import KIND_CLOSE, Outbox
+from .._core import KIND_CLOSE
 from ..auth import SUBPROTOCOL, Identity, OriginPolicy, token_from_scope
 from ..connection import Connection
 from ..dispatch import Dispatcher, MessageHandler, RoomHooks, UserHook, room_hook
@@ -80,16 +80,15 @@ def route_path(scope: Scope) -> str:
 
 
 class AsgiSink:
-    """Drains one outbox through ASGI ``send``, in order, with one writer task."""
+    """Drains one connection's outbox through ASGI ``send``, in order, with one writer task."""
 
-    __slots__ = ("_wake", "aborted", "conn", "handler", "loop", "outbox", "send", "write_started")
+    __slots__ = ("_wake", "aborted", "conn", "handler", "loop", "send", "write_started")
 
     def __init__(self, send: Send, loop: asyncio.AbstractEventLoop, handler: asyncio.Task[Any] | None) -> None:
         self.send = send
         self.loop = loop
         self.handler = handler
-        self.conn: Connection | None = None
-        self.outbox: Outbox | None = None
+        self.conn: Connection | None = None  # set by Hub._register; also the outbox it drains
         self._wake: asyncio.Future[None] | None = None
         self.write_started = 0.0
         self.aborted = False
@@ -117,7 +116,7 @@ class AsgiSink:
             self.handler.cancel()
 
     async def run_writer(self) -> None:
-        outbox = self.outbox
+        outbox = self.conn
         assert outbox is not None
         loop = self.loop
         send = self.send
@@ -257,7 +256,6 @@ class FasthubApp:
         await send(accept)
         sink = AsgiSink(send, loop, asyncio.current_task())
         conn = hub._register(sink, user_id, scope)
-        sink.outbox = conn  # a connection is its own outbox
         writer = loop.create_task(sink.run_writer())
         self._hello(conn, identity)
         try:
@@ -269,12 +267,13 @@ class FasthubApp:
         except Exception:
             log.exception("fasthub: connection %s failed", conn.id)
         finally:
+            if not writer.done() and conn.closed and conn.items and not sink.aborted:
+                # let a queued close go out while the peer is still there (before _unregister
+                # discards the queue)
+                sink.flush()
+                await asyncio.wait([writer], timeout=0.5)
             hub._unregister(conn)
             if not writer.done():
-                # let a queued close go out when the peer is still there
-                if conn.closed and sink.outbox is not None and sink.outbox.items and not sink.aborted:
-                    sink.flush()
-                    await asyncio.wait([writer], timeout=0.5)
                 writer.cancel()
             if self.on_disconnect is not None:
                 try:

@@ -6,6 +6,7 @@ what the Autobahn|Testsuite checks. Not a hub: no rooms, no envelope.
 
 from __future__ import annotations
 
+from ..exceptions import ConnectionClosed
 from .types import Receive, Scope, Send
 
 ECHO_MAX_MESSAGE_SIZE = 64 * 1024 * 1024  # Autobahn's family 9 sends messages up to 16 MiB
@@ -41,6 +42,10 @@ async def echo_app(scope: Scope, receive: Receive, send: Send) -> None:
         if message["type"] == "websocket.disconnect":
             return
         if message.get("text") is not None:
-            await send({"type": "websocket.send", "text": message["text"]})
+            reply = {"type": "websocket.send", "text": message["text"]}
         else:
-            await send({"type": "websocket.send", "bytes": message.get("bytes") or b""})
+            reply = {"type": "websocket.send", "bytes": message.get("bytes") or b""}
+        try:
+            await send(reply)
+        except (OSError, ConnectionClosed):  # the peer left while its message was queued
+            return

@@ -104,8 +104,10 @@ class ListenerProtocol(HubProtocol):
             heads.waiting.pop(self, None)
 
     def _handshake_data(self, data: bytes) -> None:
+        if self.phase != _HANDSHAKE:
+            return
         p = self._pending()
-        if p.key or self.phase != _HANDSHAKE:
+        if p.key:
             super()._handshake_data(data)
             return
         buffered = p.request_buffer + data

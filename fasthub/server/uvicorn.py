@@ -163,9 +163,10 @@ class _Shared:
 class _Pending:
     """What only the handshake or a generic ASGI app needs, off the per-connection object.
 
-    A hub connection drops it once open, so an idle connection does not carry nine empty
-    slots (72 bytes) for a request, a response and a receive queue it no longer has. (The
-    scope and the app's task are not kept here: the app and uvicorn's task set hold them.)
+    A hub connection drops it once open, so an idle connection does not carry seven empty
+    slots for a request, a response and a receive queue it no longer has (one ``pending`` slot
+    instead: 48 bytes less). The scope and the app's task are not kept at all: the app and
+    uvicorn's task set hold them.
     """
 
     __slots__ = ("deferred", "key", "queue", "request_buffer", "response_body", "response_start", "waiter")
@@ -485,8 +486,7 @@ class HubProtocol(asyncio.Protocol):
                 if p.response_start is not None:
                     raise RuntimeError("websocket.http.response.start sent twice")
                 p.response_start = dict(message)
-            elif kind == "websocket.http.response.body" and self._pending().response_start is not None:
-                p = self._pending()
+            elif kind == "websocket.http.response.body" and (p := self._pending()).response_start is not None:
                 if p.response_body is None:
                     p.response_body = []
                 p.response_body.append(bytes(message.get("body", b"")))
