@@ -121,7 +121,7 @@ class AsgiSink:
         loop = self.loop
         send = self.send
         while True:
-            if not outbox.items:
+            if outbox.queue is None:
                 self._wake = loop.create_future()
                 await self._wake
                 self._wake = None
@@ -267,7 +267,7 @@ class FasthubApp:
         except Exception:
             log.exception("fasthub: connection %s failed", conn.id)
         finally:
-            if not writer.done() and conn.closed and conn.items and not sink.aborted:
+            if not writer.done() and conn.closed and conn.queue is not None and not sink.aborted:
                 # let a queued close go out while the peer is still there (before _unregister
                 # discards the queue)
                 sink.flush()

@@ -855,7 +855,7 @@ class HubProtocol(asyncio.Protocol):
             self.loop.call_later(_CLOSE_TIMEOUT, self._write_deferred)
             return
         outbox = self._outbox()
-        if outbox is not None and outbox.items:
+        if outbox is not None and outbox.queue is not None:
             self.flush()
         self._write_out(out)
 
