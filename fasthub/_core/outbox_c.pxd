@@ -59,6 +59,7 @@ cdef class Fanout:
     cpdef int push(self, Outbox ob, Payload p)
     @cython.locals(count=Py_ssize_t, ob=Outbox, overflow=list)
     cpdef tuple push_many(self, dict members, Payload p, object exclude=*)
+    cdef inline int _push_one(self, Outbox ob, Payload p, list overflow) except -1
     @cython.locals(ob=Outbox, dirty=list, error=object, last=list, joined=bytes, items=list, q=object, data=bytes, transport=object, first=Payload, n=Py_ssize_t, i=Py_ssize_t, count=Py_ssize_t)
     cpdef flush(self)
 

@@ -264,21 +264,31 @@ class Fanout:
         """
         overflow: list[Outbox] = []
         count = 0
-        for key, ob in members.items():
-            if exclude is not None and key in exclude:
-                continue
-            r = ob.push(p)
-            if r == _QUEUED:
-                count += 1
-                if not ob.scheduled:
-                    self._mark(ob)
-            elif r == _DROPPED:
-                self.dropped += 1
-            elif r == _OVERFLOW:
-                overflow.append(ob)
+        if exclude is None:
+            # values only: the keys (connection id strings) stay untouched, a cache miss less
+            # per member in a big room
+            for ob in members.values():
+                count += self._push_one(ob, p, overflow)
+        else:
+            for key, ob in members.items():
+                if key not in exclude:
+                    count += self._push_one(ob, p, overflow)
         self.delivered += count
         self.bytes_out += count * p.nbytes
         return count, overflow
+
+    def _push_one(self, ob: Outbox, p: Payload, overflow: list[Outbox]) -> int:
+        """``push_many``'s step: 1 if ``ob`` took ``p``."""
+        r = ob.push(p)
+        if r == _QUEUED:
+            if not ob.scheduled:
+                self._mark(ob)
+            return 1
+        if r == _DROPPED:
+            self.dropped += 1
+        elif r == _OVERFLOW:
+            overflow.append(ob)
+        return 0
 
     def flush(self) -> None:
         """Hand each dirty outbox to its sink: called once per tick via ``schedule``.
