@@ -652,3 +652,93 @@ def test_flush_writes_attached_transports_once_and_shares_joined_bytes(core: Mod
     assert other_t.writes == [build_frame(OP_TEXT, c.data) + build_frame(OP_TEXT, a.data)]
     assert single_t.writes == [a.frame()] and single_t.writes[0] is a.frame()
     assert all(ob.pending == 0 and not ob.items for ob in [*boxes.values(), other, single])
+
+
+# -- the queue's shapes: nothing, one payload, a list ----------------------------------------------
+
+
+def test_one_payload_is_queued_as_itself_then_a_list(core: ModuleType) -> None:
+    ob = core.Outbox(1000)
+    a, b, c = text(core, 1, b"a"), text(core, 2, b"b"), text(core, 3, b"c")
+    ob.push(a)
+    assert ob.queue is a and ob.items == [a] and ob.pending == 1
+    ob.push(b)
+    assert type(ob.queue) is list and ob.items == [a, b] and ob.pending == 3
+    ob.items.append(c)  # ``items`` is a copy: the queue is not changed through it
+    assert ob.items == [a, b]
+    with pytest.raises(AttributeError):
+        ob.items = [c]
+    assert ob.take() == [a, b] and ob.queue is None and ob.inflight == 3
+    ob.push(c)  # after a take: one payload again, not the old list
+    assert ob.queue is c and ob.items == [c]
+
+
+def test_single_payload_take_discard_and_close(core: ModuleType) -> None:
+    ob = core.Outbox(1000)
+    a = text(core, 4)
+    ob.push(a)
+    assert ob.take() == [a] and ob.inflight == 4 and ob.pending == 0
+    ob.push(a)
+    assert ob.discard() == 1 and ob.queue is None and ob.pending == 0
+    close = core.Payload(core.KIND_CLOSE, b"", 1000, "")
+    ob.push(a)
+    ob.close_with(close, False)  # the close follows the one payload
+    assert ob.items == [a, close] and ob.closing
+    ob2 = core.Outbox(1000)
+    ob2.push(a)
+    ob2.close_with(close, True)  # discard first: the close alone, as itself
+    assert ob2.queue is close and ob2.pending == 0
+
+
+def test_flush_reuses_joined_bytes_across_a_single_payload_member(core: ModuleType) -> None:
+    """Members A, single, A': the single member's frame does not disturb A's joined bytes."""
+    from fasthub._wire import OP_TEXT, build_frame
+
+    sched = Scheduler()
+    fan = core.Fanout(sched)
+    a, b = text(core, 5, b"a"), text(core, 6, b"b")
+    first, single, last = core.Outbox(1 << 20), core.Outbox(1 << 20), core.Outbox(1 << 20)
+    ts = [FakeTransport() for _ in range(3)]
+    for ob, t in zip((first, single, last), ts, strict=True):
+        ob.transport = t
+    for p in (a, b):
+        fan.push(first, p)
+    fan.push(single, b)
+    for p in (a, b):
+        fan.push(last, p)
+    sched.tick()
+    pair = build_frame(OP_TEXT, a.data) + build_frame(OP_TEXT, b.data)
+    assert ts[0].writes == [pair] and ts[1].writes == [b.frame()] and ts[2].writes == [pair]
+    assert ts[0].writes[0] is ts[2].writes[0]  # joined once, reused after the single member
+
+
+def test_a_closing_member_with_one_payload_goes_through_its_sink(core: ModuleType) -> None:
+    sched = Scheduler()
+    fan = core.Fanout(sched)
+    ob = core.Outbox(1000)
+    t = FakeTransport()
+    ob.transport = t
+    ob.sink = Sink()
+    fan.push(ob, text(core, 3))
+    ob.closing = True
+    sched.tick()
+    assert ob.sink.flushes == 1 and t.writes == []  # the sink takes it (and writes the close)
+    assert ob.items is not None and len(ob.items) == 1
+
+
+def test_a_raising_transport_does_not_stop_the_others(core: ModuleType) -> None:
+    class Broken(FakeTransport):
+        def write(self, data: bytes) -> None:
+            raise RuntimeError("gone")
+
+    sched = Scheduler()
+    fan = core.Fanout(sched)
+    boxes = [core.Outbox(1000) for _ in range(3)]
+    ts = [FakeTransport(), Broken(), FakeTransport()]
+    for ob, t in zip(boxes, ts, strict=True):
+        ob.transport = t
+        fan.push(ob, text(core, 2))
+    with pytest.raises(RuntimeError, match="gone"):
+        fan.flush()
+    assert len(ts[0].writes) == 1 and len(ts[2].writes) == 1
+    assert not any(ob.scheduled for ob in boxes) and fan.dirty == []
