@@ -12,6 +12,7 @@ import importlib
 import importlib.machinery
 import os
 import pathlib
+import socket
 import struct
 from types import ModuleType
 from typing import Any
@@ -742,3 +743,141 @@ def test_a_raising_transport_does_not_stop_the_others(core: ModuleType) -> None:
         fan.flush()
     assert len(ts[0].writes) == 1 and len(ts[2].writes) == 1
     assert not any(ob.scheduled for ob in boxes) and fan.dirty == []
+
+
+# -- direct socket writes (the fast path's send(2) while the transport holds nothing) ---------------
+
+
+class BufferingTransport(FakeTransport):
+    """Counts what went through it as buffered until ``drain``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held = 0
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.held += len(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self.held
+
+
+def _recv_all(sock: socket.socket, n: int) -> bytes:
+    out = b""
+    sock.settimeout(2)
+    while len(out) < n:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def test_flush_sends_directly_while_the_transport_is_empty(core: ModuleType) -> None:
+    from fasthub._wire import OP_TEXT, build_frame
+
+    a_sock, b_sock = socket.socketpair()
+    a_sock.setblocking(False)
+    try:
+        sched = Scheduler()
+        fan = core.Fanout(sched)
+        ob = core.Outbox(1 << 20)
+        t = BufferingTransport()
+        ob.transport, ob.fd = t, a_sock.fileno()
+        x, y = text(core, 3, b"x"), text(core, 4, b"y")
+        fan.push(ob, x)  # one payload: its frame as it is
+        sched.tick()
+        assert not ob.unsure  # looked once: the transport is empty
+        fan.push(ob, x)
+        fan.push(ob, y)  # two: joined into one send
+        sched.tick()
+        want = x.frame() + build_frame(OP_TEXT, x.data) + build_frame(OP_TEXT, y.data)
+        assert _recv_all(b_sock, len(want)) == want
+        assert t.writes == [] and ob.queue is None and ob.pending == 0
+    finally:
+        a_sock.close()
+        b_sock.close()
+
+
+def test_a_partial_send_leaves_the_rest_to_the_transport_then_waits_for_it(core: ModuleType) -> None:
+    a_sock, b_sock = socket.socketpair()
+    a_sock.setblocking(False)
+    a_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    try:
+        sched = Scheduler()
+        fan = core.Fanout(sched)
+        ob = core.Outbox(1 << 24)
+        t = BufferingTransport()
+        ob.transport, ob.fd = t, a_sock.fileno()
+        big = text(core, 1 << 20, b"z")  # far more than the socket takes at once
+        fan.push(ob, big)
+        sched.tick()
+        frame = big.frame()
+        assert len(t.writes) == 1 and 0 < len(t.writes[0]) < len(frame)
+        assert frame.endswith(t.writes[0])  # the transport got exactly the unsent tail
+        assert ob.unsure and ob.buffered == len(t.writes[0])
+        small = text(core, 5, b"s")
+        fan.push(ob, small)
+        sched.tick()
+        # the transport still holds bytes: no direct send may overtake them
+        assert t.writes[-1] == small.frame() and len(t.writes) == 2
+    finally:
+        a_sock.close()
+        b_sock.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 200), min_size=N_BOXES, max_size=N_BOXES),
+    st.lists(st.booleans(), min_size=N_BOXES, max_size=N_BOXES),
+    ops,
+)
+def test_queues_keep_push_order_on_random_operations(budgets: list[int], drops: list[bool], script: list[Any]) -> None:
+    """Against a model: each queue holds exactly the payloads it accepted since the last take
+    or discard, in push order (whatever shape it keeps them in: nothing, one payload, a list)."""
+    for core in (outbox_py, outbox_c) if outbox_c is not None else (outbox_py,):
+        sched = Scheduler()
+        fan = core.Fanout(sched)
+        boxes = [core.Outbox(b, d) for b, d in zip(budgets, drops, strict=True)]
+        for ob in boxes:
+            ob.sink = Sink()
+        members = {f"m{i}": ob for i, ob in enumerate(boxes)}
+        model: list[list[Any]] = [[] for _ in boxes]
+        for op in script:
+            name = op[0]
+            if name == "push":
+                p = core.Payload(op[3], b"p" * op[2])
+                if fan.push(boxes[op[1]], p) == core.QUEUED:
+                    model[op[1]].append(p)
+            elif name == "push_many":
+                p = core.Payload(core.KIND_TEXT, b"m" * op[1])
+                ex = op[2]
+                exclude = None if ex is None else (f"m{ex}",) if isinstance(ex, int) else frozenset(f"m{i}" for i in ex)
+                before = [len(ob.items or ()) for ob in boxes]
+                fan.push_many(members, p, exclude)
+                for i, ob in enumerate(boxes):
+                    if len(ob.items or ()) == before[i] + 1:
+                        model[i].append(p)
+            elif name == "take":
+                taken = boxes[op[1]].take()
+                assert len(taken) == len(model[op[1]]) and all(a is b for a, b in zip(taken, model[op[1]], strict=True))
+                model[op[1]] = []
+            elif name == "done":
+                boxes[op[1]].done(op[2])
+            elif name == "buffered":
+                boxes[op[1]].buffered = op[2]
+            elif name == "close":
+                close = core.Payload(core.KIND_CLOSE, b"", 1000, "")
+                boxes[op[1]].close_with(close, op[2])
+                model[op[1]] = [*([] if op[2] else model[op[1]]), close]
+            elif name == "discard":
+                assert boxes[op[1]].discard() == len(model[op[1]])
+                model[op[1]] = []
+            elif name == "tick":
+                sched.tick()  # sinks only count: nothing is taken
+            for ob, want in zip(boxes, model, strict=True):
+                got = ob.items or []
+                assert len(got) == len(want) and all(a is b for a, b in zip(got, want, strict=True))
+                assert (ob.queue is None) == (not want)
+                assert ob.pending == sum(p.nbytes for p in want)
