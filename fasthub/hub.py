@@ -15,10 +15,10 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, MutableMapping
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from . import _ext
-from ._core import KIND_BINARY, KIND_TEXT, Connection, Fanout, Outbox, Payload, RateLimiter
+from ._core import KIND_BINARY, KIND_TEXT, Connection, Fanout, Payload, RateLimiter
 from .config import HubConfig
 from .exceptions import Denied, HubError
 from .messages import MessageType, encode, utc_timestamp
@@ -298,9 +298,9 @@ class Hub:
             log.info("fasthub: closing %s: token expired", conn.id)
             conn._queue_close(4001, "token expired", discard=False)
 
-    def _slow_consumer(self, conn: Connection | Outbox) -> None:
+    def _slow_consumer(self, conn: Connection) -> None:
         """A connection went over budget under policy "close": close it now, dropping its backlog."""
-        if not isinstance(conn, Connection) or conn.closing:
+        if conn.closing:
             return
         self.slow_consumer_closes += 1
         log.info("fasthub: closing %s: slow consumer (%d bytes buffered)", conn.id, conn.size())
@@ -308,8 +308,8 @@ class Hub:
 
     def _deliver(self, members: dict[str, Connection], payload: Payload, exclude: Any = None) -> int:
         count, overflow = self._fanout.push_many(members, payload, exclude)
-        for conn in overflow:
-            self._slow_consumer(conn)
+        for conn in overflow:  # the members maps hold connections only
+            self._slow_consumer(cast(Connection, conn))
         return int(count)
 
     # -- connections and users -------------------------------------------------------------------

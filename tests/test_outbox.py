@@ -499,6 +499,19 @@ ops = st.lists(
 )
 
 
+# budgets, drop policies and a script of operations: what every random-operations test takes
+RANDOM_RUN = (
+    st.lists(st.integers(0, 200), min_size=N_BOXES, max_size=N_BOXES),
+    st.lists(st.booleans(), min_size=N_BOXES, max_size=N_BOXES),
+    ops,
+)
+
+
+def exclude_of(ex: int | set[int] | None) -> Any:
+    """A ``push_many`` op's exclude argument: None, one member, or a set of them."""
+    return None if ex is None else (f"m{ex}",) if isinstance(ex, int) else frozenset(f"m{i}" for i in ex)
+
+
 def simulate(core: ModuleType, budgets: list[int], drops: list[bool], script: list[tuple[Any, ...]]) -> list[Any]:
     """Run ``script`` on one implementation; return a trace of every observable result."""
     sched = Scheduler()
@@ -529,9 +542,7 @@ def simulate(core: ModuleType, budgets: list[int], drops: list[bool], script: li
         elif name == "push_many":
             p = payload(1, op[1])
             alive.append(p)
-            ex = op[2]
-            exclude = None if ex is None else (f"m{ex}",) if isinstance(ex, int) else frozenset(f"m{i}" for i in ex)
-            count, overflow = fan.push_many(members, p, exclude)
+            count, overflow = fan.push_many(members, p, exclude_of(op[2]))
             trace.append(("push_many", count, [boxes.index(o) for o in overflow]))
         elif name == "take":
             trace.append(("take", [tags[id(p)] for p in boxes[op[1]].take()]))
@@ -575,22 +586,14 @@ def simulate(core: ModuleType, budgets: list[int], drops: list[bool], script: li
 
 @pytest.mark.skipif(outbox_c is None, reason="the compiled twin is not available")
 @settings(max_examples=300, deadline=None)
-@given(
-    st.lists(st.integers(0, 200), min_size=N_BOXES, max_size=N_BOXES),
-    st.lists(st.booleans(), min_size=N_BOXES, max_size=N_BOXES),
-    ops,
-)
+@given(*RANDOM_RUN)
 def test_twins_agree_on_random_operations(budgets: list[int], drops: list[bool], script: list[Any]) -> None:
     assert outbox_c is not None
     assert simulate(outbox_py, budgets, drops, script) == simulate(outbox_c, budgets, drops, script)
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    st.lists(st.integers(0, 200), min_size=N_BOXES, max_size=N_BOXES),
-    st.lists(st.booleans(), min_size=N_BOXES, max_size=N_BOXES),
-    ops,
-)
+@given(*RANDOM_RUN)
 def test_invariants_on_random_operations(budgets: list[int], drops: list[bool], script: list[Any]) -> None:
     """Whatever the operations, an outbox's counters match its queue and the budget holds."""
     for core in (outbox_py, outbox_c) if outbox_c is not None else (outbox_py,):
@@ -828,11 +831,7 @@ def test_a_partial_send_leaves_the_rest_to_the_transport_then_waits_for_it(core:
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    st.lists(st.integers(0, 200), min_size=N_BOXES, max_size=N_BOXES),
-    st.lists(st.booleans(), min_size=N_BOXES, max_size=N_BOXES),
-    ops,
-)
+@given(*RANDOM_RUN)
 def test_queues_keep_push_order_on_random_operations(budgets: list[int], drops: list[bool], script: list[Any]) -> None:
     """Against a model: each queue holds exactly the payloads it accepted since the last take
     or discard, in push order (whatever shape it keeps them in: nothing, one payload, a list)."""
@@ -852,10 +851,8 @@ def test_queues_keep_push_order_on_random_operations(budgets: list[int], drops: 
                     model[op[1]].append(p)
             elif name == "push_many":
                 p = core.Payload(core.KIND_TEXT, b"m" * op[1])
-                ex = op[2]
-                exclude = None if ex is None else (f"m{ex}",) if isinstance(ex, int) else frozenset(f"m{i}" for i in ex)
                 before = [len(ob.items or ()) for ob in boxes]
-                fan.push_many(members, p, exclude)
+                fan.push_many(members, p, exclude_of(op[2]))
                 for i, ob in enumerate(boxes):
                     if len(ob.items or ()) == before[i] + 1:
                         model[i].append(p)
