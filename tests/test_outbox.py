@@ -81,6 +81,15 @@ class Scheduler:
             fn()
 
 
+def boxes_with_sinks(core: ModuleType, n: int) -> tuple[list[Sink], list[Any]]:
+    """``n`` outboxes (budget 10,000), each with a counting sink of its own."""
+    sinks = [Sink() for _ in range(n)]
+    boxes = [core.Outbox(10_000) for _ in range(n)]
+    for ob, sink in zip(boxes, sinks, strict=True):
+        ob.sink = sink
+    return sinks, boxes
+
+
 def text(core: ModuleType, n: int, fill: bytes = b"x") -> Any:
     return core.Payload(core.KIND_TEXT, fill * n)
 
@@ -344,12 +353,7 @@ def test_push_many_with_no_members(core: ModuleType) -> None:
 def test_one_schedule_per_tick_however_many_pushes(core: ModuleType) -> None:
     sched = Scheduler()
     fan = core.Fanout(sched)
-    sinks = [Sink() for _ in range(5)]
-    boxes = []
-    for s in sinks:
-        ob = core.Outbox(10_000)
-        ob.sink = s
-        boxes.append(ob)
+    sinks, boxes = boxes_with_sinks(core, 5)
     members = {str(i): ob for i, ob in enumerate(boxes)}
     for _ in range(50):
         fan.push_many(members, text(core, 3))
@@ -377,12 +381,7 @@ def test_a_big_flush_waits_for_one_more_tick_and_takes_what_came_meanwhile(core:
     fan = core.Fanout(sched)
     assert fan.hold_min == 256 and not fan.held
     fan.hold_min = 4
-    sinks = [Sink() for _ in range(6)]
-    boxes = []
-    for s in sinks:
-        ob = core.Outbox(10_000)
-        ob.sink = s
-        boxes.append(ob)
+    sinks, boxes = boxes_with_sinks(core, 6)
     small = {str(i): ob for i, ob in enumerate(boxes[:3])}
     big = {str(i): ob for i, ob in enumerate(boxes)}
     fan.push_many(small, text(core, 3))
