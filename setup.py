@@ -4,13 +4,19 @@ Each compiled module is a Cython-friendly ``*_py.py`` file compiled under the ``
 the augmenting ``*_c.pxd`` beside it types it (aiohttp's ``_websocket/reader_c`` pattern); a
 ``.pyx`` is used only where raw pointers are needed. ``FASTHUB_NO_EXTENSIONS=1`` at build time
 gives a pure-Python install; a failed compile (no C compiler) installs the pure twins with a
-warning, unless ``FASTHUB_REQUIRE_EXTENSIONS=1`` makes it fatal (CI sets it).
+warning, unless ``FASTHUB_REQUIRE_EXTENSIONS=1`` makes it fatal (CI sets it). Both variables are
+read by ``fasthub/_ext.py``, loaded here by path (it needs only the standard library; the package
+itself may not import at build time), so "0", "false" or "no" mean the same here as at run time.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
+from collections.abc import Mapping
+from pathlib import Path
+from types import ModuleType
 
 from setuptools import Extension, setup
 
@@ -27,8 +33,26 @@ COMPILED = [
     ("fasthub._wire.handshake_c", "fasthub/_wire/handshake_c.pyx"),
 ]
 
-NO_EXTENSIONS = bool(os.environ.get("FASTHUB_NO_EXTENSIONS")) or sys.implementation.name != "cpython"
-OPTIONAL = not os.environ.get("FASTHUB_REQUIRE_EXTENSIONS")
+
+def _load_ext() -> ModuleType:
+    """``fasthub/_ext.py`` by path: the run-time rule, without importing the package."""
+    spec = importlib.util.spec_from_file_location("_fasthub_ext", Path(__file__).parent / "fasthub" / "_ext.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_EXT = _load_ext()
+
+
+def no_extensions(environ: Mapping[str, str] = os.environ) -> bool:
+    """Build no extension: ``FASTHUB_NO_EXTENSIONS`` as ``fasthub._ext`` reads it, or not CPython."""
+    return bool(_EXT.no_extensions(environ)) or sys.implementation.name != "cpython"
+
+
+NO_EXTENSIONS = no_extensions()
+OPTIONAL = not _EXT.env_flag("FASTHUB_REQUIRE_EXTENSIONS", os.environ)
 
 
 def extensions() -> list[Extension]:

@@ -61,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
         "--ws",
         default="fasthub",
         choices=["fasthub", "websockets-sansio", "wsproto"],
-        help="WebSocket implementation: fasthub's own (default, the fast path) or one of uvicorn's (portable path)",
+        help="WebSocket implementation: fasthub's own (default, the fast path) or one of uvicorn's, served by "
+        "uvicorn's httptools protocol (the portable path; needs pip install 'fasthub[portable]')",
     )
     serve.add_argument(
         "--echo",
@@ -112,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .config import HubConfig
         from .hub import Hub
         from .server.asgi import create_app
-        from .server.run import run
+        from .server.run import MissingWebSocketImplementation, run
 
         overrides = {
             name: value
@@ -144,7 +145,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .server.run import uvicorn_config
 
             max_size = args.max_message_size or ECHO_MAX_MESSAGE_SIZE
-            uvicorn.Server(uvicorn_config(echo_app, args.host, args.port, args.log_level, ws_max_size=max_size)).run()
+            try:
+                echo_config = uvicorn_config(
+                    echo_app, args.host, args.port, args.log_level, ws=args.ws, ws_max_size=max_size
+                )
+            except MissingWebSocketImplementation as exc:
+                print(f"fasthub: {exc}", file=sys.stderr)
+                return 2
+            uvicorn.Server(echo_config).run()
             return 0
         try:
             authenticate = _authenticator(args)
@@ -159,8 +167,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             stats_token=args.stats_token or os.environ.get("FASTHUB_STATS_TOKEN") or None,
             allowed_origins=args.allowed_origin,
         )
-        options = {} if args.ws == "fasthub" else {"ws": args.ws}
-        run(app, args.host, args.port, args.log_level, **options)
+        try:
+            run(app, args.host, args.port, args.log_level, ws=args.ws)
+        except MissingWebSocketImplementation as exc:
+            print(f"fasthub: {exc}", file=sys.stderr)
+            return 2
     elif args.command == "bench":
         from .benchmark import main as bench_main
 

@@ -1,6 +1,8 @@
-"""Built-in handling of client messages, and where the application's handler fits in.
+"""The message pipeline: every client message, on every server path, and the built-in types.
 
-Order for every text message: decode (errors answered with an ``error`` envelope) -> the
+``Dispatcher.receive`` is the one pipeline both server paths call with a message's bytes: count
+the bytes, check the size limit and the connection's rate limit, refuse binary frames, decode,
+dispatch. Order for every text message: decode (errors answered with an ``error`` envelope) -> the
 application's ``on_message(conn, msg)`` if given -> the built-in for ``msg.type``. A handler that
 returns ``True`` takes the message over and the built-in is skipped; any other return value
 lets the built-in run, so join/leave/ping keep working when a handler is installed (unlike the
@@ -20,7 +22,7 @@ from ._core import KIND_TEXT, Payload
 from .connection import Connection
 from .exceptions import EnvelopeError
 from .hub import Hub
-from .messages import ErrorCode, Message, MessageType, decode, encode, error_envelope, utc_timestamp
+from .messages import ErrorCode, Message, MessageType, decode, encode, error_envelope, system_envelope, utc_timestamp
 
 log = logging.getLogger("fasthub")
 
@@ -62,6 +64,11 @@ class Dispatcher:
         verify_token: Callable[[str], Any] | None = None,
     ) -> None:
         self.hub = hub
+        config = hub.config
+        self.max_size = config.max_message_size
+        self.rate = config.rate_limit
+        self.byte_rate = config.rate_limit_bytes
+        self.limited = bool(config.rate_limit or config.rate_limit_bytes)
         self.verify_token = verify_token
         self.on_message = on_message
         self.can_join = can_join
@@ -77,6 +84,32 @@ class Dispatcher:
             MessageType.BROADCAST.value: self._broadcast,
             MessageType.REFRESH.value: self._refresh,
         }
+
+    def receive(self, conn: Connection, data: bytes, binary: bool, now: float) -> Awaitable[None] | float | None:
+        """One client message (a text frame's UTF-8 bytes, or a binary frame's) from either server path.
+
+        Counts its bytes, closes with 1009 above ``max_message_size``, spends the connection's
+        rate-limit tokens, then dispatches. Returns None when done, the seconds until the rate
+        limit would let the next message pass when it refused this one (the fast path stops
+        reading that long), or an awaitable to finish before the connection's next message.
+        """
+        hub = self.hub
+        n = len(data)
+        hub.bytes_in += n
+        if conn.closing:
+            return None
+        if n > self.max_size:  # the fast path's engine refuses these itself (1009)
+            conn.close(1009, "message too big")
+            return None
+        if self.limited:
+            wait: float = conn.spend(now, n, self.rate, self.byte_rate)
+            if wait:
+                self.rate_limited(conn)
+                return wait
+        if binary:
+            self.binary(conn)
+            return None
+        return self.dispatch(conn, data)
 
     def dispatch(self, conn: Connection, data: bytes | str) -> Awaitable[None] | None:
         """Handle one text message from ``conn``.
@@ -103,12 +136,6 @@ class Dispatcher:
             if taken is True or msg.type not in self._builtins:
                 return None
         return self._builtin(conn, msg)
-
-    async def handle(self, conn: Connection, data: bytes | str) -> None:
-        """``dispatch`` as a coroutine, for callers that always await."""
-        pending = self.dispatch(conn, data)
-        if pending is not None:
-            await pending
 
     async def _after_handler(self, conn: Connection, msg: Message, pending: Awaitable[Any]) -> None:
         try:
@@ -169,7 +196,7 @@ class Dispatcher:
         if conn.strikes > config.rate_limit_strikes:
             if not conn.closed:
                 log.info("fasthub: closing %s: stayed over its rate limit", conn.id)
-                conn._queue_close(1008, "rate limit exceeded", discard=False)
+                conn.close(1008, "rate limit exceeded")
             return
         conn.send_json(
             error_envelope(
@@ -200,7 +227,7 @@ class Dispatcher:
         room = msg.room
         if room is None:
             raise EnvelopeError(ErrorCode.MISSING_FIELD, f"{msg.type} needs a 'room'")
-        if room in self.hub._rooms:  # an existing room's name was validated when it was made
+        if self.hub.get_room(room) is not None:  # an existing room's name was validated when it was made
             return room
         if not self.hub.config.valid_room_name(room):
             cfg = self.hub.config
@@ -215,9 +242,9 @@ class Dispatcher:
 
         def join() -> None:
             limit = self.hub.config.max_rooms_per_connection
-            if not conn._in_room(room) and conn._room_count() >= limit:
+            if not conn.in_room(room) and conn.room_count() >= limit:
                 raise EnvelopeError(ErrorCode.TOO_MANY_ROOMS, f"a connection may be in at most {limit} rooms")
-            if conn.id not in self.hub._connections:  # closed while an async hook ran
+            if not self.hub.is_registered(conn):  # closed while an async hook ran
                 return
             self.hub.join_room(conn.id, room, reply_id=msg.id)
 
@@ -229,7 +256,7 @@ class Dispatcher:
 
     def _leave_room(self, conn: Connection, msg: Message) -> None:
         room = self._room_name(msg)
-        if not self.hub._leave(conn, room, msg.id, reply=True):
+        if not self.hub.leave_room(conn.id, room, reply_id=msg.id):
             raise EnvelopeError(ErrorCode.NOT_MEMBER, f"not a member of {room!r}")
 
     def _room_message(self, conn: Connection, msg: Message) -> Awaitable[None] | None:
@@ -237,15 +264,12 @@ class Dispatcher:
         hub = self.hub
 
         def publish() -> None:
-            room = hub._rooms.get(name)
-            if room is not None and room._members:
-                hub._deliver(room._members, self._relay(conn, msg))
+            hub.publish_room(name, self._relay(conn, msg))
 
         if self.can_publish is None:
-            room = hub._rooms.get(name)
-            if room is None or conn.id not in room._members:
+            if not conn.in_room(name):
                 raise EnvelopeError(ErrorCode.NOT_MEMBER, f"join {name!r} before sending to it")
-            hub._deliver(room._members, self._relay(conn, msg))
+            hub.publish_room(name, self._relay(conn, msg))
             return None
         denied = EnvelopeError(ErrorCode.FORBIDDEN, f"not allowed to publish to {name!r}")
         return self._gate(conn, msg, self.can_publish(conn, name), publish, denied)
@@ -254,19 +278,46 @@ class Dispatcher:
         to = msg.to
         if to is None:
             raise EnvelopeError(ErrorCode.MISSING_FIELD, "user_message needs a 'to'")
-        hub = self.hub
-
-        def send() -> None:
-            members = hub._user_members(to)
-            if not members:
-                raise EnvelopeError(ErrorCode.UNKNOWN_USER, f"user {to!r} is not connected")
-            hub._deliver(members, self._relay(conn, msg))
-
         if self.can_message is None:
-            send()
-            return None
+            return self._send_user(conn, msg, to)
+        allowed = self.can_message(conn, to)
         denied = EnvelopeError(ErrorCode.FORBIDDEN, f"not allowed to message user {to!r}")
-        return self._gate(conn, msg, self.can_message(conn, to), send, denied)
+        if inspect.isawaitable(allowed):
+            return self._user_message_async(conn, msg, to, allowed, denied)
+        if not allowed:
+            raise denied
+        return self._send_user(conn, msg, to)
+
+    def _send_user(self, conn: Connection, msg: Message, to: str) -> Awaitable[None] | None:
+        """Publish to ``to`` if it is online on some node (the broker's answer, maybe awaited)."""
+        online = self.hub.user_online(to)
+        if inspect.isawaitable(online):
+            return self._user_message_async(conn, msg, to, online, _unknown_user(to), then_send=False)
+        if not online:
+            raise _unknown_user(to)
+        self.hub.publish_user(to, self._relay(conn, msg))
+        return None
+
+    async def _user_message_async(
+        self,
+        conn: Connection,
+        msg: Message,
+        to: str,
+        allowed: Awaitable[Any],
+        refused: EnvelopeError,
+        then_send: bool = True,
+    ) -> None:
+        try:
+            if not await allowed:
+                raise refused
+            if then_send:
+                rest = self._send_user(conn, msg, to)
+                if rest is not None:
+                    await rest
+            else:
+                self.hub.publish_user(to, self._relay(conn, msg))
+        except EnvelopeError as exc:
+            conn.send_json(error_envelope(exc.code, exc.message, msg.id))
 
     def _refresh(self, conn: Connection, msg: Message) -> None:
         """A fresh token for the same user moves the connection's expiry (no reconnect)."""
@@ -284,27 +335,21 @@ class Dispatcher:
             raise EnvelopeError(ErrorCode.INVALID_TOKEN, exc.reason) from None
         if not isinstance(identity, Identity) or identity.user_id != conn.user_id:
             raise EnvelopeError(ErrorCode.FORBIDDEN, "the token is for another user")
-        self.hub._set_expiry(conn, identity.expires_at)
+        self.hub.set_expiry(conn, identity.expires_at)
         payload = {"event": "token_refreshed", "expires_at": identity.expires_at}
-        conn._push(self.hub._system(payload, reply_id=msg.id))
+        conn.send_json(system_envelope(payload, reply_id=msg.id))
 
     def _broadcast(self, conn: Connection, msg: Message) -> None:
-        self.hub._deliver(self.hub._connections, self._relay(conn, msg))
+        self.hub.publish_all(self._relay(conn, msg))
 
     @staticmethod
     def _relay(conn: Connection, msg: Message) -> Payload:
         """The envelope as receivers see it: ``from`` set by the server, encoded once."""
-        out: dict[str, Any] = {"type": msg.type}
-        if msg.room is not None:
-            out["room"] = msg.room
-        if msg.to is not None:
-            out["to"] = msg.to
-        out["from"] = conn.user_id
-        if msg.payload is not None:
-            out["payload"] = msg.payload
-        out["timestamp"] = msg.timestamp if msg.timestamp is not None else utc_timestamp()
-        if msg.metadata is not None:
-            out["metadata"] = msg.metadata
-        if msg.id is not None:
-            out["id"] = msg.id
-        return Payload(KIND_TEXT, encode(out))
+        msg.from_ = conn.user_id
+        if msg.timestamp is None:
+            msg.timestamp = utc_timestamp()
+        return Payload(KIND_TEXT, encode(msg.to_dict()))
+
+
+def _unknown_user(to: str) -> EnvelopeError:
+    return EnvelopeError(ErrorCode.UNKNOWN_USER, f"user {to!r} is not connected")

@@ -1,8 +1,11 @@
 """Hub: the registry of connections, users and rooms, and the send/broadcast API.
 
 Every send is a plain function: it encodes once, wraps the bytes in one shared ``Payload`` and
-queues it on each receiver's outbox (``_core``); nothing here awaits. The server layer attaches
-the hub to its event loop (``_attach``) and gives each connection a sink that drains its outbox.
+goes through one publish step (``publish_room``, ``publish_user``, ``publish_all``): delivery
+to this process's members (``deliver_*``: queued on each receiver's outbox in ``_core``), then
+the broker for every other node (``fasthub.broker``). Nothing here awaits. The server layer
+attaches the hub to its event loop (``attach``), checks admission (``admit``, ``admit_user``)
+and registers each connection with a sink that drains its outbox (``register``/``unregister``).
 """
 
 from __future__ import annotations
@@ -14,14 +17,15 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, MutableMapping
-from typing import Any, Protocol, cast
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any, Protocol
 
 from . import _ext
 from ._core import KIND_BINARY, KIND_TEXT, Connection, Fanout, Payload, RateLimiter
+from .broker import Broker, LocalBroker
 from .config import HubConfig
 from .exceptions import Denied, HubError
-from .messages import MessageType, encode, utc_timestamp
+from .messages import encode, system_envelope
 from .room import Room
 
 log = logging.getLogger("fasthub")
@@ -85,10 +89,16 @@ def _exclude_set(exclude: Exclude) -> Any:
 
 
 class Hub:
-    """Connections, users and rooms of one process, and the API to reach them."""
+    """Connections, users and rooms of one process, and the API to reach them.
 
-    def __init__(self, config: HubConfig | None = None) -> None:
+    ``broker`` joins this hub to others (default: ``LocalBroker``, this process alone).
+    """
+
+    def __init__(self, config: HubConfig | None = None, broker: Broker | None = None) -> None:
         self.config = config if config is not None else HubConfig()
+        self.broker: Broker = broker if broker is not None else LocalBroker()
+        # the broker is called only when there are other nodes to reach
+        self._remote: Broker | None = self.broker if self.broker.remote else None
         # connection id -> connection; a connection is its own outbox, so this is also the
         # member map of a broadcast
         self._connections: dict[str, Connection] = {}
@@ -97,12 +107,12 @@ class Hub:
         self._users: dict[str, dict[str, Connection]] = {}
         self._anonymous = 0
         self._rooms: dict[str, Room] = {}
-        self._fanout = Fanout()
+        self.fanout = Fanout(None, self, self._slow_consumer)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._started_wall = time.time()
         self._started = time.monotonic()
-        # counters for stats()
+        # counters for stats(); the message pipeline (``Dispatcher.receive``) counts traffic in
         self.messages_in = 0
         self.bytes_in = 0
         self.connections_opened = 0
@@ -114,31 +124,36 @@ class Hub:
         self._rates: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0)
         self._rss_at_start = _rss_bytes()
         self._connect_buckets: dict[str, RateLimiter] = {}
+        self.broker.bind(self)
 
     # -- event loop ------------------------------------------------------------------------------
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the hub is attached to (None before ``attach``)."""
+        return self._loop
+
     def attach(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        """Bind the hub to ``loop`` (default: the running one).
+        """Bind the hub to ``loop`` (default: the running one); again with the same loop is a no-op.
 
         ``fasthub serve`` and a top-level ``create_app`` do this at lifespan startup, and any app
         at its first connection. A hub mounted inside Starlette/FastAPI gets no lifespan events:
         call ``hub.attach()`` from the parent app's startup so ``run_threadsafe`` and timers work
         before the first client connects.
         """
-        self._attach(loop if loop is not None else asyncio.get_running_loop())
-
-    def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Bind to the running loop (first connection or lifespan startup)."""
+        if loop is None:
+            loop = asyncio.get_running_loop()
         if self._loop is loop:
             return
         if self._sweeper is not None:
             self._sweeper.cancel()
         self._loop = loop
-        self._fanout.schedule = loop.call_soon
-        self._fanout.flush_scheduled = False
-        if self._fanout.dirty:
-            self._fanout.flush_scheduled = True
-            loop.call_soon(self._fanout.flush)
+        fanout = self.fanout
+        fanout.schedule = loop.call_soon
+        fanout.flush_scheduled = False
+        if fanout.dirty:
+            fanout.flush_scheduled = True
+            loop.call_soon(fanout.flush)
         self._sweeper = loop.call_later(self._sweep_period(), self._sweep)
 
     def _sweep_period(self) -> float:
@@ -168,7 +183,7 @@ class Hub:
         self._sweeper = loop.call_later(self._sweep_period(), self._sweep)
 
     def _counters(self) -> tuple[int, int, int, int]:
-        f = self._fanout
+        f = self.fanout
         return self.messages_in, int(f.delivered), self.bytes_in, int(f.bytes_out)
 
     def _sample_rates(self, now: float) -> None:
@@ -203,10 +218,13 @@ class Hub:
         loop.call_soon_threadsafe(call)
         return future
 
-    # -- admission (server layer, before the upgrade) ---------------------------------------------
+    # -- admission and registry (the server layer) ------------------------------------------------
 
-    def _admit(self, scope: dict[str, Any] | Any) -> Denied | None:
-        """Connection caps checked before authentication: total, per IP, new per second per IP."""
+    def admit(self, scope: dict[str, Any] | Any) -> Denied | None:
+        """Connection caps checked before authentication: total, per IP, new per second per IP.
+
+        ``scope`` is the ASGI scope (for the client address), or None when no per-IP cap is on.
+        """
         c = self.config
         if c.max_connections and len(self._connections) >= c.max_connections:
             return Denied(503, "server at its connection limit")
@@ -224,28 +242,34 @@ class Hub:
                 return Denied(429, "too many new connections from this address")
         return None
 
-    def _admit_user(self, user_id: str) -> Denied | None:
+    def admit_user(self, user_id: str) -> Denied | None:
+        """The per-user connection cap, checked once the user is known."""
         cap = self.config.max_connections_per_user
         if cap and len(self._users.get(user_id, ())) >= cap:
             return Denied(429, "too many connections for this user")
         return None
 
-    # -- registry (server layer) -----------------------------------------------------------------
-
-    def _register(self, sink: Sink, user_id: str | None, scope: MutableMapping[str, Any] | None = None) -> Connection:
+    def register(self, sink: Sink, user_id: str | None, scope: MutableMapping[str, Any] | None = None) -> Connection:
+        """A new connection served by ``sink`` (None ``user_id``: anonymous, a user of its own)."""
         conn_id = _ids.next()
         anonymous = user_id is None
         uid = None if user_id is None else str(user_id)
         c = self.config
         now = self._loop.time() if self._loop is not None else 0.0
-        conn = Connection(self, conn_id, uid, c.send_buffer_size, c.slow_consumer == "drop", scope, anonymous, now)
+        drop = c.slow_consumer == "drop"
+        conn = Connection(self.fanout, conn_id, uid, c.send_buffer_size, drop, scope, anonymous, now)
         conn.sink = sink
         sink.conn = conn
         self._connections[conn_id] = conn
         if uid is None:
             self._anonymous += 1
         else:
-            self._users.setdefault(uid, {})[conn_id] = conn
+            user = self._users.get(uid)
+            if user is None:
+                user = self._users[uid] = {}
+                if self._remote is not None:
+                    self._remote.user_opened(uid)
+            user[conn_id] = conn
         if c.rate_limit or c.rate_limit_bytes:
             conn.limit(c.rate_limit, c.rate_limit_bytes, now)
         if c.max_connections_per_ip:
@@ -254,12 +278,13 @@ class Hub:
         self.connections_opened += 1
         return conn
 
-    def _unregister(self, conn: Connection) -> None:
+    def unregister(self, conn: Connection) -> None:
+        """The connection is gone: leave its rooms, forget it (a second call does nothing)."""
         if self._connections.pop(conn.id, None) is None:
             return
         conn.closing = True
         conn.discard()
-        for name in conn._room_names():
+        for name in conn.room_names():
             self._leave(conn, name, reply_id=None, reply=False)
         if conn.anonymous:
             self._anonymous -= 1
@@ -269,34 +294,40 @@ class Hub:
                 user.pop(conn.id, None)
                 if not user:
                     del self._users[conn.user_id]
+                    if self._remote is not None:
+                        self._remote.user_closed(conn.user_id)
         if conn.ip is not None:
             left = self._ip_counts.get(conn.ip, 1) - 1
             if left > 0:
                 self._ip_counts[conn.ip] = left
             else:
                 self._ip_counts.pop(conn.ip, None)
-        if conn._expiry is not None:
-            conn._expiry.cancel()
-            conn._expiry = None
+        if conn.expiry is not None:
+            conn.expiry.cancel()
+            conn.expiry = None
         self.rate_limited += conn.refused
         self.connections_closed += 1
 
-    def _set_expiry(self, conn: Connection, expires_at: float | None) -> None:
+    def is_registered(self, conn: Connection) -> bool:
+        """Whether ``conn`` is still one of this hub's open connections."""
+        return self._connections.get(conn.id) is conn
+
+    def set_expiry(self, conn: Connection, expires_at: float | None) -> None:
         """Close ``conn`` with 4001 "token expired" at ``expires_at`` (Unix time) unless refreshed."""
-        if conn._expiry is not None:
-            conn._expiry.cancel()
-            conn._expiry = None
+        if conn.expiry is not None:
+            conn.expiry.cancel()
+            conn.expiry = None
         conn.expires_at = expires_at
         if expires_at is None or self._loop is None:
             return
         delay = max(0.0, expires_at - time.time())
-        conn._expiry = self._loop.call_later(delay, self._expired, conn)
+        conn.expiry = self._loop.call_later(delay, self._expired, conn)
 
     def _expired(self, conn: Connection) -> None:
-        conn._expiry = None
+        conn.expiry = None
         if conn.id in self._connections and not conn.closed:
             log.info("fasthub: closing %s: token expired", conn.id)
-            conn._queue_close(4001, "token expired", discard=False)
+            conn.close(4001, "token expired")
 
     def _slow_consumer(self, conn: Connection) -> None:
         """A connection went over budget under policy "close": close it now, dropping its backlog."""
@@ -304,13 +335,75 @@ class Hub:
             return
         self.slow_consumer_closes += 1
         log.info("fasthub: closing %s: slow consumer (%d bytes buffered)", conn.id, conn.size())
-        conn._queue_close(1008, "slow consumer", discard=True)
+        conn.close(1008, "slow consumer", discard=True)
+
+    # -- delivery: the one publish step, and local delivery under it -------------------------------
 
     def _deliver(self, members: dict[str, Connection], payload: Payload, exclude: Any = None) -> int:
-        count, overflow = self._fanout.push_many(members, payload, exclude)
+        count, overflow = self.fanout.push_many(members, payload, exclude)
         for conn in overflow:  # the members maps hold connections only
-            self._slow_consumer(cast(Connection, conn))
+            self._slow_consumer(conn)  # type: ignore[arg-type]
         return int(count)
+
+    def publish_room(self, name: str, payload: Payload, exclude: Exclude = None) -> int:
+        """Send an encoded payload to every member of room ``name`` on every node.
+
+        Delivered here first, then handed to the broker for the other nodes; returns how many
+        connections of this process accepted it.
+        """
+        ex = _exclude_set(exclude)
+        count = self.deliver_room(name, payload, ex)
+        if self._remote is not None:
+            self._remote.publish_room(name, payload, ex)
+        return count
+
+    def publish_user(self, user_id: str, payload: Payload) -> int:
+        """Send an encoded payload to every connection of ``user_id`` on every node."""
+        count = self.deliver_user(user_id, payload)
+        if self._remote is not None:
+            self._remote.publish_user(user_id, payload)
+        return count
+
+    def publish_all(self, payload: Payload, exclude: Exclude = None) -> int:
+        """Send an encoded payload to every connection on every node."""
+        ex = _exclude_set(exclude)
+        count = self.deliver_all(payload, ex)
+        if self._remote is not None:
+            self._remote.publish_all(payload, ex)
+        return count
+
+    def deliver_room(self, name: str, payload: Payload, exclude: Any = None) -> int:
+        """Local delivery to this process's members of a room (what a broker calls)."""
+        room = self._rooms.get(name)
+        if room is None or not room.member_map:
+            return 0
+        return self._deliver(room.member_map, payload, exclude)
+
+    def deliver_user(self, user_id: str, payload: Payload) -> int:
+        """Local delivery to this process's connections of a user."""
+        members = self._user_members(user_id)
+        if not members:
+            return 0
+        return self._deliver(members, payload)
+
+    def deliver_all(self, payload: Payload, exclude: Any = None) -> int:
+        """Local delivery to every connection of this process."""
+        return self._deliver(self._connections, payload, exclude)
+
+    def local_room_size(self, name: str) -> int:
+        room = self._rooms.get(name)
+        return len(room.member_map) if room is not None else 0
+
+    def local_user_online(self, user_id: str) -> bool:
+        return bool(self._user_members(user_id))
+
+    def user_online(self, user_id: str) -> bool | Awaitable[bool]:
+        """Whether ``user_id`` has a connection on any node (the broker's answer)."""
+        return self.broker.user_online(user_id)
+
+    def room_size(self, name: str) -> int:
+        """Members of room ``name`` on every node (the broker's answer)."""
+        return self.broker.room_size(name)
 
     # -- connections and users -------------------------------------------------------------------
 
@@ -352,26 +445,20 @@ class Hub:
 
     def broadcast_json(self, obj: Any, exclude: Exclude = None) -> int:
         """Send ``obj`` (encoded once) to every connection; returns how many accepted it."""
-        return self._deliver(self._connections, Payload(KIND_TEXT, encode(obj)), _exclude_set(exclude))
+        return self.publish_all(Payload(KIND_TEXT, encode(obj)), exclude)
 
     def broadcast_text(self, text: str, exclude: Exclude = None) -> int:
-        return self._deliver(self._connections, Payload(KIND_TEXT, text.encode()), _exclude_set(exclude))
+        return self.publish_all(Payload(KIND_TEXT, text.encode()), exclude)
 
     def broadcast_bytes(self, data: bytes, exclude: Exclude = None) -> int:
-        return self._deliver(self._connections, Payload(KIND_BINARY, bytes(data)), _exclude_set(exclude))
+        return self.publish_all(Payload(KIND_BINARY, bytes(data)), exclude)
 
     def send_to_user_json(self, user_id: str | int, obj: Any) -> int:
         """Send ``obj`` to every connection of ``user_id``; returns how many accepted it (0: offline)."""
-        members = self._user_members(str(user_id))
-        if not members:
-            return 0
-        return self._deliver(members, Payload(KIND_TEXT, encode(obj)))
+        return self.publish_user(str(user_id), Payload(KIND_TEXT, encode(obj)))
 
     def send_to_user_bytes(self, user_id: str | int, data: bytes) -> int:
-        members = self._user_members(str(user_id))
-        if not members:
-            return 0
-        return self._deliver(members, Payload(KIND_BINARY, bytes(data)))
+        return self.publish_user(str(user_id), Payload(KIND_BINARY, bytes(data)))
 
     # -- rooms -----------------------------------------------------------------------------------
 
@@ -398,39 +485,46 @@ class Hub:
         return len(self._rooms)
 
     def delete_room(self, name: str) -> bool:
-        """Remove a room; its members are told with a ``system`` ``room_deleted`` event."""
+        """Remove a room; its members (of this process) are told with a ``system`` ``room_deleted`` event."""
         room = self._rooms.pop(name, None)
         if room is None:
             return False
-        if room._members:
-            self._deliver(room._members, self._system({"event": "room_deleted", "room": name}, room=name))
-            for conn in room._members.values():
-                conn._drop_room(name)
-        room._members.clear()
+        members = room.member_map
+        if members:
+            self._deliver(members, self._system({"event": "room_deleted", "room": name}, room=name))
+            for conn in members.values():
+                conn.drop_room(name)
+            members.clear()
+            if self._remote is not None:
+                self._remote.room_closed(name)
         return True
 
     def join_room(self, conn_id: str, name: str, *, reply_id: Any = None) -> Room:
         """Add a connection to a room (created if needed).
 
-        The joiner gets a ``system`` ``joined`` reply and, while the room has at most
-        ``member_events_limit`` members, the others get ``user_joined``.
+        The joiner gets a ``system`` ``joined`` reply with the room's size on every node and,
+        while the room has at most ``member_events_limit`` members, the others get ``user_joined``.
         """
         conn = self._conn(conn_id)
         room = self._rooms.get(name)
-        if room is not None and conn.id in room._members:
+        if room is not None and conn.id in room.member_map:
             self._reply_membership(conn, room, "joined", reply_id)
             return room
         if not self.config.valid_room_name(name):
             raise HubError(f"invalid room name {name!r}")
-        if conn._room_count() >= self.config.max_rooms_per_connection:
-            raise HubError(f"connection is in {conn._room_count()} rooms already (max_rooms_per_connection)")
+        if conn.room_count() >= self.config.max_rooms_per_connection:
+            raise HubError(f"connection is in {conn.room_count()} rooms already (max_rooms_per_connection)")
         if room is None:
             room = self._rooms[name] = Room(name)
-        if room._members and len(room._members) < self.config.member_events_limit:
-            self._deliver(room._members, self._member_event("user_joined", room, conn, len(room._members) + 1))
-        room._members[conn.id] = conn
-        conn._add_room(room.name)  # the room's own name string: one copy however many members
-        self._reply_membership(conn, room, "joined", reply_id)
+        members = room.member_map
+        members[conn.id] = conn
+        if len(members) == 1 and self._remote is not None:
+            self._remote.room_opened(name)
+        conn.add_room(room.name)  # the room's own name string: one copy however many members
+        size = self.broker.room_size(name)
+        if 1 < size <= self.config.member_events_limit:
+            self.publish_room(name, self._member_event("user_joined", room, conn, size), conn.id)
+        self._reply_membership(conn, room, "joined", reply_id, size)
         return room
 
     def leave_room(self, conn_id: str, name: str, *, reply_id: Any = None) -> bool:
@@ -439,46 +533,38 @@ class Hub:
 
     def _leave(self, conn: Connection, name: str, reply_id: Any, reply: bool) -> bool:
         room = self._rooms.get(name)
-        if room is None or room._members.pop(conn.id, None) is None:
+        if room is None or room.member_map.pop(conn.id, None) is None:
             return False
-        conn._drop_room(name)
+        conn.drop_room(name)
+        if not room.member_map:
+            if self._remote is not None:
+                self._remote.room_closed(name)
+            if not room.persistent:
+                del self._rooms[name]
+        size = self.broker.room_size(name)
         if reply:
-            self._reply_membership(conn, room, "left", reply_id)
-        if room._members:
-            if len(room._members) < self.config.member_events_limit:
-                self._deliver(room._members, self._member_event("user_left", room, conn, len(room._members)))
-        elif not room.persistent:
-            del self._rooms[name]
+            self._reply_membership(conn, room, "left", reply_id, size)
+        if 0 < size < self.config.member_events_limit:
+            self.publish_room(name, self._member_event("user_left", room, conn, size))
         return True
 
     def broadcast_to_room_json(self, name: str, obj: Any, exclude: Exclude = None) -> int:
-        """Send ``obj`` (encoded once) to the members of a room; 0 if the room does not exist."""
-        room = self._rooms.get(name)
-        if room is None or not room._members:
-            return 0
-        return self._deliver(room._members, Payload(KIND_TEXT, encode(obj)), _exclude_set(exclude))
+        """Send ``obj`` (encoded once) to the members of a room; 0 if the room has none here."""
+        return self.publish_room(name, Payload(KIND_TEXT, encode(obj)), exclude)
 
     def broadcast_to_room_bytes(self, name: str, data: bytes, exclude: Exclude = None) -> int:
-        room = self._rooms.get(name)
-        if room is None or not room._members:
-            return 0
-        return self._deliver(room._members, Payload(KIND_BINARY, bytes(data)), _exclude_set(exclude))
+        return self.publish_room(name, Payload(KIND_BINARY, bytes(data)), exclude)
 
-    def _system(self, payload: dict[str, Any], room: str | None = None, reply_id: Any = None) -> Payload:
-        env: dict[str, Any] = {
-            "type": MessageType.SYSTEM.value,
-            "payload": payload,
-            "timestamp": utc_timestamp(),
-        }
-        if room is not None:
-            env["room"] = room
-        if reply_id is not None:
-            env["id"] = reply_id
-        return Payload(KIND_TEXT, encode(env))
+    @staticmethod
+    def _system(payload: dict[str, Any], room: str | None = None, reply_id: Any = None) -> Payload:
+        return Payload(KIND_TEXT, encode(system_envelope(payload, room, reply_id)))
 
-    def _reply_membership(self, conn: Connection, room: Room, action: str, reply_id: Any) -> None:
-        payload = {"event": action, "action": action, "room": room.name, "members": len(room._members)}
-        conn._push(self._system(payload, room.name, reply_id))
+    def _reply_membership(
+        self, conn: Connection, room: Room, action: str, reply_id: Any, size: int | None = None
+    ) -> None:
+        members = self.broker.room_size(room.name) if size is None else size
+        payload = {"event": action, "action": action, "room": room.name, "members": members}
+        conn.send_payload(self._system(payload, room.name, reply_id))
 
     def _member_event(self, action: str, room: Room, conn: Connection, members: int) -> Payload:
         payload = {
@@ -505,20 +591,21 @@ class Hub:
         conns = len(self._connections)
         per_conn = round((rss - self._rss_at_start) / conns) if conns else None
         msgs_in_s, msgs_out_s, bytes_in_s, bytes_out_s = self._rates
-        return {
+        fanout = self.fanout
+        out = {
             "connections": conns,
             "users": self.user_count(),
             "rooms": len(self._rooms),
             "room_list": list(self._rooms),
             "messages_in": self.messages_in,
-            "messages_out": int(self._fanout.delivered),
+            "messages_out": int(fanout.delivered),
             "bytes_in": self.bytes_in,
-            "bytes_out": int(self._fanout.bytes_out),
+            "bytes_out": int(fanout.bytes_out),
             "messages_in_per_s": msgs_in_s,
             "messages_out_per_s": msgs_out_s,
             "bytes_in_per_s": bytes_in_s,
             "bytes_out_per_s": bytes_out_s,
-            "dropped": int(self._fanout.dropped),
+            "dropped": int(fanout.dropped),
             "slow_consumer_closes": self.slow_consumer_closes,
             "rate_limited": self.rate_limited + sum(c.refused for c in self._connections.values()),
             "connections_opened": self.connections_opened,
@@ -530,6 +617,10 @@ class Hub:
             "started_at": self._started_wall,
             "compiled": all(_ext.LIVE.values()) if _ext.LIVE else False,
         }
+        broker = self.broker.stats()
+        if broker:
+            out["broker"] = broker
+        return out
 
 
 def _client_ip(scope: Any) -> str:

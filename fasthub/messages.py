@@ -186,6 +186,16 @@ def encode(obj: Any) -> bytes:
     return orjson.dumps(obj)
 
 
+def system_envelope(payload: dict[str, Any], room: str | None = None, reply_id: Any = None) -> dict[str, Any]:
+    """A ``system`` envelope (joined, left, user_joined, connected, token_refreshed, ...)."""
+    out: dict[str, Any] = {"type": MessageType.SYSTEM.value, "payload": payload, "timestamp": utc_timestamp()}
+    if room is not None:
+        out["room"] = room
+    if reply_id is not None:
+        out["id"] = reply_id
+    return out
+
+
 def error_envelope(code: str, message: str, msg_id: Any = None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "type": MessageType.ERROR.value,

@@ -17,25 +17,26 @@ class Room:
     cannot grow the room table without bound.
     """
 
-    __slots__ = ("_members", "metadata", "name", "persistent")
+    __slots__ = ("member_map", "metadata", "name", "persistent")
 
     def __init__(self, name: str, metadata: dict[str, Any] | None = None, persistent: bool = False) -> None:
         self.name = name
         self.metadata: dict[str, Any] = dict(metadata) if metadata else {}
         self.persistent = persistent
-        self._members: dict[str, Connection] = {}
+        #: connection id -> connection of this process's members; the hub changes it
+        self.member_map: dict[str, Connection] = {}
 
     @property
     def members(self) -> list[str]:
         """Connection ids of the members (a copy)."""
-        return list(self._members)
+        return list(self.member_map)
 
     @property
     def member_count(self) -> int:
-        return len(self._members)
+        return len(self.member_map)
 
     def has_member(self, conn_id: str) -> bool:
-        return conn_id in self._members
+        return conn_id in self.member_map
 
     def __repr__(self) -> str:
-        return f"<Room {self.name!r} members={len(self._members)}>"
+        return f"<Room {self.name!r} members={len(self.member_map)}>"

@@ -25,7 +25,7 @@ import pytest
 import uvicorn
 import websockets
 
-from fasthub import Hub, HubConfig, create_app
+from fasthub import Hub, HubConfig, _ext, create_app
 from fasthub._wire.testing import encode_frame
 from fasthub.server.asgi import FasthubApp
 from fasthub.server.listener import listener_protocol
@@ -237,7 +237,7 @@ async def connect(server: Server, query: str = "", **kw: Any) -> Client:
 
 
 def expect_compiled() -> bool:
-    return os.environ.get("FASTHUB_NO_EXTENSIONS", "") in ("", "0")
+    return not _ext.NO_EXTENSIONS
 
 
 class RawClient:

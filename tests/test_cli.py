@@ -17,6 +17,7 @@ import jwt
 import pytest
 import websockets
 
+from fasthub import _ext
 from tests.conftest import free_socket, run
 
 SECRET = "cli-secret-cli-secret-cli-secret-cli!!"
@@ -56,7 +57,7 @@ def test_serve_defaults_serve_ws_stats_and_demo() -> None:
                 assert hello["payload"]["event"] == "connected"
                 stats = httpx.get(f"http://127.0.0.1:{port}/ws/stats").json()
                 assert stats["connections"] == 1
-                assert stats["compiled"] is (os.environ.get("FASTHUB_NO_EXTENSIONS", "") in ("", "0"))
+                assert stats["compiled"] is (not _ext.NO_EXTENSIONS)
 
         run(scenario())
 
@@ -93,3 +94,65 @@ def test_serve_refuses_invalid_settings() -> None:
     )
     assert out.returncode == 2
     assert b"ping_interval" in out.stderr
+
+
+# Distribution name -> the modules whose import (anywhere in the package) shows it is used.
+# httptools is imported through uvicorn's httptools protocol, which fasthub.server.http subclasses.
+DIST_MODULES = {
+    "orjson": {"orjson"},
+    "uvicorn": {"uvicorn"},
+    "uvloop": {"uvloop"},
+    "httptools": {"httptools", "uvicorn.protocols.http.httptools_impl"},
+    "pyjwt": {"jwt"},
+    "rich": {"rich"},
+    "websockets": {"websockets"},
+    "wsproto": {"wsproto"},
+}
+
+
+def _dist_name(requirement: str) -> str:
+    import re
+
+    match = re.match(r"[A-Za-z0-9._-]+", requirement)
+    assert match, requirement
+    return match.group(0).lower()
+
+
+def _imported_modules() -> set[str]:
+    """Every absolute module named by an import statement in the fasthub package (and its parents)."""
+    import ast
+    import pathlib
+
+    import fasthub
+
+    found: set[str] = set()
+    for path in pathlib.Path(fasthub.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                parts = name.split(".")
+                found.update(".".join(parts[: i + 1]) for i in range(len(parts)))
+    return found
+
+
+def test_every_runtime_dependency_is_imported_by_the_package() -> None:
+    import pathlib
+    import tomllib
+
+    project = tomllib.loads((pathlib.Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    imported = _imported_modules()
+    unused = []
+    for requirement in project["dependencies"]:
+        dist = _dist_name(requirement)
+        modules = DIST_MODULES.get(dist, {dist.replace("-", "_")})
+        if not modules & imported:
+            unused.append(dist)
+    assert unused == [], f"runtime dependencies no module of fasthub imports: {unused}"
+    # the portable WebSocket implementations live in an extra that `--ws` names
+    extras = project["optional-dependencies"]
+    assert {"websockets", "wsproto"} <= {_dist_name(r) for r in extras["portable"]}
+    assert "websockets" in {_dist_name(r) for r in extras["test"]}  # the tests' client

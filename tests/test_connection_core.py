@@ -9,7 +9,6 @@ and that both twins agree with each other and with ``RateLimiter``.
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from types import ModuleType, SimpleNamespace
 from typing import Any
@@ -18,9 +17,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fasthub import _ext
 from fasthub._core import conn_py, limits_py, outbox_py
 
-NO_EXTENSIONS = os.environ.get("FASTHUB_NO_EXTENSIONS", "") not in ("", "0")
+NO_EXTENSIONS = _ext.NO_EXTENSIONS
 
 
 def _compiled() -> tuple[ModuleType, ModuleType] | None:
@@ -49,11 +49,12 @@ def impl(request: pytest.FixtureRequest) -> tuple[ModuleType, ModuleType]:
 
 
 def make(impl: tuple[ModuleType, ModuleType], budget: int = 1000, **kw: Any) -> Any:
-    """A connection on a stand-in hub whose fan-out is the same twin's."""
+    """A connection on the same twin's fan-out, owned by a stand-in hub (the core never calls it)."""
     conn_mod, outbox_mod = impl
     overflowed: list[Any] = []
-    hub = SimpleNamespace(_fanout=outbox_mod.Fanout(), _slow_consumer=overflowed.append, overflowed=overflowed)
-    return conn_mod.Connection(hub, "c1", kw.pop("user_id", None), budget, kw.pop("drop", False), None, True, 5.0)
+    owner = SimpleNamespace(overflowed=overflowed)
+    fanout = outbox_mod.Fanout(None, owner, overflowed.append)
+    return conn_mod.Connection(fanout, "c1", kw.pop("user_id", None), budget, kw.pop("drop", False), None, True, 5.0)
 
 
 def test_a_connection_is_its_own_outbox(impl: tuple[ModuleType, ModuleType]) -> None:
@@ -63,9 +64,9 @@ def test_a_connection_is_its_own_outbox(impl: tuple[ModuleType, ModuleType]) -> 
     assert conn.items is None  # no list while nothing is queued
     assert conn.send_text("hi") is True
     assert conn.items is not None and [p.data for p in conn.items] == [b"hi"]
-    assert conn.scheduled and conn.hub._fanout.dirty == [conn]
+    assert conn.scheduled and conn.fanout.dirty == [conn]
     # a room's member map holds the connection itself: fan-out pushes to it directly
-    count, overflow = conn.hub._fanout.push_many({"c1": conn}, outbox_mod.Payload(outbox_mod.KIND_TEXT, b"x"))
+    count, overflow = conn.fanout.push_many({"c1": conn}, outbox_mod.Payload(outbox_mod.KIND_TEXT, b"x"))
     assert (count, overflow) == (1, []) and [p.data for p in conn.items] == [b"hi", b"x"]
 
 
@@ -78,26 +79,26 @@ def test_over_budget_send_is_refused_and_reported(impl: tuple[ModuleType, Module
 
 def test_rooms_kept_as_a_name_then_a_tuple(impl: tuple[ModuleType, ModuleType]) -> None:
     conn = make(impl)
-    assert conn._rooms is None and conn._room_count() == 0 and conn.rooms == frozenset()
-    conn._add_room("abc")
-    assert conn._rooms == "abc" and conn._room_count() == 1
+    assert conn._rooms is None and conn.room_count() == 0 and conn.rooms == frozenset()
+    conn.add_room("abc")
+    assert conn._rooms == "abc" and conn.room_count() == 1
     # one room is a plain string: membership is equality, never a substring match
-    assert conn._in_room("abc") and not conn._in_room("ab") and not conn._in_room("b")
-    conn._add_room("ab")
-    assert conn._rooms == ("abc", "ab") and conn._room_names() == ("abc", "ab")
-    assert conn._in_room("ab") and conn._room_count() == 2
-    conn._drop_room("zzz")  # not a member: nothing changes
-    assert conn._room_count() == 2
-    conn._drop_room("abc")
+    assert conn.in_room("abc") and not conn.in_room("ab") and not conn.in_room("b")
+    conn.add_room("ab")
+    assert conn._rooms == ("abc", "ab") and conn.room_names() == ("abc", "ab")
+    assert conn.in_room("ab") and conn.room_count() == 2
+    conn.drop_room("zzz")  # not a member: nothing changes
+    assert conn.room_count() == 2
+    conn.drop_room("abc")
     assert conn._rooms == "ab" and conn.rooms == frozenset({"ab"})
-    conn._drop_room("ab")
-    assert conn._rooms is None and conn._room_names() == ()
+    conn.drop_room("ab")
+    assert conn._rooms is None and conn.room_names() == ()
 
 
 def test_rare_fields_are_made_on_first_use(impl: tuple[ModuleType, ModuleType]) -> None:
     conn = make(impl)
     assert conn._rare is None
-    assert (conn.close_code, conn.close_reason, conn.ip, conn.expires_at, conn._expiry) == (None, "", None, None, None)
+    assert (conn.close_code, conn.close_reason, conn.ip, conn.expires_at, conn.expiry) == (None, "", None, None, None)
     assert conn._rare is None  # reading does not make it
     conn.ip = "10.0.0.1"
     assert conn._rare is not None and conn.ip == "10.0.0.1" and conn.close_code is None
@@ -119,7 +120,7 @@ def test_user_id_of_anonymous_and_named_connections(impl: tuple[ModuleType, Modu
     conn_mod, _ = impl
     anon = make(impl)
     assert anon.user_id == "anon-c1" and anon.anonymous
-    named = conn_mod.Connection(anon.hub, "c2", "alice", 100, False, None, False, 0.0)
+    named = conn_mod.Connection(anon.fanout, "c2", "alice", 100, False, None, False, 0.0)
     assert named.user_id == "alice" and not named.anonymous
 
 
@@ -149,7 +150,7 @@ def test_spend_is_the_rate_limiters_bucket(rate: float, byte_rate: float, steps:
 def test_compiled_connection_stays_small() -> None:
     """The idle-memory budget (issue 5): one compiled object, C fields, no per-connection extras."""
     conn = make(COMPILED)  # type: ignore[arg-type]
-    conn._add_room("lobby")
+    conn.add_room("lobby")
     assert sys.getsizeof(conn) <= 224, "a field was added to Connection: check docs/design-notes.md, Idle memory"
     assert conn._rare is None and conn.items is None
 
@@ -172,7 +173,7 @@ def test_close_code_and_reason_set_together(impl: tuple[ModuleType, ModuleType])
 def test_setting_a_default_makes_no_rare_object(impl: tuple[ModuleType, ModuleType]) -> None:
     conn = make(impl)
     conn.expires_at = None  # a token refresh without an expiry
-    conn._expiry = None
+    conn.expiry = None
     conn.ip = None
     conn.close_code = None
     conn.close_reason = ""
@@ -199,9 +200,9 @@ def test_flush_writes_connections_and_leaves_no_lists(impl: tuple[ModuleType, Mo
     """The compiled flush over connection members: one write each, shared bytes, lists dropped."""
     _, outbox_mod = impl
     conns = [make(impl) for _ in range(3)]
-    fan = conns[0].hub._fanout
+    fan = conns[0].fanout
     for c in conns:
-        c.hub = conns[0].hub
+        c.fanout = fan
         c.transport = _Transport()
     members = {f"c{i}": c for i, c in enumerate(conns)}
     for text in (b"one", b"two"):

@@ -69,7 +69,7 @@ def test_run_threadsafe_before_attach_raises() -> None:
 def test_run_threadsafe_after_the_loop_is_closed_raises() -> None:
     loop = asyncio.new_event_loop()
     hub = Hub()
-    hub._attach(loop)
+    hub.attach(loop)
     loop.close()
     with pytest.raises(RuntimeError):
         hub.run_threadsafe(hub.stats)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from fasthub import HubConfig
-from fasthub.server.uvicorn import _resume
+from fasthub.server.asgi_ws import resume
 from tests.conftest import WS_GUID, RawClient, Server, connect, run, serve
 
 
@@ -225,7 +225,7 @@ def test_failing_sync_hook_answers_500() -> None:
 
 
 def test_resume_forwards_results_and_cancellation() -> None:
-    """``_resume`` finishes an eagerly started coroutine inside a task, cancellation included."""
+    """``resume`` finishes an eagerly started coroutine inside a task, cancellation included."""
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -243,7 +243,7 @@ def test_resume_forwards_results_and_cancellation() -> None:
         coro = body()
         first = coro.send(None)  # the eager step: suspends on the gate
         assert first is gate
-        task = loop.create_task(_wrap(_resume(coro, first)))
+        task = loop.create_task(_wrap(resume(coro, first)))
         await asyncio.sleep(0)
         gate.set_result(7)
         await asyncio.sleep(0.01)
@@ -288,7 +288,7 @@ def test_anonymous_users_reachable_without_a_user_table_entry() -> None:
 
 def test_head_deadlines_one_timer_oldest_first() -> None:
     """One timer per server: late heads get ``_head_late``, the rest wait, the timer re-arms."""
-    from fasthub.server.listener import _HeadDeadlines
+    from fasthub.server.listener import HeadDeadlines
 
     class Loop:
         def __init__(self) -> None:
@@ -310,7 +310,7 @@ def test_head_deadlines_one_timer_oldest_first() -> None:
             self.late += 1
 
     loop = Loop()
-    heads = _HeadDeadlines(loop, 2.0)  # type: ignore[arg-type]
+    heads = HeadDeadlines(loop, 2.0)  # type: ignore[arg-type]
     a, b, c = Proto(), Proto(), Proto()
     heads.add(a)  # type: ignore[arg-type]
     loop.now = 101.0

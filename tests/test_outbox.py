@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.machinery
-import os
 import pathlib
 import socket
 import struct
@@ -23,9 +22,10 @@ from hypothesis import strategies as st
 
 import fasthub
 import fasthub._core
+from fasthub import _ext
 from fasthub._core import outbox_py
 
-NO_EXTENSIONS = os.environ.get("FASTHUB_NO_EXTENSIONS", "") not in ("", "0")
+NO_EXTENSIONS = _ext.NO_EXTENSIONS
 
 
 def load_compiled() -> ModuleType | None:

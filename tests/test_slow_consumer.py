@@ -233,7 +233,7 @@ def test_drop_policy_drops_and_counts_and_keeps_the_connection(kind: str) -> Non
         async def scenario() -> None:
             slow, sid, good = await setup(server)
             good_reader = Reader(good)
-            sent = await flood(server, lambda h: h._fanout.dropped > 0)
+            sent = await flood(server, lambda h: h.fanout.dropped > 0)
             got = await good_reader.finish(sent)
             assert got == list(range(sent))
             s = server.call(hub.stats)

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import importlib
-import os
 import socket
 from types import ModuleType
 
 import pytest
 
+from fasthub import _ext
+
 
 @pytest.fixture(params=["py", "c"])
 def sockio(request: pytest.FixtureRequest) -> ModuleType:
     if request.param == "c":
-        if os.environ.get("FASTHUB_NO_EXTENSIONS", "") not in ("", "0"):
+        if _ext.NO_EXTENSIONS:
             pytest.skip("compiled twin not used with FASTHUB_NO_EXTENSIONS")
         try:
             return importlib.import_module("fasthub._core.sockio_c")

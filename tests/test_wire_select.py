@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -12,12 +13,39 @@ from pathlib import Path
 
 import pytest
 
+import fasthub._ext as ext
 import fasthub._wire as wire
 from fasthub._ext import LIVE, NO_EXTENSIONS
 from fasthub._wire import codes
 from fasthub._wire.exceptions import InvalidState, ProtocolError, WireError
 
 WIRE_DIR = Path(wire.__file__).parent
+ROOT = WIRE_DIR.parent.parent
+
+#: every module fasthub.compiled(detail=True) reports
+LIVE_KEYS = {
+    *wire.TWINS,
+    "fasthub._core.outbox_c",
+    "fasthub._core.conn_c",
+    "fasthub._core.limits_c",
+    "fasthub._core.sockio_c",
+}
+
+#: FASTHUB_NO_EXTENSIONS values -> pure twins?
+FLAG_VALUES = {
+    "": False,
+    "0": False,
+    " 0 ": False,
+    "false": False,
+    "False": False,
+    "NO": False,
+    "off": False,
+    "1": True,
+    "yes": True,
+    "true": True,
+    "2": True,
+    "pure": True,
+}
 
 
 @pytest.mark.skipif(NO_EXTENSIONS, reason="FASTHUB_NO_EXTENSIONS is set")
@@ -100,3 +128,90 @@ def test_pure_twins_work_without_cython() -> None:
     )
     env = {**os.environ, "FASTHUB_NO_EXTENSIONS": "1"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=WIRE_DIR.parent.parent)
+
+
+@pytest.mark.parametrize(("value", "pure"), FLAG_VALUES.items())
+def test_no_extensions_values(value: str, pure: bool) -> None:
+    assert ext.no_extensions({"FASTHUB_NO_EXTENSIONS": value}) is pure
+    assert ext.env_flag("FASTHUB_REQUIRE_EXTENSIONS", {"FASTHUB_REQUIRE_EXTENSIONS": value}) is pure
+
+
+def test_no_extensions_unset() -> None:
+    assert ext.no_extensions({}) is False
+    assert ext.no_extensions({"OTHER": "1"}) is False
+    assert ext.NO_EXTENSIONS is ext.no_extensions(os.environ)
+
+
+def test_setup_py_decides_like_ext() -> None:
+    """setup.py (which cannot import fasthub) builds nothing exactly when _ext runs the twins."""
+    code = f"""
+import importlib.util, json, os, sys, types
+calls = []
+fake = types.ModuleType("setuptools")  # setup() records instead of building
+fake.Extension = lambda name, sources, **kw: name
+fake.setup = lambda **kw: calls.append(kw)
+sys.modules["setuptools"] = fake
+build = types.ModuleType("Cython.Build")
+build.cythonize = lambda exts, **kw: list(exts)
+sys.modules["Cython"] = types.ModuleType("Cython")
+sys.modules["Cython.Build"] = build
+out = {{}}
+for value in {list(FLAG_VALUES)!r}:
+    os.environ["FASTHUB_NO_EXTENSIONS"] = value
+    spec = importlib.util.spec_from_file_location("fasthub_setup", "setup.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    built = calls.pop()["ext_modules"]
+    out[value] = [mod.NO_EXTENSIONS, mod.no_extensions({{"FASTHUB_NO_EXTENSIONS": value}}), len(built)]
+out["imported fasthub"] = "fasthub" in sys.modules
+print(json.dumps(out))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "FASTHUB_NO_EXTENSIONS"}
+    result = subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=ROOT, capture_output=True, text=True)
+    decided = json.loads(result.stdout)
+    assert decided.pop("imported fasthub") is False
+    for value, pure in FLAG_VALUES.items():
+        assert ext.no_extensions({"FASTHUB_NO_EXTENSIONS": value}) is pure
+        no_ext, no_ext_fn, n_built = decided[value]
+        assert (no_ext, no_ext_fn) == (pure, pure), value
+        assert (n_built == 0) is pure, value
+
+
+def test_load_group_is_all_or_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ext, "LIVE", {})
+    monkeypatch.setattr(ext, "NO_EXTENSIONS", False)
+    pairs = [
+        ("fasthub._wire.frames_c", "fasthub._wire.frames_py"),
+        ("fasthub._wire.no_such_c", "fasthub._wire.mask_py"),
+    ]
+    frames, mask = ext.load_group(pairs)
+    assert (frames.__name__, mask.__name__) == ("fasthub._wire.frames_py", "fasthub._wire.mask_py")
+    assert ext.LIVE == {"fasthub._wire.frames_c": False, "fasthub._wire.no_such_c": False}
+    assert ext.load("fasthub._wire.no_such_c", "fasthub._wire.codes").__name__ == "fasthub._wire.codes"
+
+
+def test_load_honours_no_extensions(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ext, "LIVE", {})
+    monkeypatch.setattr(ext, "NO_EXTENSIONS", True)
+    assert ext.load("fasthub._wire.frames_c", "fasthub._wire.frames_py").__name__ == "fasthub._wire.frames_py"
+    assert ext.LIVE == {"fasthub._wire.frames_c": False}
+    monkeypatch.setattr(ext, "NO_EXTENSIONS", False)
+    if importlib.util.find_spec("fasthub._wire.frames_c") is None:
+        pytest.skip("extensions not built")
+    assert ext.load("fasthub._wire.frames_c", "fasthub._wire.frames_py").__name__ == "fasthub._wire.frames_c"
+    assert ext.LIVE == {"fasthub._wire.frames_c": True}
+
+
+@pytest.mark.parametrize("value", ["0", "false", "1", "yes"])
+def test_env_value_selects_every_module(value: str) -> None:
+    """In a fresh process, "0"/"false" run every built module compiled; "1"/"yes" run none."""
+    pure = FLAG_VALUES[value]
+    if not pure and not all(importlib.util.find_spec(name) is not None for name in LIVE_KEYS):
+        pytest.skip("extensions not built")
+    code = "import fasthub, json; print(json.dumps([fasthub.compiled(), fasthub.compiled(detail=True)]))"
+    env = {**os.environ, "FASTHUB_NO_EXTENSIONS": value}
+    result = subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=ROOT, capture_output=True, text=True)
+    all_compiled, detail = json.loads(result.stdout)
+    assert set(detail) == LIVE_KEYS
+    assert all_compiled is (not pure)
+    assert set(detail.values()) == {not pure}

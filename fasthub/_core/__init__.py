@@ -1,37 +1,26 @@
 """Hub core: connections, outbound queues, budgets, per-tick fan-out, rate limits (compiled, twins).
 
-Picks each compiled module or its pure twin like aiohttp's ``_websocket/reader.py``:
-``FASTHUB_NO_EXTENSIONS=1`` (or type checking) takes the twin, otherwise the compiled module is
-tried and a missing build falls back to the twin; ``fasthub._ext.LIVE`` records each choice.
+Each compiled module or its pure twin is chosen by ``fasthub._ext`` (the one place that reads
+``FASTHUB_NO_EXTENSIONS`` and records ``LIVE``); outbox and conn load as one group because
+``conn_c.Connection`` extends ``outbox_c.Outbox`` at C level: both compiled or both pure. mypy
+sees the pure twins through the ``TYPE_CHECKING`` imports.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .._ext import LIVE, NO_EXTENSIONS
+from .._ext import load, load_group
 
-if TYPE_CHECKING or NO_EXTENSIONS:
+if TYPE_CHECKING:
     from . import conn_py as _conn
     from . import limits_py as _limits
     from . import outbox_py as _outbox
-
-    LIVE["fasthub._core.outbox_c"] = LIVE["fasthub._core.conn_c"] = LIVE["fasthub._core.limits_c"] = False
 else:
-    # Connection extends Outbox at C level: both compiled or both pure, never one of each
-    try:
-        from . import conn_c as _conn
-        from . import outbox_c as _outbox
-    except ImportError:  # no build: the pure twins
-        from . import conn_py as _conn
-        from . import outbox_py as _outbox
-    try:
-        from . import limits_c as _limits
-    except ImportError:
-        from . import limits_py as _limits
-    LIVE["fasthub._core.outbox_c"] = _outbox.__name__.endswith("_c")
-    LIVE["fasthub._core.conn_c"] = _conn.__name__.endswith("_c")
-    LIVE["fasthub._core.limits_c"] = _limits.__name__.endswith("_c")
+    _outbox, _conn = load_group(
+        [("fasthub._core.outbox_c", "fasthub._core.outbox_py"), ("fasthub._core.conn_c", "fasthub._core.conn_py")]
+    )
+    _limits = load("fasthub._core.limits_c", "fasthub._core.limits_py")
 
 KIND_TEXT = _outbox.KIND_TEXT
 KIND_BINARY = _outbox.KIND_BINARY

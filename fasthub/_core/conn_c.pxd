@@ -1,7 +1,7 @@
 # Types for conn_py.py compiled as fasthub._core.conn_c: the connection is its outbox, one object.
 cimport cython
 
-from fasthub._core.outbox_c cimport Outbox, Payload
+from fasthub._core.outbox_c cimport Fanout, Outbox, Payload
 
 
 @cython.final
@@ -16,7 +16,7 @@ cdef class _Rare:
 @cython.final
 cdef class Connection(Outbox):
     # Word-sized fields first, the small ones after them
-    cdef public object hub
+    cdef public Fanout fanout
     cdef public str id
     cdef public object _user
     cdef public object scope
@@ -33,5 +33,5 @@ cdef class Connection(Outbox):
     cdef public bint anonymous
     @cython.locals(elapsed=double, wait=double, byte_wait=double)
     cpdef double spend(self, double now, Py_ssize_t nbytes, double rate, double byte_rate)
-    cpdef bint _push(self, Payload payload)
+    cpdef bint send_payload(self, Payload payload)
     cdef _Rare _rare_fields(self)

@@ -26,15 +26,13 @@ else:
         from fasthub._wire import _nocython as cython
 
 if cython.compiled:
-    # conn_c.pxd cimports Outbox and Payload from outbox_c (C-level base class)
+    # conn_c.pxd cimports Outbox, Payload and Fanout from outbox_c (C-level base class)
     from fasthub._core.outbox_c import KIND_BINARY, KIND_CLOSE, KIND_TEXT, OVERFLOW, QUEUED
 else:
-    from fasthub._core.outbox_py import KIND_BINARY, KIND_CLOSE, KIND_TEXT, OVERFLOW, QUEUED, Outbox, Payload
+    from fasthub._core.outbox_py import KIND_BINARY, KIND_CLOSE, KIND_TEXT, OVERFLOW, QUEUED, Fanout, Outbox, Payload
 
 if TYPE_CHECKING:
     import asyncio
-
-    from fasthub.hub import Hub
 
 
 class _Rare:
@@ -62,6 +60,11 @@ class Connection(Outbox):
     The hub creates connections (applications get them from hooks and ``Hub`` lookups), so the
     class is not meant to be subclassed; the compiled class cannot be, and neither twin takes
     attributes of its own (keep per-connection data in the metadata).
+
+    The core does not know the hub: a connection reports through the ``Fanout`` the hub hands
+    it (``fanout.mark`` schedules its flush, ``fanout.overflow`` is the hub's slow-consumer
+    policy, ``fanout.owner`` is the hub, for ``conn.hub``). The room bookkeeping methods
+    (``add_room``, ``drop_room``) are the hub's; applications use ``Hub.join_room``.
     """
 
     __slots__ = (
@@ -72,7 +75,7 @@ class Connection(Outbox):
         "anonymous",
         "byte_tokens",
         "connected_at",
-        "hub",
+        "fanout",
         "id",
         "last_seen",
         "refused",
@@ -84,7 +87,7 @@ class Connection(Outbox):
 
     def __init__(
         self,
-        hub: Hub,
+        fanout: Fanout,
         conn_id: str,
         user_id: str | None,
         budget: int,
@@ -94,7 +97,7 @@ class Connection(Outbox):
         now: float = 0.0,
     ) -> None:
         Outbox.__init__(self, budget, drop_when_full)
-        self.hub = hub
+        self.fanout = fanout
         self.id = conn_id
         # an anonymous connection's user id is derived from its id when asked for (no string
         # of its own per idle connection)
@@ -169,12 +172,13 @@ class Connection(Outbox):
             self._rare_fields().expires_at = value
 
     @property
-    def _expiry(self) -> asyncio.TimerHandle | None:
+    def expiry(self) -> asyncio.TimerHandle | None:
+        """The timer that closes the connection when its credential expires (the hub's)."""
         rare = self._rare
         return None if rare is None else rare.expiry
 
-    @_expiry.setter
-    def _expiry(self, value: asyncio.TimerHandle | None) -> None:
+    @expiry.setter
+    def expiry(self, value: asyncio.TimerHandle | None) -> None:
         if value is not None or self._rare is not None:
             self._rare_fields().expiry = value
 
@@ -222,23 +226,25 @@ class Connection(Outbox):
 
     def send_json(self, obj: Any) -> bool:
         """Encode ``obj`` with orjson and queue it as a text frame."""
-        return self._push(Payload(KIND_TEXT, orjson.dumps(obj)))
+        return self.send_payload(Payload(KIND_TEXT, orjson.dumps(obj)))
 
     def send_text(self, text: str) -> bool:
-        return self._push(Payload(KIND_TEXT, text.encode()))
+        return self.send_payload(Payload(KIND_TEXT, text.encode()))
 
     def send_bytes(self, data: bytes) -> bool:
         """Queue a binary frame."""
-        return self._push(Payload(KIND_BINARY, bytes(data)))
+        return self.send_payload(Payload(KIND_BINARY, bytes(data)))
 
-    def _push(self, payload: Payload) -> bool:
-        result = self.hub._fanout.push(self, payload)
+    def send_payload(self, payload: Payload) -> bool:
+        """Queue an encoded payload (one a broadcast shares); False if refused or dropped."""
+        fanout = self.fanout
+        result = fanout.push(self, payload)
         if result == OVERFLOW:
-            self.hub._slow_consumer(self)
+            fanout.overflow(self)
         return bool(result == QUEUED)
 
-    def close(self, code: int = 1000, reason: str = "") -> None:
-        """Close after the messages already queued; later sends are refused.
+    def close(self, code: int = 1000, reason: str = "", discard: bool = False) -> None:
+        """Close after the messages already queued (``discard``: drop them); later sends are refused.
 
         Raises:
             ValueError: ``code`` may not be sent (RFC 6455 7.4: 1000-1003, 1007-1014 and
@@ -250,17 +256,20 @@ class Connection(Outbox):
             raise ValueError("a close reason is at most 123 bytes in UTF-8")
         if self.closing:
             return
-        self._queue_close(code, reason, False)
-
-    def _queue_close(self, code: int, reason: str, discard: bool) -> None:
         self.close_code = code
         self.close_reason = reason
         self.close_with(Payload(KIND_CLOSE, b"", code, reason), discard)
-        self._mark_dirty()
+        self.mark_dirty()
 
-    def _mark_dirty(self) -> None:
+    def mark_dirty(self) -> None:
+        """Have the next flush look at this connection (something was queued around ``push``)."""
         if not self.scheduled:
-            self.hub._fanout._mark(self)
+            self.fanout.mark(self)
+
+    @property
+    def hub(self) -> Any:
+        """The hub this connection belongs to."""
+        return self.fanout.owner
 
     @property
     def user_id(self) -> str:
@@ -290,7 +299,7 @@ class Connection(Outbox):
         """A copy of the metadata."""
         return dict(self._metadata) if self._metadata else {}
 
-    def _room_names(self) -> tuple[str, ...]:
+    def room_names(self) -> tuple[str, ...]:
         rooms = self._rooms
         if rooms is None:
             return ()
@@ -298,7 +307,7 @@ class Connection(Outbox):
             return (rooms,)
         return rooms  # type: ignore[no-any-return]
 
-    def _room_count(self) -> int:
+    def room_count(self) -> int:
         rooms = self._rooms
         if rooms is None:
             return 0
@@ -306,7 +315,7 @@ class Connection(Outbox):
             return 1
         return len(rooms)
 
-    def _in_room(self, name: str) -> bool:
+    def in_room(self, name: str) -> bool:
         rooms = self._rooms
         if rooms is None:
             return False
@@ -314,7 +323,7 @@ class Connection(Outbox):
             return bool(rooms == name)
         return name in rooms
 
-    def _add_room(self, name: str) -> None:
+    def add_room(self, name: str) -> None:
         """Record membership; ``name`` should be the room's own string (one copy per room)."""
         rooms = self._rooms
         if rooms is None:
@@ -324,20 +333,15 @@ class Connection(Outbox):
         else:
             self._rooms = (*rooms, name)
 
-    def _drop_room(self, name: str) -> None:
-        if not self._in_room(name):
+    def drop_room(self, name: str) -> None:
+        if not self.in_room(name):
             return
-        left = tuple(r for r in self._room_names() if r != name)
+        left = tuple(r for r in self.room_names() if r != name)
         self._rooms = None if not left else left[0] if len(left) == 1 else left
 
     @property
     def rooms(self) -> frozenset[str]:
-        return frozenset(self._room_names())
-
-    @property
-    def buffered_bytes(self) -> int:
-        """Bytes queued for this connection, in the hub and in the transport."""
-        return int(self.size())
+        return frozenset(self.room_names())
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} user={self.user_id!r}>"

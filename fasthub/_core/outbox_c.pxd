@@ -47,6 +47,8 @@ cdef class Outbox:
 
 @cython.final
 cdef class Fanout:
+    cdef public object owner
+    cdef public object overflow
     cdef public list dirty
     cdef public object schedule
     cdef public bint flush_scheduled
@@ -55,7 +57,7 @@ cdef class Fanout:
     cdef public long long delivered
     cdef public long long dropped
     cdef public long long bytes_out
-    cpdef _mark(self, Outbox ob)
+    cpdef mark(self, Outbox ob)
     cpdef int push(self, Outbox ob, Payload p)
     @cython.locals(count=Py_ssize_t, ob=Outbox, overflow=list)
     cpdef tuple push_many(self, dict members, Payload p, object exclude=*)

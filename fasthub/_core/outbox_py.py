@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from fasthub._ext import LIVE, NO_EXTENSIONS
+from fasthub._ext import LIVE, load
 from fasthub._wire import build_close, build_frame
 
 if TYPE_CHECKING:
@@ -27,19 +27,10 @@ else:
 if cython.compiled:
     # outbox_c.pxd cimports send_some from sockio_c: a C call per member in the flush
     LIVE["fasthub._core.sockio_c"] = True
-elif NO_EXTENSIONS:
+elif TYPE_CHECKING:
     from fasthub._core.sockio_py import send_some
-
-    LIVE["fasthub._core.sockio_c"] = False
-else:
-    try:
-        from fasthub._core.sockio_c import send_some
-
-        LIVE["fasthub._core.sockio_c"] = True
-    except ImportError:
-        from fasthub._core.sockio_py import send_some
-
-        LIVE["fasthub._core.sockio_c"] = False
+else:  # the pure twin: send_some from whichever sockio fasthub._ext chooses
+    send_some = load("fasthub._core.sockio_c", "fasthub._core.sockio_py").send_some
 
 _OP_TEXT = 0x1
 _OP_BINARY = 0x2
@@ -226,7 +217,11 @@ class Outbox:
 class Fanout:
     """Delivers payloads to outboxes and flushes every dirty outbox once per loop tick."""
 
-    def __init__(self, schedule: Any = None) -> None:
+    def __init__(self, schedule: Any = None, owner: Any = None, overflow: Any = None) -> None:
+        # what the owner (the hub) hands the core: its object, and what to do with an outbox
+        # over budget under policy "close" (``Connection.send_payload`` calls it)
+        self.owner = owner
+        self.overflow = overflow
         self.dirty: list[Outbox] = []
         self.schedule = schedule
         self.flush_scheduled = False
@@ -238,7 +233,7 @@ class Fanout:
         self.dropped = 0
         self.bytes_out = 0  # payload bytes queued for delivery
 
-    def _mark(self, ob: Outbox) -> None:
+    def mark(self, ob: Outbox) -> None:
         ob.scheduled = True
         self.dirty.append(ob)
         if not self.flush_scheduled and self.schedule is not None:
@@ -251,7 +246,7 @@ class Fanout:
             self.delivered += 1
             self.bytes_out += p.nbytes
             if not ob.scheduled:
-                self._mark(ob)
+                self.mark(ob)
         elif r == _DROPPED:
             self.dropped += 1
         return r
@@ -282,7 +277,7 @@ class Fanout:
         r = ob.push(p)
         if r == _QUEUED:
             if not ob.scheduled:
-                self._mark(ob)
+                self.mark(ob)
             return 1
         if r == _DROPPED:
             self.dropped += 1

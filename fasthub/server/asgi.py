@@ -3,7 +3,11 @@
 This is the portable path: each connection's outbox is drained by one writer task that awaits
 the server's ``send`` per message, in order, so a server that applies backpressure in ``send``
 (most do) holds the writer back and the hub's budget sees the backlog. On the fast path
-(``server/uvicorn.py``) the hub writes frames to the transport itself.
+(``server/protocol.py``) the hub writes frames to the transport itself.
+
+Both paths open a connection with the same steps (``_precheck`` -> ``authenticate`` ->
+``Hub.register`` -> accept -> ``_hello`` -> ``_connected``) and hand every client message to
+the same pipeline (``Dispatcher.receive``); they differ only in how bytes reach the socket.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ from ..connection import Connection
 from ..dispatch import Dispatcher, MessageHandler, RoomHooks, UserHook, room_hook
 from ..exceptions import Denied
 from ..hub import Hub
-from ..messages import MessageType, utc_timestamp
-from .handshake import denial_body
+from ..messages import system_envelope
+from .handshake import UpgradeRequest, denial_body
 from .types import Receive, Scope, Send
 
 log = logging.getLogger("fasthub")
@@ -35,9 +39,9 @@ Authenticate = Callable[[Scope], "Awaitable[str | int | Identity | None] | str |
 ConnectionCallback = Callable[[Connection], "Awaitable[None] | None"]
 
 _STATIC_FILES = {
+    "demo.html": "text/html; charset=utf-8",
     "fasthub.js": "text/javascript; charset=utf-8",
     "demo.js": "text/javascript; charset=utf-8",
-    "demo.css": "text/css; charset=utf-8",
 }
 _SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -88,7 +92,7 @@ class AsgiSink:
         self.send = send
         self.loop = loop
         self.handler = handler
-        self.conn: Connection | None = None  # set by Hub._register; also the outbox it drains
+        self.conn: Connection | None = None  # set by Hub.register; also the outbox it drains
         self._wake: asyncio.Future[None] | None = None
         self.write_started = 0.0
         self.aborted = False
@@ -108,7 +112,12 @@ class AsgiSink:
             self.abort()
 
     def abort(self) -> None:
-        """Stop serving the connection: the app returns and the server drops the socket."""
+        """Stop serving the connection: the app returns and the server drops the socket.
+
+        On this path a stuck connection's ``send`` is what is stuck, so no close frame can be
+        sent after it: the handler is cancelled and the server closes the socket (the client
+        sees 1006).
+        """
         if self.aborted:
             return
         self.aborted = True
@@ -171,6 +180,7 @@ class FasthubApp:
         self.on_disconnect = on_disconnect
         self.authenticate = authenticate
         self.ws_path = ws_path
+        self._ws_raw_path = ws_path.encode()
         self._on_lost = self._lost  # one bound method shared by every connection (64 bytes each)
         self.stats_path = stats_path
         self.demo = demo
@@ -194,7 +204,7 @@ class FasthubApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                self.hub._attach(asyncio.get_running_loop())
+                self.hub.attach(asyncio.get_running_loop())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.shutdown()
@@ -204,9 +214,7 @@ class FasthubApp:
     async def shutdown(self, grace: float = 2.0) -> None:
         """Close every connection with 1001 and give their handlers ``grace`` seconds to finish."""
         hub = self.hub
-        handlers = [
-            c.sink.handler for c in hub._connections.values() if isinstance(c.sink, AsgiSink) and c.sink.handler
-        ]
+        handlers = [c.sink.handler for c in hub.connections if isinstance(c.sink, AsgiSink) and c.sink.handler]
         hub.close_all(1001, "server shutting down")
         if handlers:
             await asyncio.wait(handlers, timeout=grace)
@@ -217,7 +225,7 @@ class FasthubApp:
         """Serve one WebSocket connection (usable from a Starlette/FastAPI route too)."""
         loop = asyncio.get_running_loop()
         hub = self.hub
-        hub._attach(loop)
+        hub.attach(loop)
         message = await receive()
         if message["type"] != "websocket.connect":
             return
@@ -241,23 +249,29 @@ class FasthubApp:
                 identity = user_id
                 user_id = identity.user_id
             if user_id is not None:
-                refused = hub._admit_user(str(user_id))
+                refused = hub.admit_user(str(user_id))
                 if refused is not None:
                     await self._deny(scope, send, refused.status, refused.reason)
                     return
         subprotocol = _subprotocol(scope.get("subprotocols") or ())
         fast = scope.get("extensions", {}).get("fasthub.transport")
         if fast is not None:
-            await self._serve_fast(fast["protocol"], scope, user_id, identity, subprotocol)
+            # the fast path: the protocol accepts and then serves the connection from its
+            # callbacks; this coroutine returns once it is set up (no task waits per connection)
+            protocol = fast["protocol"]
+            conn = hub.register(protocol, user_id, scope)
+            protocol.open_hub(conn, self.dispatcher, self._on_lost, subprotocol)  # the 101 goes first
+            self._hello(conn, identity)
+            await self._connected(conn)
             return
         accept: dict[str, Any] = {"type": "websocket.accept"}
         if subprotocol is not None:
             accept["subprotocol"] = subprotocol
         await send(accept)
         sink = AsgiSink(send, loop, asyncio.current_task())
-        conn = hub._register(sink, user_id, scope)
-        writer = loop.create_task(sink.run_writer())
+        conn = hub.register(sink, user_id, scope)
         self._hello(conn, identity)
+        writer = loop.create_task(sink.run_writer())
         try:
             await self._connected(conn)
             await self._receive_loop(conn, receive)
@@ -268,11 +282,11 @@ class FasthubApp:
             log.exception("fasthub: connection %s failed", conn.id)
         finally:
             if not writer.done() and conn.closed and conn.queue is not None and not sink.aborted:
-                # let a queued close go out while the peer is still there (before _unregister
+                # let a queued close go out while the peer is still there (before unregister
                 # discards the queue)
                 sink.flush()
                 await asyncio.wait([writer], timeout=0.5)
-            hub._unregister(conn)
+            hub.unregister(conn)
             if not writer.done():
                 writer.cancel()
             if self.on_disconnect is not None:
@@ -281,71 +295,56 @@ class FasthubApp:
                 except Exception:
                     log.exception("fasthub: on_disconnect failed")
 
-    def opens_directly(self, raw_path: bytes) -> bool:
-        """Whether an upgrade to ``raw_path`` can be served by ``open_direct``.
+    @property
+    def reads_scope(self) -> bool:
+        """Whether opening a connection needs its ASGI scope (else ``open_direct`` may skip it).
 
-        That is when nothing would read the scope: no authenticate or on_connect hook, no Origin
-        list, no per-IP caps, ``keep_scope`` off, and the request is for ``ws_path`` itself.
+        The steps that read it: ``authenticate`` and ``on_connect`` get it, the Origin check
+        and the per-IP caps read its headers and client address, and ``keep_scope`` keeps it.
         """
-        if self.authenticate is not None or self.on_connect is not None or self.origins is not None:
-            return False
         c = self.hub.config
-        if c.keep_scope or c.max_connections_per_ip or c.connect_rate_per_ip:
-            return False
-        return raw_path == self.ws_path.encode()
+        return bool(
+            self.authenticate is not None
+            or self.on_connect is not None
+            or self.origins is not None
+            or c.keep_scope
+            or c.max_connections_per_ip
+            or c.connect_rate_per_ip
+        )
 
-    def open_direct(self, protocol: Any, subprotocols: list[str]) -> None:
-        """Open a fast-path connection without an ASGI scope or coroutine (see ``opens_directly``).
+    def open_direct(self, protocol: Any, request: UpgradeRequest) -> bool:
+        """Open a fast-path connection without an ASGI scope or coroutine, when nothing reads one.
 
-        The same steps as ``serve_websocket`` takes for such an app, minus everything nobody
-        would look at: a reconnect storm of 10,000 clients is mostly this function.
+        The same steps as ``serve_websocket`` (admission, register, accept, hello) minus the scope:
+        a reconnect storm of 10,000 clients is mostly this function. False (nothing done) when
+        the request is for another path or a hook needs the scope: the protocol then runs the
+        app through ASGI.
         """
+        if request.target != self._ws_raw_path or self.reads_scope:
+            return False
         hub = self.hub
-        if hub._loop is None:
-            hub._attach(protocol.loop)
-        refused = hub._admit(None)
+        if hub.loop is None:
+            hub.attach(protocol.loop)
+        refused = hub.admit(None)
         if refused is not None:
             protocol.deny(refused.status, refused.reason)
-            return
-        self._open_fast(protocol, None, None, None, _subprotocol(subprotocols))
+            return True
+        conn = hub.register(protocol, None, None)
+        protocol.open_hub(conn, self.dispatcher, self._on_lost, _subprotocol(request.subprotocols))
+        self._hello(conn, None)
+        return True
 
     def _precheck(self, scope: Scope) -> Denied | None:
         """Refusals that need no credential: Origin allow-list, then the connection caps."""
         if self.origins is not None and not self.origins.allows(scope):
             return Denied(403, "origin not allowed")
-        return self.hub._admit(scope)
+        return self.hub.admit(scope)
 
-    @staticmethod
-    def _hello(conn: Connection, identity: Identity | None) -> None:
+    def _hello(self, conn: Connection, identity: Identity | None) -> None:
+        """The credential's expiry, then the ``connected`` message (after the 101 on the fast path)."""
         if identity is not None and identity.expires_at is not None:
-            conn.hub._set_expiry(conn, identity.expires_at)
-        conn.send_json(
-            {
-                "type": MessageType.SYSTEM.value,
-                "payload": {"event": "connected", "connection_id": conn.id, "user_id": conn.user_id},
-                "timestamp": utc_timestamp(),
-            }
-        )
-
-    async def _serve_fast(
-        self, protocol: Any, scope: Scope, user_id: Any, identity: Identity | None, subprotocol: str | None
-    ) -> None:
-        """Fast path: the protocol feeds the dispatcher from its callbacks and writes frames itself.
-
-        The 101 and the ``connected`` message leave in one write; this coroutine returns once
-        the connection is set up, so no task waits per connection.
-        """
-        conn = self._open_fast(protocol, scope, user_id, identity, subprotocol)
-        await self._connected(conn)
-
-    def _open_fast(
-        self, protocol: Any, scope: Scope | None, user_id: Any, identity: Identity | None, subprotocol: str | None
-    ) -> Connection:
-        """Register the connection, accept it on the protocol, queue the ``connected`` message."""
-        conn = self.hub._register(protocol, user_id, scope)
-        protocol.open_hub(conn, self.dispatcher, self._on_lost, subprotocol)
-        self._hello(conn, identity)
-        return conn
+            self.hub.set_expiry(conn, identity.expires_at)
+        conn.send_json(system_envelope({"event": "connected", "connection_id": conn.id, "user_id": conn.user_id}))
 
     async def _connected(self, conn: Connection) -> None:
         """Run ``on_connect``; then let go of the scope unless ``HubConfig.keep_scope``."""
@@ -360,7 +359,7 @@ class FasthubApp:
 
     def _lost(self, conn: Connection) -> None:
         """A fast-path connection is gone: unregister it, then tell the application."""
-        self.hub._unregister(conn)
+        self.hub.unregister(conn)
         if self.on_disconnect is None:
             return
         try:
@@ -374,12 +373,9 @@ class FasthubApp:
             task.add_done_callback(_finished)
 
     async def _receive_loop(self, conn: Connection, receive: Receive) -> None:
-        hub = self.hub
+        """The portable path's reader: every message through the one pipeline, in order."""
         loop = asyncio.get_running_loop()
-        dispatcher = self.dispatcher
-        max_size = hub.config.max_message_size
-        rate, byte_rate = hub.config.rate_limit, hub.config.rate_limit_bytes
-        limited = bool(rate or byte_rate)
+        pipeline = self.dispatcher.receive
         while True:
             message = await receive()
             kind = message["type"]
@@ -387,31 +383,13 @@ class FasthubApp:
                 now = conn.last_seen = loop.time()
                 text = message.get("text")
                 if text is not None:
-                    n = len(text)
-                    if n > max_size or (n * 4 > max_size and len(text.encode()) > max_size):
-                        conn._queue_close(1009, "message too big", discard=False)
-                        continue
-                    hub.bytes_in += n
-                    if limited and conn.spend(now, n, rate, byte_rate):
-                        # refused and counted; no sleep here: a client that stays over must
-                        # pile up strikes and be closed, like on the fast path
-                        dispatcher.rate_limited(conn)
-                        continue
-                    if not conn.closed:
-                        pending = dispatcher.dispatch(conn, text)
-                        if pending is not None:
-                            await pending
+                    result = pipeline(conn, text.encode(), False, now)
                 else:
-                    data = message.get("bytes") or b""
-                    if len(data) > max_size:
-                        conn._queue_close(1009, "message too big", discard=False)
-                        continue
-                    hub.bytes_in += len(data)
-                    if limited and conn.spend(now, len(data), rate, byte_rate):
-                        dispatcher.rate_limited(conn)
-                        continue
-                    if not conn.closed:
-                        dispatcher.binary(conn)
+                    result = pipeline(conn, message.get("bytes") or b"", True, now)
+                # a rate-limit refusal (a float) needs no pause here: a client that stays over
+                # piles up strikes and is closed, as on the fast path
+                if result is not None and result.__class__ is not float:
+                    await result  # type: ignore[misc]
             elif kind == "websocket.disconnect":
                 if conn.close_code is None:
                     conn.close_code = int(message.get("code", 1005))
@@ -456,11 +434,11 @@ class FasthubApp:
             )
         elif self.demo and path in ("/", "/index.html"):
             root = html.escape(scope.get("root_path", ""), quote=True)
-            page = _static("demo.html").replace(b"{{FASTHUB_ROOT}}", root.encode())
+            page = (_static("demo.html") or b"").replace(b"{{FASTHUB_ROOT}}", root.encode())
             await _respond(send, 200, page, b"text/html; charset=utf-8", [(b"cache-control", b"no-cache")])
-        elif self.demo and path.startswith("/static/") and path[8:] in _STATIC_FILES:
-            name = path[8:]
-            await _respond(send, 200, _static(name), _STATIC_FILES[name].encode(), [(b"cache-control", b"no-cache")])
+        elif self.demo and path.startswith("/static/") and (data := _static(path[8:])) is not None:
+            content_type = _STATIC_FILES[path[8:]].encode()
+            await _respond(send, 200, data, content_type, [(b"cache-control", b"no-cache")])
         else:
             await _respond(send, 404, b"not found", b"text/plain")
 
@@ -468,10 +446,17 @@ class FasthubApp:
 _static_cache: dict[str, bytes] = {}
 
 
-def _static(name: str) -> bytes:
+def _static(name: str) -> bytes | None:
+    """A file of ``fasthub/static`` listed in ``_STATIC_FILES``; None for any other name or a missing file."""
     data = _static_cache.get(name)
     if data is None:
-        data = _static_cache[name] = resources.files("fasthub").joinpath("static", name).read_bytes()
+        if name not in _STATIC_FILES:
+            return None
+        try:
+            data = resources.files("fasthub").joinpath("static", name).read_bytes()
+        except OSError:
+            return None
+        _static_cache[name] = data
     return data
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from . import handshake
 from .http import GuardedHttpToolsProtocol, guarded_http_protocol
-from .uvicorn import _HANDSHAKE, HubProtocol
+from .protocol import HANDED_OFF, HANDSHAKE, HubProtocol
 
 
 def _wants_websocket(head: bytes) -> bool:
@@ -36,7 +36,7 @@ def _wants_websocket(head: bytes) -> bool:
     return False
 
 
-class _HeadDeadlines:
+class HeadDeadlines:
     """Request-head deadlines of one server's new connections, checked by one timer.
 
     A timer per connection (created at connect, cancelled when the head arrived) cost about a
@@ -90,32 +90,32 @@ class ListenerProtocol(HubProtocol):
         if self.head_timeout > 0:
             shared = self.shared
             if shared.heads is None:
-                shared.heads = _HeadDeadlines(self.loop, self.head_timeout)
+                shared.heads = HeadDeadlines(self.loop, self.head_timeout)
             shared.heads.add(self)
 
     def _head_late(self) -> None:
         """Slowloris: the request head did not arrive in time."""
-        if self.phase == _HANDSHAKE and not self._pending().key and not self.lost:
-            self._write_response(408, [(b"content-type", b"text/plain")], b"request head not received in time\n")
+        if self.phase == HANDSHAKE and not self.handshake().key and not self.lost:
+            self.respond(408, [(b"content-type", b"text/plain")], b"request head not received in time\n")
 
     def _head_done(self) -> None:
         heads = self.shared.heads
         if heads is not None:
             heads.waiting.pop(self, None)
 
-    def _handshake_data(self, data: bytes) -> None:
-        if self.phase != _HANDSHAKE:
+    def handshake_data(self, data: bytes) -> None:
+        if self.phase != HANDSHAKE:
             return
-        p = self._pending()
+        p = self.handshake()
         if p.key:
-            super()._handshake_data(data)
+            self.keep_early(data)
             return
         buffered = p.request_buffer + data
         end = buffered.find(b"\r\n\r\n")
         if end < 0:
             if len(buffered) > self.max_head_size:
                 self._head_done()
-                self._write_response(431, [(b"content-type", b"text/plain")], b"request head too large\n")
+                self.respond(431, [(b"content-type", b"text/plain")], b"request head too large\n")
                 return
             p.request_buffer = buffered
             return
@@ -126,24 +126,19 @@ class ListenerProtocol(HubProtocol):
             request = handshake.parse_request(buffered)  # compiled; upgrades are the usual case
         except handshake.HandshakeError as exc:
             if _wants_websocket(buffered[: end + 2]):
-                self._refuse(exc)  # an upgrade, but a malformed one
+                self.refuse(exc)  # an upgrade, but a malformed one
             else:
                 self._hand_off(buffered)
             return
-        self._upgrade(request)
+        self.upgrade(request)
 
     def _hand_off(self, data: bytes) -> None:
         """A plain HTTP request: uvicorn's HTTP protocol takes the connection from here."""
         self.pending = None
-        self.shared.server_state.connections.discard(self)
-        http = self.http_class(
-            config=self.shared.config,
-            server_state=self.shared.server_state,
-            app_state=self.shared.app_state,
-            _loop=self.loop,
-        )
+        self.shared.untrack(self)
+        http = self.shared.http_protocol(self.http_class, self.loop)
         transport = self.transport
-        self.phase = _RESPONDED_BY_HTTP
+        self.phase = HANDED_OFF
         http.connection_made(transport)
         transport.set_protocol(http)
         http.data_received(data)
@@ -155,9 +150,6 @@ class ListenerProtocol(HubProtocol):
     def shutdown(self) -> None:
         self._head_done()
         super().shutdown()
-
-
-_RESPONDED_BY_HTTP = 5  # the connection belongs to the HTTP protocol now
 
 
 def listener_protocol(head_timeout: float, max_head_size: int) -> type[ListenerProtocol]:

@@ -3,18 +3,48 @@
 from __future__ import annotations
 
 import gc
+import importlib
 import logging
 from typing import Any
 
 from ..config import HubConfig
 from ..hub import Hub
 from .asgi import FasthubApp, create_app
+from .http import guarded_http_protocol
 from .listener import listener_protocol
-from .uvicorn import HubProtocol
+from .protocol import HubProtocol
+
+# uvicorn's own WebSocket implementations (the portable path) and the module each one needs
+PORTABLE_WS = {"websockets-sansio": "websockets", "websockets": "websockets", "wsproto": "wsproto"}
+PORTABLE_EXTRA = "fasthub[portable]"
+
+
+class MissingWebSocketImplementation(ImportError):
+    """``ws=`` names one of uvicorn's implementations whose package is not installed."""
+
+
+def _check_portable_ws(ws: str) -> None:
+    module = PORTABLE_WS.get(ws)
+    if module is None:
+        return
+    try:
+        importlib.import_module(module)  # uvicorn imports it next anyway
+    except ImportError:
+        raise MissingWebSocketImplementation(
+            f"--ws {ws} needs the {module!r} package, which is not installed: "
+            f"run `pip install {module}` (or `pip install '{PORTABLE_EXTRA}'`)",
+            name=module,
+        ) from None
 
 
 def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info", **kw: Any) -> Any:
-    """A ``uvicorn.Config`` for the fast path: our listener and HubProtocol on uvloop + httptools.
+    """A ``uvicorn.Config`` on uvloop + httptools; the WebSocket path is chosen by ``ws``.
+
+    ``ws="fasthub"`` (the default, or ``HubProtocol``): the fast path, fasthub's listener as the
+    ``http`` class, which performs every upgrade itself with ``HubProtocol``. Any other ``ws``
+    (``"websockets-sansio"``, ``"wsproto"``, a class or import string): the portable path,
+    uvicorn's httptools protocol with fasthub's request-head guards, handing upgrades to that
+    implementation. Raises ``MissingWebSocketImplementation`` when its package is missing.
 
     Limits and timers come from the app's ``HubConfig`` (the defaults for a non-hub app).
     """
@@ -22,13 +52,21 @@ def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8080, log_leve
 
     hub = getattr(app, "hub", None)
     cfg = hub.config if isinstance(hub, Hub) else HubConfig()
+    ws = kw.pop("ws", "fasthub")
+    if ws == "fasthub" or ws is HubProtocol:
+        http: Any = listener_protocol(cfg.handshake_timeout, cfg.max_request_size)
+        ws = HubProtocol
+    else:
+        if isinstance(ws, str):
+            _check_portable_ws(ws)
+        http = guarded_http_protocol(cfg.handshake_timeout, cfg.max_request_size)
     options: dict[str, Any] = {
         "host": host,
         "port": port,
         "log_level": log_level,
         "loop": "uvloop",
-        "http": listener_protocol(cfg.handshake_timeout, cfg.max_request_size),
-        "ws": HubProtocol,
+        "http": http,
+        "ws": ws,
         "ws_max_size": cfg.max_message_size,
         "ws_ping_interval": cfg.ping_interval,
         "ws_ping_timeout": cfg.pong_timeout,

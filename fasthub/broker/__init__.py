@@ -1,0 +1,88 @@
+"""The broker seam: what the hub hands to other nodes, and what it asks of the cluster.
+
+The hub has one publish step (``Hub.publish_room``, ``publish_user``, ``publish_all``): it
+delivers to its own connections, then hands the same encoded payload to its broker for every
+other node. The broker never sees a socket; it delivers what arrives from other nodes through
+the ``Node`` it was bound to (the hub's ``deliver_*`` methods, local connections only). The
+answers that depend on the whole cluster (is a user online, how many members has a room) come
+from the broker too, so a cluster answers them as one process does. Modelled on centrifuge's
+Broker / PresenceManager split.
+
+``LocalBroker`` (``fasthub.broker.local``) is the in-process implementation and the default:
+there is no other node, so publishing is local delivery alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .._core import Payload
+
+#: connection ids a delivery skips: one id, several, or None
+Exclude = str | Iterable[str] | None
+
+
+class Node(Protocol):
+    """The hub as a broker sees it: local delivery and local counts, nothing else."""
+
+    def deliver_room(self, room: str, payload: Payload, exclude: Any = None) -> int:
+        """Queue ``payload`` on this node's members of ``room``; how many accepted it."""
+
+    def deliver_user(self, user_id: str, payload: Payload) -> int:
+        """Queue ``payload`` on this node's connections of ``user_id``."""
+
+    def deliver_all(self, payload: Payload, exclude: Any = None) -> int:
+        """Queue ``payload`` on every connection of this node."""
+
+    def local_room_size(self, room: str) -> int:
+        """Members of ``room`` connected to this node."""
+
+    def local_user_online(self, user_id: str) -> bool:
+        """Whether ``user_id`` has a connection on this node."""
+
+
+class Broker(Protocol):
+    """What a broker implements. Every method runs on the hub's event loop and never blocks.
+
+    ``publish_*`` take the payload the hub already delivered locally: a broker forwards it to
+    the other nodes only (a node never delivers its own message twice). ``room_opened`` /
+    ``room_closed`` and ``user_opened`` / ``user_closed`` tell it when this node gains its first
+    or loses its last local member of a room or connection of a user, so a clustered broker
+    subscribes only to what this node needs.
+    """
+
+    #: False when there is no other node (publishing to the broker can be skipped)
+    remote: bool
+
+    def bind(self, node: Node) -> None:
+        """Attach to the hub whose connections this broker delivers into."""
+
+    def publish_room(self, room: str, payload: Payload, exclude: Any) -> None: ...
+
+    def publish_user(self, user_id: str, payload: Payload) -> None: ...
+
+    def publish_all(self, payload: Payload, exclude: Any) -> None: ...
+
+    def room_opened(self, room: str) -> None: ...
+
+    def room_closed(self, room: str) -> None: ...
+
+    def user_opened(self, user_id: str) -> None: ...
+
+    def user_closed(self, user_id: str) -> None: ...
+
+    def room_size(self, room: str) -> int:
+        """Members of ``room`` on every node (the join reply's ``members``, member-event gating)."""
+
+    def user_online(self, user_id: str) -> bool | Awaitable[bool]:
+        """Whether ``user_id`` has a connection on any node (``unknown_user`` otherwise)."""
+
+    def stats(self) -> dict[str, Any]:
+        """Broker counters for ``/ws/stats`` (empty for the in-process broker)."""
+
+
+from .local import LocalBroker  # noqa: E402  (the default implementation, after the interface)
+
+__all__ = ["Broker", "Exclude", "LocalBroker", "Node"]
