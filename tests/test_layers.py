@@ -22,6 +22,10 @@ def _private(name: str) -> bool:
     return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
 
 
+def _is_slots(target: ast.expr) -> bool:
+    return isinstance(target, ast.Name) and target.id == "__slots__"
+
+
 def _defined(tree: ast.AST) -> set[str]:
     """Every name the module defines: functions, classes, assigned names and attributes, slots."""
     names: set[str] = set()
@@ -32,8 +36,9 @@ def _defined(tree: ast.AST) -> set[str]:
             names.add(node.id if isinstance(node, ast.Name) else node.attr)
         elif isinstance(node, ast.alias):
             names.add((node.asname or node.name).split(".")[0])
-        elif isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__slots__" for t in node.targets):
-            names.update(e.value for e in ast.walk(node.value) if isinstance(e, ast.Constant) and isinstance(e.value, str))
+        elif isinstance(node, ast.Assign) and any(_is_slots(t) for t in node.targets):
+            slots = ast.walk(node.value)
+            names.update(e.value for e in slots if isinstance(e, ast.Constant) and isinstance(e.value, str))
     return names
 
 

@@ -38,8 +38,8 @@ log = logging.getLogger("fasthub")
 Authenticate = Callable[[Scope], "Awaitable[str | int | Identity | None] | str | int | Identity | None"]
 ConnectionCallback = Callable[[Connection], "Awaitable[None] | None"]
 
+_DEMO_PAGE = "demo.html"  # served at / only
 _STATIC_FILES = {
-    "demo.html": "text/html; charset=utf-8",
     "fasthub.js": "text/javascript; charset=utf-8",
     "demo.js": "text/javascript; charset=utf-8",
 }
@@ -136,7 +136,13 @@ class AsgiSink:
                 self._wake = None
             for p in outbox.take():
                 self.write_started = loop.time()
-                await send(p.asgi())
+                try:
+                    await send(p.asgi())
+                except Exception as exc:  # the server closed the socket (ClientDisconnected, ...)
+                    log.debug("fasthub: %s: send failed, the writer stops: %r", outbox.id, exc)
+                    outbox.closing = True
+                    outbox.discard()
+                    return
                 outbox.done(p.nbytes)
                 if p.kind == KIND_CLOSE:
                     self.write_started = 0.0
@@ -434,9 +440,9 @@ class FasthubApp:
             )
         elif self.demo and path in ("/", "/index.html"):
             root = html.escape(scope.get("root_path", ""), quote=True)
-            page = (_static("demo.html") or b"").replace(b"{{FASTHUB_ROOT}}", root.encode())
+            page = (_static(_DEMO_PAGE) or b"").replace(b"{{FASTHUB_ROOT}}", root.encode())
             await _respond(send, 200, page, b"text/html; charset=utf-8", [(b"cache-control", b"no-cache")])
-        elif self.demo and path.startswith("/static/") and (data := _static(path[8:])) is not None:
+        elif self.demo and path.startswith("/static/") and path[8:] in _STATIC_FILES and (data := _static(path[8:])):
             content_type = _STATIC_FILES[path[8:]].encode()
             await _respond(send, 200, data, content_type, [(b"cache-control", b"no-cache")])
         else:
@@ -450,7 +456,7 @@ def _static(name: str) -> bytes | None:
     """A file of ``fasthub/static`` listed in ``_STATIC_FILES``; None for any other name or a missing file."""
     data = _static_cache.get(name)
     if data is None:
-        if name not in _STATIC_FILES:
+        if name not in _STATIC_FILES and name != _DEMO_PAGE:
             return None
         try:
             data = resources.files("fasthub").joinpath("static", name).read_bytes()

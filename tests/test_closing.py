@@ -1,0 +1,145 @@
+"""Closes the server starts while the client is still busy: the client must read the code.
+
+RFC 6455 section 7: the server sends its close frame, then closes TCP. Closing a socket that
+still receives data makes the kernel answer with a reset, which can overtake the close frame,
+so a failing connection lingers (our side shut down, the peer's data read and discarded) until
+the peer closes. Every test here uses a real client that keeps sending (or stops reading) and
+checks the close code and reason *it* received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import struct
+import time
+from typing import Any
+
+import pytest
+import websockets
+
+from fasthub import HubConfig
+from fasthub._wire.testing import encode_frame
+from tests.conftest import RawClient, Server, query_user, run, serve
+
+KINDS = ["fasthub", "websockets-sansio"]
+
+
+async def _send_until_closed(ws: Any, messages: list[str], limit_s: float = 20.0) -> Any:
+    """Send every message as fast as the client can; return the ConnectionClosed that stops it."""
+    deadline = time.monotonic() + limit_s
+    try:
+        for text in messages:
+            await ws.send(text)
+            assert time.monotonic() < deadline, "the server never closed the flooding client"
+        # everything went out: the close comes while reading
+        while True:
+            await asyncio.wait_for(ws.recv(), max(0.1, deadline - time.monotonic()))
+    except websockets.ConnectionClosed as exc:
+        return exc
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_client_flooding_in_a_tight_loop_reads_its_1008(kind: str) -> None:
+    """5,000 room messages at full speed under the default rate limit: the client gets 1008."""
+    with serve({"authenticate": query_user}, HubConfig(), ws=kind) as server:
+
+        async def scenario() -> None:
+            async with websockets.connect(server.ws_url("user=flood"), max_size=None) as ws:
+                await ws.recv()  # connected
+                await ws.send(json.dumps({"type": "join_room", "room": "r"}))
+                await ws.recv()  # joined
+                text = json.dumps({"type": "room_message", "room": "r", "payload": {"n": 1}})
+                exc = await _send_until_closed(ws, [text] * 5000)
+            assert exc.rcvd is not None, f"no close frame reached the client: {exc!r}"
+            assert (exc.rcvd.code, exc.rcvd.reason) == (1008, "rate limit exceeded")
+            # and the server carries on
+            async with websockets.connect(server.ws_url("user=next")) as ws2:
+                assert json.loads(await ws2.recv())["payload"]["event"] == "connected"
+
+        run(scenario(), timeout=60)
+
+
+def test_a_client_that_keeps_sending_after_an_oversize_message_reads_its_1009() -> None:
+    """The engine's own failures linger too (on the portable path the server's engine closes)."""
+    config = HubConfig(max_message_size=4096, rate_limit=0)
+    with serve({"authenticate": query_user}, config, ws="fasthub") as server:
+
+        async def scenario() -> None:
+            async with websockets.connect(server.ws_url("user=big"), max_size=None) as ws:
+                await ws.recv()
+                ping = json.dumps({"type": "ping", "payload": "x" * 1000})
+                big = json.dumps({"type": "ping", "payload": "x" * 10_000})
+                exc = await _send_until_closed(ws, [ping] * 50 + [big] + [ping] * 3000)
+            assert exc.rcvd is not None, f"no close frame reached the client: {exc!r}"
+            assert exc.rcvd.code == 1009
+
+        run(scenario(), timeout=60)
+
+
+def test_a_stuck_reader_gets_1008_write_timeout_behind_its_unread_bytes() -> None:
+    """write_timeout: the close frame is queued behind what the peer has not read; a peer that
+    reads again within the linger receives all of it, then 1008 "write timeout"."""
+    config = HubConfig(write_timeout=0.5, cleanup_interval=0.1, send_buffer_size=64 * 1024 * 1024, rate_limit=0)
+    with serve({"authenticate": query_user}, config, ws="fasthub") as server:
+        hub = server.hub
+        client = RawClient(server, "user=stuck", rcvbuf=4096)
+        try:
+            assert client.json()["payload"]["event"] == "connected"
+            chunk = {"pad": "y" * 60_000}
+            sent = server.call(lambda: sum(hub.send_to_user_json("stuck", chunk) for _ in range(150)))
+            assert sent == 150  # 9 MB, under the 64 MiB budget: no slow-consumer close
+            time.sleep(1.2)  # not reading: no write progress for more than write_timeout
+            frames = []
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                frame = client.frame(timeout=3.0)
+                if frame is None:
+                    break
+                if frame[0] == 0x9:  # keep-alive ping: answered, not counted
+                    client.sock.sendall(encode_frame(0xA, frame[1], mask=os.urandom(4)))
+                    continue
+                frames.append(frame)
+                if frame[0] == 0x8:
+                    break
+            assert frames, "nothing arrived"
+            opcode, body = frames[-1]
+            assert opcode == 0x8, f"last frame {opcode:#x}, {len(frames)} frames"
+            assert (struct.unpack("!H", body[:2])[0], body[2:].decode()) == (1008, "write timeout")
+            assert sum(1 for op, _ in frames if op == 0x1) == 150  # every message, then the close
+        finally:
+            client.close()
+
+
+def test_transport_high_water_sets_the_write_buffer_limits() -> None:
+    """``HubConfig.transport_high_water`` is the transport's high mark (low: a quarter of it)."""
+    with serve({"authenticate": query_user}, HubConfig(transport_high_water=32 * 1024), ws="fasthub") as server:
+        client = RawClient(server, "user=hw")
+        try:
+            client.json()
+
+            def limits() -> Any:
+                (conn,) = server.hub.get_user_connections("hw")
+                return conn.sink.transport.get_write_buffer_limits()
+
+            assert server.call(limits) == (8 * 1024, 32 * 1024)
+        finally:
+            client.close()
+
+
+def test_portable_path_counts_bytes_not_characters() -> None:
+    """One pipeline: ``bytes_in`` (and the byte rate limit) count UTF-8 bytes on both paths."""
+    for kind in KINDS:
+        with serve({"authenticate": query_user}, HubConfig(), ws=kind) as server:
+
+            async def scenario(server: Server = server, kind: str = kind) -> None:
+                async with websockets.connect(server.ws_url("user=u")) as ws:
+                    await ws.recv()
+                    text = json.dumps({"type": "ping", "payload": "é€😀" * 10}, ensure_ascii=False)
+                    await ws.send(text)
+                    assert json.loads(await ws.recv())["type"] == "pong"
+                    assert server.call(server.hub.stats)["bytes_in"] == len(text.encode()), kind
+
+            run(scenario())
