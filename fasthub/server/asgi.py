@@ -6,7 +6,7 @@ the server's ``send`` per message, in order, so a server that applies backpressu
 (``server/protocol.py``) the hub writes frames to the transport itself.
 
 Both paths open a connection with the same steps (``_precheck`` -> ``authenticate`` ->
-``Hub.register`` -> accept -> ``_hello`` -> ``_connected``) and hand every client message to
+``Hub.register`` -> accept -> ``hello`` -> ``connected``) and hand every client message to
 the same pipeline (``Dispatcher.receive``); they differ only in how bytes reach the socket.
 """
 
@@ -187,7 +187,7 @@ class FasthubApp:
         self.authenticate = authenticate
         self.ws_path = ws_path
         self._ws_raw_path = ws_path.encode()
-        self._on_lost = self._lost  # one bound method shared by every connection (64 bytes each)
+        self._on_lost = self.disconnected  # one bound method shared by every connection (64 bytes each)
         self.stats_path = stats_path
         self.demo = demo
 
@@ -267,8 +267,8 @@ class FasthubApp:
             protocol = fast["protocol"]
             conn = hub.register(protocol, user_id, scope)
             protocol.open_hub(conn, self.dispatcher, self._on_lost, subprotocol)  # the 101 goes first
-            self._hello(conn, identity)
-            await self._connected(conn)
+            self.hello(conn, identity)
+            await self.connected(conn)
             return
         accept: dict[str, Any] = {"type": "websocket.accept"}
         if subprotocol is not None:
@@ -276,10 +276,10 @@ class FasthubApp:
         await send(accept)
         sink = AsgiSink(send, loop, asyncio.current_task())
         conn = hub.register(sink, user_id, scope)
-        self._hello(conn, identity)
+        self.hello(conn, identity)
         writer = loop.create_task(sink.run_writer())
         try:
-            await self._connected(conn)
+            await self.connected(conn)
             await self._receive_loop(conn, receive)
         except asyncio.CancelledError:
             if not sink.aborted:
@@ -337,7 +337,7 @@ class FasthubApp:
             return True
         conn = hub.register(protocol, None, None)
         protocol.open_hub(conn, self.dispatcher, self._on_lost, _subprotocol(request.subprotocols))
-        self._hello(conn, None)
+        self.hello(conn, None)
         return True
 
     def _precheck(self, scope: Scope) -> Denied | None:
@@ -346,13 +346,13 @@ class FasthubApp:
             return Denied(403, "origin not allowed")
         return self.hub.admit(scope)
 
-    def _hello(self, conn: Connection, identity: Identity | None) -> None:
+    def hello(self, conn: Connection, identity: Identity | None) -> None:
         """The credential's expiry, then the ``connected`` message (after the 101 on the fast path)."""
         if identity is not None and identity.expires_at is not None:
             self.hub.set_expiry(conn, identity.expires_at)
         conn.send_json(system_envelope({"event": "connected", "connection_id": conn.id, "user_id": conn.user_id}))
 
-    async def _connected(self, conn: Connection) -> None:
+    async def connected(self, conn: Connection) -> None:
         """Run ``on_connect``; then let go of the scope unless ``HubConfig.keep_scope``."""
         if self.on_connect is not None:
             try:
@@ -363,7 +363,7 @@ class FasthubApp:
         if not self.hub.config.keep_scope:
             conn.scope = None
 
-    def _lost(self, conn: Connection) -> None:
+    def disconnected(self, conn: Connection) -> None:
         """A fast-path connection is gone: unregister it, then tell the application."""
         self.hub.unregister(conn)
         if self.on_disconnect is None:
