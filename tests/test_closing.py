@@ -10,6 +10,7 @@ checks the close code and reason *it* received.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import struct
@@ -143,3 +144,57 @@ def test_portable_path_counts_bytes_not_characters() -> None:
                     assert server.call(server.hub.stats)["bytes_in"] == len(text.encode()), kind
 
             run(scenario())
+
+
+def _fail_with_1009(client: RawClient) -> None:
+    """Send one frame over ``max_message_size`` (4 KiB in these tests): the server fails the connection."""
+    client.sock.sendall(encode_frame(0x1, b"x" * 10_000, mask=os.urandom(4)))
+
+
+def _seconds_until_unregistered(server: Server, user: str, limit_s: float) -> float:
+    """Seconds until the server let go of ``user``'s connection (its socket closed)."""
+    start = time.monotonic()
+    while server.call(server.hub.get_user_connections, user):
+        assert time.monotonic() - start < limit_s, f"still open after {limit_s} s"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def test_linger_ends_after_its_timeout_when_the_peer_never_closes() -> None:
+    with serve({"authenticate": query_user}, HubConfig(max_message_size=4096), ws="fasthub") as server:
+        client = RawClient(server, "user=stays")
+        try:
+            client.json()
+            _fail_with_1009(client)
+            frame = client.frame()
+            assert frame is not None and frame[0] == 0x8 and struct.unpack("!H", frame[1][:2])[0] == 1009
+            # our side is shut down at once (FIN), the socket is kept, reading, for the linger
+            client.sock.settimeout(2.0)
+            assert client.sock.recv(100) == b""
+            gone = _seconds_until_unregistered(server, "stays", 6.0)
+            assert 1.5 < gone < 4.0, gone  # LINGER_TIMEOUT (2 s): not at once, not forever
+        finally:
+            client.close()
+
+
+def test_linger_ends_after_its_byte_budget_when_the_peer_keeps_sending() -> None:
+    from fasthub.server.protocol import LINGER_BYTES
+
+    with serve({"authenticate": query_user}, HubConfig(max_message_size=4096), ws="fasthub") as server:
+        client = RawClient(server, "user=flood")
+        try:
+            client.json()
+            _fail_with_1009(client)
+            frame = client.frame()
+            assert frame is not None and frame[0] == 0x8
+            chunk = encode_frame(0x1, b"y" * 60_000, mask=os.urandom(4))
+            sent = 0
+            start = time.monotonic()
+            with contextlib.suppress(ConnectionError):
+                while sent < 4 * LINGER_BYTES and time.monotonic() - start < 1.5:
+                    client.sock.sendall(chunk)
+                    sent += len(chunk)
+            assert sent < 4 * LINGER_BYTES, "the server kept reading past its linger budget"
+            assert time.monotonic() - start < 1.5, "cut by the byte budget, before the linger's timeout"
+        finally:
+            client.close()

@@ -2,8 +2,9 @@
 
 This is the fan-out hot path: ``Fanout.push_many`` hands one shared ``Payload`` to every member's
 ``Outbox`` without awaiting anything, and the first push of a tick schedules one ``flush`` for the
-whole hub, which hands every dirty outbox to its sink once (one ``writelines`` on the fast path,
-one wake-up of the writer task on the portable path). Nothing here knows asyncio or HTTP: the
+whole hub, which writes every dirty fast-path outbox itself (its frames joined once, one
+``send(2)`` or ``transport.write``) and hands the others to their sink once (one wake-up of the
+writer task on the portable path). Nothing here knows asyncio or HTTP: the
 server layer injects ``schedule`` (``loop.call_soon``) and the sinks.
 
 Compiled as ``fasthub._core.outbox_c`` with ``outbox_c.pxd``; this file is also the pure twin.
