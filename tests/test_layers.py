@@ -123,3 +123,26 @@ def test_engine_and_core_do_not_import_the_layers_above(layer: str) -> None:
     for module in (PACKAGE / layer).glob("*.py"):
         bad = sorted(n for n in _imports(module) if n.startswith(above))
         assert bad == [], f"{module.name} imports {bad}"
+
+
+def test_the_readme_layout_names_every_module() -> None:
+    """The README's Layout block matches the tree: every package, module and folder is named."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    block = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    named = set(block.replace(",", " ").replace("(", " ").replace(")", " ").split())
+    missing = []
+    for entry in sorted(PACKAGE.iterdir()):
+        if entry.name.startswith("__") or entry.suffix in (".c", ".so") or entry.name == "py.typed":
+            continue
+        if entry.is_dir() and not (entry / "__init__.py").exists() and entry.name != "static":
+            continue
+        name = entry.name + "/" if entry.is_dir() else entry.name
+        if name not in named:
+            missing.append(name)
+    for module in sorted((PACKAGE / "server").glob("*.py")):
+        if module.name != "__init__.py" and module.name not in named:
+            missing.append(f"server/{module.name}")
+    for folder in ("bench/", "docs/", "tests/"):
+        if folder not in named:
+            missing.append(folder)
+    assert missing == []

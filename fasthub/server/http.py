@@ -12,9 +12,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
 from .handshake import http_response
+from .uvicorn import HttpToolsProtocol
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):

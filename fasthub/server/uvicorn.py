@@ -10,7 +10,12 @@ else. Tested with the uvicorn versions pinned in pyproject.toml; what is read:
   ``root_path``, ``asgi_version``, ``ws_max_size``;
 - ``ServerState``: ``connections`` (shutdown calls each protocol's ``shutdown()``), ``tasks``
   (shutdown waits for them), ``default_headers`` (``server``/``date``, kept fresh by uvicorn);
-- ``uvicorn.protocols.utils.ClientDisconnected``, raised by ASGI ``send`` after a disconnect.
+- ``uvicorn.protocols.utils.ClientDisconnected``, raised by ASGI ``send`` after a disconnect;
+- ``HttpToolsProtocol`` (``uvicorn.protocols.http.httptools_impl``), which ``server/http.py``
+  extends through its ``connection_made``, ``data_received``, ``on_message_begin``,
+  ``on_headers_complete``, ``handle_websocket_upgrade`` and ``connection_lost`` and its
+  ``transport`` and ``loop`` attributes, and to which ``server/listener.py`` hands plain HTTP
+  requests (``Shared.http_protocol``).
 
 ``fasthub.server.uvicorn:HubProtocol`` (the documented ``--ws`` class) is an alias of
 ``fasthub.server.protocol.HubProtocol``.
@@ -21,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 if TYPE_CHECKING:
     from .asgi import FasthubApp
@@ -132,4 +139,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-__all__ = ["HubProtocol", "Shared", "client_disconnected", "find_hub_app"]
+__all__ = ["HttpToolsProtocol", "HubProtocol", "Shared", "client_disconnected", "find_hub_app"]

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# A benchmark series: the speed issue's rows, ROUNDS rounds, limit_server and fasthub alternating
+# within each round (and an optional second fasthub command, e.g. an older commit, in the same
+# rounds), results appended to $RESULTS. Run nothing else heavy meanwhile.
+#   bench/series.sh                                     3 rounds, limit + fasthub of this checkout
+#   BASE_CMD="/tmp/oldvenv/bin/python -m fasthub" bench/series.sh   + that build as "base"
+#   ROUNDS=1 ROWS="fanout_w1 ingress" bench/series.sh   fewer
+# Then: python3 bench/series_ratios.py $RESULTS
+set -euo pipefail
+cd "$(dirname "$0")/.."
+S=${LOADGEN:-../shared/loadgen}
+export RESULTS=${RESULTS:-/tmp/fasthub-loadgen/series.jsonl}
+ROUNDS=${ROUNDS:-3}
+ROWS=${ROWS:-"fanout_w1 fanout_w8 fanout1k_w8 ingress idle latency scale"}
+FASTHUB="${FASTHUB_CMD:-.venv/bin/python -m fasthub}"
+LIMIT=/tmp/fasthub-loadgen/limit_server
+
+one() {  # one NAME ROW SERVER-COMMAND...
+  local name=$1 row=$2; shift 2
+  local -a wl extra=()
+  case $row in
+    latency) wl=(custom:fanout -n 10 -m 5000 --rate 1000) ;;
+    scale) wl=(custom:idle -n 19000 -t 5) ;;
+    *) wl=("$row") ;;
+  esac
+  if [ "$name" != limit ] && [ "$row" = ingress ]; then extra=(--rate-limit 0); fi
+  if [ "$name" = limit ]; then
+    NOTE="round $r $row" "$S/run.sh" "limit-$row" "${wl[@]}" -- "$@" >/dev/null
+  else
+    NOTE="round $r $row" "$S/run.sh" "$name-$row" "${wl[@]}" -- "$@" serve --port '{PORT}' --log-level warning "${extra[@]}" >/dev/null
+  fi
+}
+
+[ -x "$LIMIT" ] || "$S/run.sh" limit idle -n 10 -t 1 -- "$LIMIT" '{PORT}' >/dev/null 2>&1 || true  # builds it
+for r in $(seq 1 "$ROUNDS"); do
+  for row in $ROWS; do
+    echo "round $r: $row" >&2
+    if [ "$row" != scale ]; then one limit "$row" "$LIMIT" '{PORT}'; fi
+    # shellcheck disable=SC2086
+    one fasthub "$row" $FASTHUB
+    if [ -n "${BASE_CMD:-}" ] && [ "$row" != scale ]; then
+      # shellcheck disable=SC2086
+      one base "$row" $BASE_CMD
+    fi
+  done
+done
+echo "results: $RESULTS" >&2
