@@ -69,6 +69,8 @@ class Dispatcher:
         self.rate = config.rate_limit
         self.byte_rate = config.rate_limit_bytes
         self.limited = bool(config.rate_limit or config.rate_limit_bytes)
+        self.max_depth = config.max_json_depth
+        self.max_metadata = config.max_metadata_bytes
         self.verify_token = verify_token
         self.on_message = on_message
         self.can_join = can_join
@@ -109,19 +111,12 @@ class Dispatcher:
         if binary:
             self.binary(conn)
             return None
-        return self.dispatch(conn, data)
-
-    def dispatch(self, conn: Connection, data: bytes | str) -> Awaitable[None] | None:
-        """Handle one text message from ``conn``.
-
-        Runs synchronously and returns None unless a handler or hook is async; then it returns
-        an awaitable finishing the job, which the caller awaits before the connection's next
-        message (so one connection's messages are handled in order).
-        """
-        hub = self.hub
+        # Decode and dispatch (inline: one Python frame per message less). Synchronous unless a
+        # handler or hook is async; then the awaitable finishes the job, and the caller awaits it
+        # before the connection's next message (one connection's messages stay in order).
         hub.messages_in += 1
         try:
-            msg = decode(data, hub.config.max_json_depth, hub.config.max_metadata_bytes)
+            msg = decode(data, self.max_depth, self.max_metadata)
         except EnvelopeError as exc:
             conn.send_json(error_envelope(exc.code, exc.message, exc.msg_id))
             return None
@@ -260,17 +255,22 @@ class Dispatcher:
             raise EnvelopeError(ErrorCode.NOT_MEMBER, f"not a member of {room!r}")
 
     def _room_message(self, conn: Connection, msg: Message) -> Awaitable[None] | None:
-        name = self._room_name(msg)
         hub = self.hub
+        name = msg.room
+        # the ingress hot path: one room lookup, which also spares validating a known name
+        room = hub.get_room(name) if name is not None else None
+        if room is None:
+            name = self._room_name(msg)
+        if self.can_publish is None:
+            if room is None or conn.id not in room.member_map:
+                raise EnvelopeError(ErrorCode.NOT_MEMBER, f"join {name!r} before sending to it")
+            hub.publish_room(name, self._relay(conn, msg))  # type: ignore[arg-type]
+            return None
+        assert name is not None
 
         def publish() -> None:
             hub.publish_room(name, self._relay(conn, msg))
 
-        if self.can_publish is None:
-            if not conn.in_room(name):
-                raise EnvelopeError(ErrorCode.NOT_MEMBER, f"join {name!r} before sending to it")
-            hub.publish_room(name, self._relay(conn, msg))
-            return None
         denied = EnvelopeError(ErrorCode.FORBIDDEN, f"not allowed to publish to {name!r}")
         return self._gate(conn, msg, self.can_publish(conn, name), publish, denied)
 

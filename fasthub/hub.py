@@ -351,10 +351,12 @@ class Hub:
         Delivered here first, then handed to the broker for the other nodes; returns how many
         connections of this process accepted it.
         """
-        ex = _exclude_set(exclude)
-        count = self.deliver_room(name, payload, ex)
+        if exclude is not None:
+            exclude = _exclude_set(exclude)
+        room = self._rooms.get(name)  # deliver_room, inline: this is every room message's path
+        count = self._deliver(room.member_map, payload, exclude) if room is not None and room.member_map else 0
         if self._remote is not None:
-            self._remote.publish_room(name, payload, ex)
+            self._remote.publish_room(name, payload, exclude)
         return count
 
     def publish_user(self, user_id: str, payload: Payload) -> int:
@@ -366,10 +368,11 @@ class Hub:
 
     def publish_all(self, payload: Payload, exclude: Exclude = None) -> int:
         """Send an encoded payload to every connection on every node."""
-        ex = _exclude_set(exclude)
-        count = self.deliver_all(payload, ex)
+        if exclude is not None:
+            exclude = _exclude_set(exclude)
+        count = self._deliver(self._connections, payload, exclude)
         if self._remote is not None:
-            self._remote.publish_all(payload, ex)
+            self._remote.publish_all(payload, exclude)
         return count
 
     def deliver_room(self, name: str, payload: Payload, exclude: Any = None) -> int:
