@@ -71,6 +71,7 @@ class Dispatcher:
         self.limited = bool(config.rate_limit or config.rate_limit_bytes)
         self.max_depth = config.max_json_depth
         self.max_metadata = config.max_metadata_bytes
+        self.rooms = hub.room_map
         self.verify_token = verify_token
         self.on_message = on_message
         self.can_join = can_join
@@ -222,7 +223,7 @@ class Dispatcher:
         room = msg.room
         if room is None:
             raise EnvelopeError(ErrorCode.MISSING_FIELD, f"{msg.type} needs a 'room'")
-        if self.hub.get_room(room) is not None:  # an existing room's name was validated when it was made
+        if room in self.rooms:  # an existing room's name was validated when it was made
             return room
         if not self.hub.config.valid_room_name(room):
             cfg = self.hub.config
@@ -258,7 +259,7 @@ class Dispatcher:
         hub = self.hub
         name = msg.room
         # the ingress hot path: one room lookup, which also spares validating a known name
-        room = hub.get_room(name) if name is not None else None
+        room = self.rooms.get(name) if name is not None else None
         if room is None:
             name = self._room_name(msg)
         if self.can_publish is None:

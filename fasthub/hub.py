@@ -17,7 +17,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any, Protocol
 
 from . import _ext
@@ -107,6 +107,8 @@ class Hub:
         self._users: dict[str, dict[str, Connection]] = {}
         self._anonymous = 0
         self._rooms: dict[str, Room] = {}
+        #: name -> room, read only (the dispatcher's one lookup per room message); the hub changes it
+        self.room_map: Mapping[str, Room] = self._rooms
         self.fanout = Fanout(None, self, self._slow_consumer)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
