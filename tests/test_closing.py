@@ -15,6 +15,7 @@ import json
 import os
 import struct
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -153,11 +154,6 @@ def test_portable_path_counts_bytes_not_characters() -> None:
             run(scenario())
 
 
-def _fail_with_1009(client: RawClient) -> None:
-    """Send one frame over ``max_message_size`` (4 KiB in these tests): the server fails the connection."""
-    client.sock.sendall(encode_frame(0x1, b"x" * 10_000, mask=os.urandom(4)))
-
-
 def _seconds_until_unregistered(server: Server, user: str, limit_s: float) -> float:
     """Seconds until the server let go of ``user``'s connection (its socket closed)."""
     start = time.monotonic()
@@ -167,41 +163,40 @@ def _seconds_until_unregistered(server: Server, user: str, limit_s: float) -> fl
     return time.monotonic() - start
 
 
-def test_linger_ends_after_its_timeout_when_the_peer_never_closes() -> None:
+@contextlib.contextmanager
+def _failed_client(user: str) -> Iterator[tuple[Server, RawClient]]:
+    """A fast-path server and a raw client it has just failed with 1009 (the close frame read)."""
     with serve({"authenticate": query_user}, HubConfig(max_message_size=4096), ws="fasthub") as server:
-        client = RawClient(server, "user=stays")
+        client = RawClient(server, f"user={user}")
         try:
             client.json()
-            _fail_with_1009(client)
+            client.sock.sendall(encode_frame(0x1, b"x" * 10_000, mask=os.urandom(4)))  # over 4 KiB
             frame = client.frame()
             assert frame is not None and frame[0] == 0x8 and struct.unpack("!H", frame[1][:2])[0] == 1009
-            # our side is shut down at once (FIN), the socket is kept, reading, for the linger
-            client.sock.settimeout(2.0)
-            assert client.sock.recv(100) == b""
-            gone = _seconds_until_unregistered(server, "stays", 6.0)
-            assert 1.5 < gone < 4.0, gone  # LINGER_TIMEOUT (2 s): not at once, not forever
+            yield server, client
         finally:
             client.close()
+
+
+def test_linger_ends_after_its_timeout_when_the_peer_never_closes() -> None:
+    with _failed_client("stays") as (server, client):
+        # our side is shut down at once (FIN), the socket is kept, reading, for the linger
+        client.sock.settimeout(2.0)
+        assert client.sock.recv(100) == b""
+        gone = _seconds_until_unregistered(server, "stays", 6.0)
+        assert 1.5 < gone < 4.0, gone  # LINGER_TIMEOUT (2 s): not at once, not forever
 
 
 def test_linger_ends_after_its_byte_budget_when_the_peer_keeps_sending() -> None:
     from fasthub.server.protocol import LINGER_BYTES
 
-    with serve({"authenticate": query_user}, HubConfig(max_message_size=4096), ws="fasthub") as server:
-        client = RawClient(server, "user=flood")
-        try:
-            client.json()
-            _fail_with_1009(client)
-            frame = client.frame()
-            assert frame is not None and frame[0] == 0x8
-            chunk = encode_frame(0x1, b"y" * 60_000, mask=os.urandom(4))
-            sent = 0
-            start = time.monotonic()
-            with contextlib.suppress(ConnectionError):
-                while sent < 4 * LINGER_BYTES and time.monotonic() - start < 1.5:
-                    client.sock.sendall(chunk)
-                    sent += len(chunk)
-            assert sent < 4 * LINGER_BYTES, "the server kept reading past its linger budget"
-            assert time.monotonic() - start < 1.5, "cut by the byte budget, before the linger's timeout"
-        finally:
-            client.close()
+    with _failed_client("flood") as (_, client):
+        chunk = encode_frame(0x1, b"y" * 60_000, mask=os.urandom(4))
+        sent = 0
+        start = time.monotonic()
+        with contextlib.suppress(ConnectionError):
+            while sent < 4 * LINGER_BYTES and time.monotonic() - start < 1.5:
+                client.sock.sendall(chunk)
+                sent += len(chunk)
+        assert sent < 4 * LINGER_BYTES, "the server kept reading past its linger budget"
+        assert time.monotonic() - start < 1.5, "cut by the byte budget, before the linger's timeout"

@@ -21,7 +21,7 @@ from typing import Any
 
 from . import handshake
 from .http import GuardedHttpToolsProtocol, guarded_http_protocol
-from .protocol import HANDED_OFF, HANDSHAKE, HubProtocol
+from .protocol import HANDED_OFF, HANDSHAKE, Handshake, HubProtocol
 
 
 def _wants_websocket(head: bytes) -> bool:
@@ -103,13 +103,7 @@ class ListenerProtocol(HubProtocol):
         if heads is not None:
             heads.waiting.pop(self, None)
 
-    def handshake_data(self, data: bytes) -> None:
-        if self.phase != HANDSHAKE:
-            return
-        p = self.handshake()
-        if p.key:
-            self.keep_early(data)
-            return
+    def head_data(self, p: Handshake, data: bytes) -> None:
         buffered = p.request_buffer + data
         end = buffered.find(b"\r\n\r\n")
         if end < 0:

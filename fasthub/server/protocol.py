@@ -273,6 +273,10 @@ class HubProtocol(asyncio.Protocol):
         if p.key:
             self.keep_early(data)
             return
+        self.head_data(p, data)
+
+    def head_data(self, p: Handshake, data: bytes) -> None:
+        """The request head, re-serialized by uvicorn's hand-off (``ListenerProtocol`` reads its own)."""
         p.request_buffer += data
         if b"\r\n\r\n" not in p.request_buffer:
             if len(p.request_buffer) > handshake.MAX_REQUEST_SIZE:
