@@ -154,10 +154,10 @@ def test_portable_path_counts_bytes_not_characters() -> None:
             run(scenario())
 
 
-def _seconds_until_unregistered(server: Server, user: str, limit_s: float) -> float:
-    """Seconds until the server let go of ``user``'s connection (its socket closed)."""
+def _seconds_until_socket_closed(server: Server, limit_s: float) -> float:
+    """Seconds until the server closed its last socket (uvicorn forgets the protocol then)."""
     start = time.monotonic()
-    while server.call(server.hub.get_user_connections, user):
+    while server.call(lambda: len(server.uvicorn.server_state.connections)):
         assert time.monotonic() - start < limit_s, f"still open after {limit_s} s"
         time.sleep(0.05)
     return time.monotonic() - start
@@ -183,7 +183,9 @@ def test_linger_ends_after_its_timeout_when_the_peer_never_closes() -> None:
         # our side is shut down at once (FIN), the socket is kept, reading, for the linger
         client.sock.settimeout(2.0)
         assert client.sock.recv(100) == b""
-        gone = _seconds_until_unregistered(server, "stays", 6.0)
+        # the hub forgot the connection when the linger started; the socket waits for the peer
+        assert server.call(server.hub.get_user_connections, "stays") == []
+        gone = _seconds_until_socket_closed(server, 6.0)
         assert 1.5 < gone < 4.0, gone  # LINGER_TIMEOUT (2 s): not at once, not forever
 
 
@@ -200,3 +202,30 @@ def test_linger_ends_after_its_byte_budget_when_the_peer_keeps_sending() -> None
                 sent += len(chunk)
         assert sent < 4 * LINGER_BYTES, "the server kept reading past its linger budget"
         assert time.monotonic() - start < 1.5, "cut by the byte budget, before the linger's timeout"
+
+
+def test_a_ping_answered_in_the_same_read_as_a_failure_close_is_not_written_after_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The engine's pong and a queued 1008 in one read: the close frame is the last thing written
+    (nothing after our side is shut down, no transport error), and the client reads the 1008."""
+    config = HubConfig(rate_limit=1, rate_limit_strikes=1)
+    with serve({"authenticate": query_user}, config, ws="fasthub") as server:
+        client = RawClient(server, "user=pinger")
+        try:
+            client.json()
+            burst = b"".join(encode_frame(0x1, b'{"type":"ping"}', mask=os.urandom(4)) for _ in range(10))
+            client.sock.sendall(burst + encode_frame(0x9, b"are you there", mask=os.urandom(4)))
+            frames = []
+            while True:
+                frame = client.frame(timeout=3.0)
+                assert frame is not None, f"no close frame after {[op for op, _ in frames]}"
+                frames.append(frame)
+                if frame[0] == 0x8:
+                    break
+            assert struct.unpack("!H", frame[1][:2])[0] == 1008
+            client.sock.settimeout(3.0)
+            assert client.sock.recv(100) == b""  # then our FIN: nothing written after the close
+        finally:
+            client.close()
+        assert not [r for r in caplog.records if "Fatal error" in r.getMessage() or "write_eof" in r.getMessage()]

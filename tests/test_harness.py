@@ -195,3 +195,27 @@ def test_a_broker_delivers_remote_traffic_through_the_hub() -> None:
 def test_the_in_process_broker_is_never_called_to_publish(remote: bool) -> None:
     hub = Hub(broker=RecordingBroker() if remote else None)
     assert (hub.broker.remote, type(hub.broker).__name__) == (remote, "RecordingBroker" if remote else "LocalBroker")
+
+
+def test_the_direct_open_takes_a_query_string_too() -> None:
+    """``open_direct`` serves ``/ws?x=1`` like ``/ws`` (no ASGI task or scope), and not ``/other``."""
+    from fasthub.server.asgi import create_app
+    from fasthub.server.handshake import UpgradeRequest
+
+    opened: list[str] = []
+
+    class Protocol:
+        loop = None
+
+        def open_hub(self, conn: Any, dispatcher: Any, on_lost: Any, subprotocol: Any) -> None:
+            opened.append(conn.id)
+
+        def deny(self, status: int, reason: str) -> None:
+            raise AssertionError(reason)
+
+    with Harness() as h:
+        app = create_app(h.hub)
+        for target, direct in ((b"/ws", True), (b"/ws?v=1&x", True), (b"/other", False), (b"/wsx?v=1", False)):
+            request = UpgradeRequest(b"GET", target, [], b"key", [])
+            assert app.open_direct(Protocol(), request) is direct, target
+        assert len(opened) == 2 and h.hub.connection_count() == 2

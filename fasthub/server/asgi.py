@@ -259,7 +259,10 @@ class FasthubApp:
         the request is for another path or a hook needs the scope: the protocol then runs the
         app through ASGI.
         """
-        if request.target != self._ws_raw_path or self.reads_scope:
+        target = request.target
+        if target != self._ws_raw_path and target.partition(b"?")[0] != self._ws_raw_path:
+            return False
+        if self.reads_scope:
             return False
         hub = self.hub
         if hub.loop is None:

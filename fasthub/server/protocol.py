@@ -615,10 +615,14 @@ class HubProtocol(asyncio.Protocol):
         outbox = self._outbox()
         if outbox is not None and outbox.queue is not None:
             self.flush()
+            if self.phase == LINGERING:  # the flush held a failure close: nothing after its frame
+                return
         self.write_out(out)
 
     def write_out(self, out: list[bytes]) -> None:
         """Write the engine's output; a final ``b""`` ends the connection (lingering when it failed)."""
+        if self.phase == LINGERING:  # our side is shut down: nothing more may be written
+            return
         close_tcp = False
         if out[-1] == b"":
             out.pop()
@@ -642,6 +646,14 @@ class HubProtocol(asyncio.Protocol):
         wire = self.wire
         if wire is None or self.phase != OPEN_ or wire.state != OPEN:
             return
+        outbox = self._outbox()
+        if outbox is not None and outbox.queue is not None:
+            # what the hub queued before this close goes first (``flush`` took it already when
+            # the close came through the outbox)
+            frames = [p.frame() for p in outbox.take() if p.kind != KIND_CLOSE]
+            outbox.inflight = 0
+            if frames:
+                self.transport.write(b"".join(frames))
         wire.send_close(code, reason)
         self.phase = CLOSING
         self._detach_transport()
@@ -666,6 +678,18 @@ class HubProtocol(asyncio.Protocol):
         if self.phase == LINGERING or self.lost:
             return
         self.phase = LINGERING
+        conn = self.conn
+        on_lost = self.on_lost
+        if conn is not None and on_lost is not None:
+            # over for the hub now: it stops counting the connection, delivering to it and
+            # reporting its user online, and the app's on_disconnect runs
+            conn.closing = True
+            conn.discard()
+            if conn.close_code is None:
+                sent = self.wire.close_sent if self.wire is not None else None
+                conn.close_code, conn.close_reason = sent if sent is not None else (1006, "")
+            self.on_lost = None
+            on_lost(conn)
         self.stall_size = 0  # bytes discarded
         self.backlog = None
         if self.rate_timer is not None:
