@@ -31,6 +31,7 @@ AccessHook = Callable[[Connection, str], "Awaitable[bool] | bool"]
 UserHook = Callable[[Connection, str], "Awaitable[bool] | bool"]
 
 RoomHooks = AccessHook | Mapping[str, "AccessHook | bool"]
+_Step = Callable[[], "Awaitable[None] | None"]
 
 SERVER_ONLY = frozenset({MessageType.ERROR.value, MessageType.SYSTEM.value})
 
@@ -165,23 +166,25 @@ class Dispatcher:
             return None
 
     def _gate(
-        self, conn: Connection, msg: Message, allowed: Any, then: Callable[[], None], denied: EnvelopeError
+        self, conn: Connection, msg: Message, allowed: Any, then: _Step, denied: EnvelopeError
     ) -> Awaitable[None] | None:
-        """Run ``then`` if an access hook's answer (maybe awaitable) allows it, else raise ``denied``."""
+        """Run ``then`` if an answer (an access hook's, the broker's; maybe awaitable) allows it,
+        else raise ``denied``; ``then`` may itself return an awaitable."""
         if inspect.isawaitable(allowed):
             return self._gate_async(conn, msg, allowed, then, denied)
         if not allowed:
             raise denied
-        then()
-        return None
+        return then()
 
     async def _gate_async(
-        self, conn: Connection, msg: Message, allowed: Awaitable[Any], then: Callable[[], None], denied: EnvelopeError
+        self, conn: Connection, msg: Message, allowed: Awaitable[Any], then: _Step, denied: EnvelopeError
     ) -> None:
         try:
             if not await allowed:
                 raise denied
-            then()
+            rest = then()
+            if rest is not None:
+                await rest
         except EnvelopeError as exc:
             conn.send_json(error_envelope(exc.code, exc.message, msg.id))
 
@@ -281,44 +284,16 @@ class Dispatcher:
             raise EnvelopeError(ErrorCode.MISSING_FIELD, "user_message needs a 'to'")
         if self.can_message is None:
             return self._send_user(conn, msg, to)
-        allowed = self.can_message(conn, to)
         denied = EnvelopeError(ErrorCode.FORBIDDEN, f"not allowed to message user {to!r}")
-        if inspect.isawaitable(allowed):
-            return self._user_message_async(conn, msg, to, allowed, denied)
-        if not allowed:
-            raise denied
-        return self._send_user(conn, msg, to)
+        return self._gate(conn, msg, self.can_message(conn, to), lambda: self._send_user(conn, msg, to), denied)
 
     def _send_user(self, conn: Connection, msg: Message, to: str) -> Awaitable[None] | None:
         """Publish to ``to`` if it is online on some node (the broker's answer, maybe awaited)."""
-        online = self.hub.user_online(to)
-        if inspect.isawaitable(online):
-            return self._user_message_async(conn, msg, to, online, _unknown_user(to), then_send=False)
-        if not online:
-            raise _unknown_user(to)
-        self.hub.publish_user(to, self._relay(conn, msg))
-        return None
 
-    async def _user_message_async(
-        self,
-        conn: Connection,
-        msg: Message,
-        to: str,
-        allowed: Awaitable[Any],
-        refused: EnvelopeError,
-        then_send: bool = True,
-    ) -> None:
-        try:
-            if not await allowed:
-                raise refused
-            if then_send:
-                rest = self._send_user(conn, msg, to)
-                if rest is not None:
-                    await rest
-            else:
-                self.hub.publish_user(to, self._relay(conn, msg))
-        except EnvelopeError as exc:
-            conn.send_json(error_envelope(exc.code, exc.message, msg.id))
+        def publish() -> None:
+            self.hub.publish_user(to, self._relay(conn, msg))
+
+        return self._gate(conn, msg, self.hub.user_online(to), publish, _unknown_user(to))
 
     def _refresh(self, conn: Connection, msg: Message) -> None:
         """A fresh token for the same user moves the connection's expiry (no reconnect)."""

@@ -372,7 +372,7 @@ class Hub:
         """Send an encoded payload to every connection on every node."""
         if exclude is not None:
             exclude = _exclude_set(exclude)
-        count = self._deliver(self._connections, payload, exclude)
+        count = self.deliver_all(payload, exclude)
         if self._remote is not None:
             self._remote.publish_all(payload, exclude)
         return count
@@ -405,10 +405,6 @@ class Hub:
     def user_online(self, user_id: str) -> bool | Awaitable[bool]:
         """Whether ``user_id`` has a connection on any node (the broker's answer)."""
         return self.broker.user_online(user_id)
-
-    def room_size(self, name: str) -> int:
-        """Members of room ``name`` on every node (the broker's answer)."""
-        return self.broker.room_size(name)
 
     # -- connections and users -------------------------------------------------------------------
 

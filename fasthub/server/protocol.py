@@ -347,18 +347,18 @@ class HubProtocol(asyncio.Protocol):
         """Complete a generic ASGI app's upgrade: the 101 now, frames from the engine from here on."""
         p = self.handshake()
         self.transport.write(handshake.accept_response(p.key, [*self.shared.default_headers, *extra_headers]))
-        self._start_engine()
+        hub_app = self.shared.hub_app
+        self._start_engine(hub_app.hub.config.transport_high_water if hub_app is not None else 64 * 1024)
         early = p.request_buffer
         if early:
             p.request_buffer = b""
             self.loop.call_soon(self._feed, early)
 
-    def _start_engine(self) -> None:
+    def _start_engine(self, high_water: int) -> None:
+        """Open: the engine from here on, and the transport's write-buffer marks."""
         self.phase = OPEN_
         self.wire = ServerProtocol(self.shared.max_size)
-        hub_app = self.shared.hub_app
-        high = hub_app.hub.config.transport_high_water if hub_app is not None else 64 * 1024
-        self.transport.set_write_buffer_limits(high=high, low=high // 4)
+        self.transport.set_write_buffer_limits(high=high_water, low=high_water // 4)
 
     # -- the hub's fast path ------------------------------------------------------------------------
 
@@ -393,11 +393,8 @@ class HubProtocol(asyncio.Protocol):
         headers = self.shared.default_headers
         if subprotocol:
             headers = [*headers, (b"sec-websocket-protocol", subprotocol.encode())]
-        self.phase = OPEN_
-        self.wire = ServerProtocol(self.shared.max_size)
+        self._start_engine(conn.hub.config.transport_high_water)
         transport = self.transport
-        high = conn.hub.config.transport_high_water
-        transport.set_write_buffer_limits(high=high, low=high // 4)
         outbox.transport = transport  # the compiled flush writes here directly
         outbox.fd = _plain_fd(transport)
         outbox.push(Payload(KIND_RAW, handshake.accept_response(key, headers)))
