@@ -57,6 +57,35 @@ def _parser() -> argparse.ArgumentParser:
     auth.add_argument("--stats-token", help="require this bearer token for /ws/stats (or env FASTHUB_STATS_TOKEN)")
     auth.add_argument("--no-stats", action="store_true", help="do not serve /ws/stats")
     serve.add_argument("--no-demo", action="store_true", help="do not serve the demo page at /")
+    cluster = serve.add_argument_group("cluster (several processes or machines as one hub)")
+    cluster.add_argument(
+        "--redis",
+        metavar="URL",
+        help="join every hub on this Redis, e.g. redis://127.0.0.1:6379/0 (or env FASTHUB_REDIS_URL)",
+    )
+    cluster.add_argument("--redis-prefix", default="fasthub", help="key and channel namespace (default fasthub)")
+    cluster.add_argument(
+        "--redis-sharded",
+        action="store_true",
+        help="Redis 7 sharded pub/sub (SPUBLISH/SSUBSCRIBE) instead of PUBLISH/SUBSCRIBE",
+    )
+    cluster.add_argument(
+        "--node-ttl",
+        type=float,
+        default=5.0,
+        help="seconds after which a silent node leaves the cluster view (default 5)",
+    )
+    cluster.add_argument(
+        "--workers",
+        default="1",
+        metavar="N",
+        help="worker processes sharing the port (SO_REUSEPORT), supervised; 'auto' = cores; N > 1 needs --redis",
+    )
+    cluster.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="bind with SO_REUSEPORT so several fasthub serve processes share the port (what each worker does)",
+    )
     serve.add_argument(
         "--ws",
         default="fasthub",
@@ -105,6 +134,35 @@ def _authenticator(args: argparse.Namespace) -> Any:
         user_claim=args.jwt_user_claim,
         allow_anonymous=args.allow_anonymous,
     )
+
+
+def _workers(value: str) -> int:
+    if value == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"--workers must be a number >= 1 or 'auto', got {value!r}")
+    return n
+
+
+def _worker_argv(argv: Sequence[str]) -> list[str]:
+    """The command line of one worker: the same options, one process, on a shared port."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--workers":
+            skip = True
+            continue
+        if arg.startswith("--workers="):
+            continue
+        out.append(arg)
+    return [*out, "--workers", "1", "--reuse-port"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -159,8 +217,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError) as exc:
             print(f"fasthub: {exc}", file=sys.stderr)
             return 2
+        redis_url = args.redis or os.environ.get("FASTHUB_REDIS_URL") or None
+        try:
+            workers = _workers(args.workers)
+        except ValueError as exc:
+            print(f"fasthub: {exc}", file=sys.stderr)
+            return 2
+        if workers > 1:
+            if redis_url is None:
+                print(
+                    f"fasthub: --workers {args.workers} needs --redis URL (or FASTHUB_REDIS_URL): without a broker "
+                    "each worker would be a separate hub, and clients on different workers could not reach each other",
+                    file=sys.stderr,
+                )
+                return 2
+            from .server.workers import supervise
+
+            return supervise(workers, _worker_argv(argv if argv is not None else sys.argv[1:]))
+        broker = None
+        if redis_url is not None:
+            from .broker.redis import RedisBroker
+
+            try:
+                broker = RedisBroker(redis_url, prefix=args.redis_prefix, sharded=args.redis_sharded, ttl=args.node_ttl)
+            except ValueError as exc:
+                print(f"fasthub: {exc}", file=sys.stderr)
+                return 2
         app = create_app(
-            Hub(config),
+            Hub(config, broker=broker),
             authenticate=authenticate,
             demo=not args.no_demo,
             stats_path=None if args.no_stats else "/ws/stats",
@@ -168,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             allowed_origins=args.allowed_origin,
         )
         try:
-            run(app, args.host, args.port, args.log_level, ws=args.ws)
+            run(app, args.host, args.port, args.log_level, ws=args.ws, reuse_port=args.reuse_port)
         except MissingWebSocketImplementation as exc:
             print(f"fasthub: {exc}", file=sys.stderr)
             return 2

@@ -16,6 +16,7 @@ import concurrent.futures
 import contextlib
 import logging
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any, Protocol
@@ -78,6 +79,7 @@ class _Ids:
 
 
 _ids = _Ids()
+_HOSTNAME = socket.gethostname()
 
 
 def _exclude_set(exclude: Exclude) -> Any:
@@ -157,6 +159,7 @@ class Hub:
             fanout.flush_scheduled = True
             loop.call_soon(fanout.flush)
         self._sweeper = loop.call_later(self._sweep_period(), self._sweep)
+        self.broker.start(loop)
 
     def _sweep_period(self) -> float:
         # Often enough that an idle client is pinged with at least half of the
@@ -497,6 +500,7 @@ class Hub:
                 conn.drop_room(name)
             members.clear()
             if self._remote is not None:
+                self._remote.room_resized(name, 0)
                 self._remote.room_closed(name)
         return True
 
@@ -519,14 +523,28 @@ class Hub:
             room = self._rooms[name] = Room(name)
         members = room.member_map
         members[conn.id] = conn
-        if len(members) == 1 and self._remote is not None:
-            self._remote.room_opened(name)
         conn.add_room(room.name)  # the room's own name string: one copy however many members
+        remote = self._remote
+        if remote is not None:
+            if len(members) == 1:
+                remote.room_opened(name)
+            remote.room_resized(name, len(members))
+            waiter = remote.ready(name)
+            if waiter is not None:  # reply once this node hears the room's traffic from others
+                asyncio.ensure_future(waiter).add_done_callback(lambda _: self._announce_join(conn, room, reply_id))
+                return room
+        self._announce_join(conn, room, reply_id)
+        return room
+
+    def _announce_join(self, conn: Connection, room: Room, reply_id: Any) -> None:
+        """The joiner's ``joined`` reply and, in small rooms, the others' ``user_joined``."""
+        if room.member_map.get(conn.id) is not conn:
+            return  # left (or closed) while the room's subscription was being set up
+        name = room.name
         size = self.broker.room_size(name)
         if 1 < size <= self.config.member_events_limit:
             self.publish_room(name, self._member_event("user_joined", room, conn, size), conn.id)
         self._reply_membership(conn, room, "joined", reply_id, size)
-        return room
 
     def leave_room(self, conn_id: str, name: str, *, reply_id: Any = None) -> bool:
         """Remove a connection from a room; False if it was not a member."""
@@ -537,12 +555,15 @@ class Hub:
         if room is None or room.member_map.pop(conn.id, None) is None:
             return False
         conn.drop_room(name)
+        remote = self._remote
+        if remote is not None:
+            remote.room_resized(name, len(room.member_map))
+        size = self.broker.room_size(name)  # before room_closed: the cluster's count, others included
         if not room.member_map:
-            if self._remote is not None:
-                self._remote.room_closed(name)
+            if remote is not None:
+                remote.room_closed(name)
             if not room.persistent:
                 del self._rooms[name]
-        size = self.broker.room_size(name)
         if reply:
             self._reply_membership(conn, room, "left", reply_id, size)
         if 0 < size < self.config.member_events_limit:
@@ -621,6 +642,43 @@ class Hub:
         broker = self.broker.stats()
         if broker:
             out["broker"] = broker
+        return out
+
+    def node_stats(self) -> dict[str, Any]:
+        """What this node tells the cluster view (``RedisBroker``'s heartbeat)."""
+        msgs_in_s, msgs_out_s, _, _ = self._rates
+        return {
+            "pid": os.getpid(),
+            "host": _HOSTNAME,
+            "connections": len(self._connections),
+            "users": len(self._users),
+            "anonymous": self._anonymous,
+            "rooms": len(self._rooms),
+            "messages_in_per_s": msgs_in_s,
+            "messages_out_per_s": msgs_out_s,
+            "rss_bytes": _rss_bytes(),
+            "uptime_s": round(time.monotonic() - self._started, 1),
+        }
+
+    async def cluster_stats(self) -> dict[str, Any]:
+        """``stats()`` for the whole cluster: what ``/ws/stats`` serves.
+
+        With a clustered broker, ``connections``, ``users``, ``rooms`` and ``room_list`` count
+        every node (this process's own numbers move to ``node``), and ``cluster`` lists the live
+        nodes with their counters. With the in-process broker it is ``stats()``.
+        """
+        out = self.stats()
+        try:
+            view = await self.broker.cluster_view()
+        except Exception as exc:  # Redis went away between the heartbeat and now
+            view = {"state": "down", "error": str(exc)}
+        if view is None:
+            return out
+        out["cluster"] = view
+        if view.get("state") == "up":
+            out["node"] = {key: out[key] for key in ("connections", "users", "rooms", "room_list")}
+            for key in ("connections", "users", "rooms", "room_list"):
+                out[key] = view[key]
         return out
 
 

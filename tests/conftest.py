@@ -78,8 +78,9 @@ def serve(
     mount: bool = False,
     ws: str = "websockets-sansio",
     uvicorn_kwargs: dict[str, Any] | None = None,
+    broker: Any = None,
 ) -> Iterator[Server]:
-    hub = Hub(config or HubConfig())
+    hub = Hub(config or HubConfig(), broker=broker)
     app = create_app(hub, **(app_kwargs or {}))
     asgi: Any = app
     prefix = ""
@@ -318,3 +319,15 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[Any]:
+    """A fresh redis-server on a free loopback port (tests/redisproc.py)."""
+    from redisproc import RedisServer
+
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()

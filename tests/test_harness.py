@@ -219,3 +219,41 @@ def test_the_direct_open_takes_a_query_string_too() -> None:
             request = UpgradeRequest(b"GET", target, [], b"key", [])
             assert app.open_direct(Protocol(), request) is direct, target
         assert len(opened) == 2 and h.hub.connection_count() == 2
+
+
+class SlowSubscribeBroker(RecordingBroker):
+    """A clustered broker whose room subscriptions take until the test says so."""
+
+    def __init__(self) -> None:
+        super().__init__(elsewhere={"r": 2})
+        self.pending: dict[str, Any] = {}
+
+    def ready(self, room: str) -> Any:
+        fut = self.pending.get(room)
+        if fut is None or fut.done():
+            return None
+        return fut
+
+
+def test_the_join_reply_waits_until_the_node_hears_the_room() -> None:
+    broker = SlowSubscribeBroker()
+    with Harness(hub=Hub(broker=broker)) as h:
+        broker.pending["r"] = h.loop.create_future()
+        a = h.connect("a")
+        a.received()
+        a.send({"type": "join_room", "room": "r", "id": 1})
+        h.settle()
+        assert a.received() == []  # no "joined" before the subscription is live
+        assert ("room", "r") not in [c[:2] for c in broker.calls]  # nor a user_joined
+        broker.pending["r"].set_result(None)
+        h.settle()
+        (joined,) = a.received()
+        assert joined["id"] == 1 and joined["payload"]["members"] == 3
+        # a member that leaves before its subscription is live gets no late "joined"
+        broker.pending["s"] = h.loop.create_future()
+        broker.elsewhere["s"] = 0
+        a.send({"type": "join_room", "room": "s", "id": 2})
+        a.send({"type": "leave_room", "room": "s", "id": 3})
+        broker.pending["s"].set_result(None)
+        h.settle()
+        assert [m["id"] for m in a.received()] == [3]

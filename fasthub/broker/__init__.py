@@ -9,11 +9,13 @@ from the broker too, so a cluster answers them as one process does. Modelled on 
 Broker / PresenceManager split.
 
 ``LocalBroker`` (``fasthub.broker.local``) is the in-process implementation and the default:
-there is no other node, so publishing is local delivery alone.
+there is no other node, so publishing is local delivery alone. ``RedisBroker``
+(``fasthub.broker.redis``) joins hubs in several processes and machines through Redis.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -42,6 +44,9 @@ class Node(Protocol):
     def local_user_online(self, user_id: str) -> bool:
         """Whether ``user_id`` has a connection on this node."""
 
+    def node_stats(self) -> dict[str, Any]:
+        """This node's counters for the cluster view (connections, users, rooms, rates, memory)."""
+
 
 class Broker(Protocol):
     """What a broker implements. Every method runs on the hub's event loop and never blocks.
@@ -59,6 +64,12 @@ class Broker(Protocol):
     def bind(self, node: Node) -> None:
         """Attach to the hub whose connections this broker delivers into."""
 
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Begin connecting on ``loop`` (the hub's); must not block or raise when the broker is down."""
+
+    async def close(self) -> None:
+        """Leave the cluster and release connections (server shutdown)."""
+
     def publish_room(self, room: str, payload: Payload, exclude: Any) -> None: ...
 
     def publish_user(self, user_id: str, payload: Payload) -> None: ...
@@ -68,6 +79,16 @@ class Broker(Protocol):
     def room_opened(self, room: str) -> None: ...
 
     def room_closed(self, room: str) -> None: ...
+
+    def room_resized(self, room: str, local_size: int) -> None:
+        """This node's member count of ``room`` changed (every join and leave)."""
+
+    def ready(self, room: str) -> Awaitable[None] | None:
+        """None if this node hears ``room``'s traffic now; else a future the join reply waits for.
+
+        A client that got its ``joined`` reply receives every message published after it, on
+        any node. The future must complete (also when the broker is down) within seconds.
+        """
 
     def user_opened(self, user_id: str) -> None: ...
 
@@ -82,7 +103,19 @@ class Broker(Protocol):
     def stats(self) -> dict[str, Any]:
         """Broker counters for ``/ws/stats`` (empty for the in-process broker)."""
 
+    async def cluster_view(self) -> dict[str, Any] | None:
+        """Every node's counters and the cluster-wide room list (None: this process is the hub)."""
+
 
 from .local import LocalBroker  # noqa: E402  (the default implementation, after the interface)
 
-__all__ = ["Broker", "Exclude", "LocalBroker", "Node"]
+
+def __getattr__(name: str) -> Any:
+    if name == "RedisBroker":  # imports redis-py only when asked for
+        from .redis import RedisBroker
+
+        return RedisBroker
+    raise AttributeError(name)
+
+
+__all__ = ["Broker", "Exclude", "LocalBroker", "Node", "RedisBroker"]

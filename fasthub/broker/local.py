@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -24,6 +25,12 @@ class LocalBroker:
     def bind(self, node: Node) -> None:
         self.node = node
 
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Nothing to connect to."""
+
+    async def close(self) -> None:
+        """Nothing to leave."""
+
     def publish_room(self, room: str, payload: Payload, exclude: Any) -> None:
         """Nothing to forward: the hub delivered to every member already."""
 
@@ -38,6 +45,12 @@ class LocalBroker:
 
     def room_closed(self, room: str) -> None:
         """No subscription to drop."""
+
+    def room_resized(self, room: str, local_size: int) -> None:
+        """The local count is the count."""
+
+    def ready(self, room: str) -> None:
+        """Local members hear a room at once."""
 
     def user_opened(self, user_id: str) -> None:
         """No subscription to make."""
@@ -55,3 +68,6 @@ class LocalBroker:
 
     def stats(self) -> dict[str, Any]:
         return {}
+
+    async def cluster_view(self) -> None:
+        return None

@@ -157,6 +157,7 @@ class FasthubApp:
         hub.close_all(1001, "server shutting down")
         if handlers:
             await asyncio.wait(handlers, timeout=grace)
+        await hub.broker.close()
 
     # -- websocket -----------------------------------------------------------------------------
 
@@ -370,7 +371,7 @@ class FasthubApp:
             await _respond(
                 send,
                 200,
-                orjson.dumps(self.hub.stats()),
+                orjson.dumps(await self.hub.cluster_stats()),
                 b"application/json",
                 [(b"cache-control", b"no-store")],
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import importlib
 import logging
+import socket
 from typing import Any
 
 from ..config import HubConfig
@@ -80,14 +81,30 @@ def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8080, log_leve
     return uvicorn.Config(app, **options)
 
 
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A listening socket with ``SO_REUSEPORT``: the kernel spreads connections over every such socket."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(4096)
+    sock.set_inheritable(True)
+    return sock
+
+
 def run(
     app: FasthubApp | Hub | None = None,
     host: str = "127.0.0.1",
     port: int = 8080,
     log_level: str = "info",
+    reuse_port: bool = False,
     **uvicorn_options: Any,
 ) -> None:
-    """Serve ``app`` (or a hub, or a new default hub) until interrupted."""
+    """Serve ``app`` (or a hub, or a new default hub) until interrupted.
+
+    ``reuse_port``: bind with ``SO_REUSEPORT`` (several processes on one port, as ``--workers``).
+    """
     import uvicorn
 
     if not isinstance(app, FasthubApp):
@@ -102,4 +119,5 @@ def run(
     # generation less often, and move everything alive at start-up out of the collector's way.
     gc.set_threshold(20_000, 50, 100)
     gc.freeze()
-    uvicorn.Server(uvicorn_config(app, host, port, log_level, **uvicorn_options)).run()
+    server = uvicorn.Server(uvicorn_config(app, host, port, log_level, **uvicorn_options))
+    server.run(sockets=[reuse_port_socket(host, port)] if reuse_port else None)

@@ -1,0 +1,695 @@
+"""``RedisBroker``: several hub processes, on one machine or many, act as one hub through Redis.
+
+Traffic discipline (docs/cluster.md has the figures):
+
+- One channel per room and per user, subscribed only while this node has a local member (or
+  connection) and unsubscribed when the last one leaves: a node with no member of room X
+  receives none of X's traffic. Subscription changes made in one event-loop tick leave in one
+  ``SUBSCRIBE``/``UNSUBSCRIBE`` command each.
+- A channel name carries a partition hash tag (``fasthub:{7}:r:lobby``), so on a Redis Cluster
+  the rooms spread over a fixed number of slots; ``sharded=True`` uses Redis 7 sharded pub/sub
+  (``SPUBLISH``/``SSUBSCRIBE``) there.
+- The encoded envelope crosses Redis once per message (``codec``); publishes made in one tick
+  leave in one pipelined write, in order, from one writer task, so one connection's messages
+  to a room reach every node in the order sent. A node skips its own messages (sender id).
+- Cluster answers: each node keeps its member count of every room and its users in two
+  hashes with a TTL (``fasthub:n:{<node>}:rooms`` / ``:users``) and announces count changes on
+  the room's channel, so ``room_size`` is a sum of cached numbers (no round trip on a join) and
+  ``user_online`` is one pipelined ``HEXISTS`` per live node. A heartbeat key per node, with a
+  TTL, is the cluster view; a node that dies drops out of it within ``ttl`` seconds.
+
+Faults: Redis down (at start or later) never stops local delivery. Publishes that cannot go
+out are counted (``broker_errors``), the outage is logged once, and the broker reconnects with
+backoff (at most ``retry_max`` seconds apart), resubscribes every channel with local members
+and rewrites this node's hashes. Bad data on a channel is counted (``bad_messages``) and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import zlib
+from collections.abc import Awaitable, Iterable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+
+from .._core import KIND_BINARY, KIND_TEXT, Payload
+from . import codec
+
+if TYPE_CHECKING:
+    from . import Node
+
+log = logging.getLogger("fasthub.broker")
+
+#: seconds a join reply waits for the room's subscription before it is sent anyway
+READY_TIMEOUT = 2.0
+#: channels per SUBSCRIBE/UNSUBSCRIBE command
+SUBSCRIBE_CHUNK = 1000
+
+
+def redact(url: str) -> str:
+    """``url`` without its password (for logs and ``/ws/stats``)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
+
+
+class RedisBroker:
+    """Joins this hub to every other hub on the same Redis (and ``prefix``).
+
+    Args:
+        url: ``redis://[user:password@]host:port/db`` (``rediss://`` for TLS).
+        prefix: key and channel namespace; hubs with different prefixes share nothing.
+        partitions: hash-tag partitions for room and user channels (fixed for a cluster's life).
+        sharded: use ``SPUBLISH``/``SSUBSCRIBE`` (Redis >= 7) instead of ``PUBLISH``/``SUBSCRIBE``.
+        ttl: seconds after which a silent node leaves the cluster view (heartbeat every ttl/3).
+        retry_max: longest pause between reconnect attempts.
+        max_pending: messages held for Redis while it is slow; more are counted and dropped.
+    """
+
+    remote = True
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = "fasthub",
+        partitions: int = 64,
+        sharded: bool = False,
+        ttl: float = 5.0,
+        retry_max: float = 1.0,
+        max_pending: int = 100_000,
+    ) -> None:
+        if partitions < 1:
+            raise ValueError("partitions must be >= 1")
+        if not ttl > 0:
+            raise ValueError("ttl must be > 0")
+        self.url = url
+        self.prefix = prefix
+        self.partitions = partitions
+        self.sharded = sharded
+        self.ttl = float(ttl)
+        self.retry_max = float(retry_max)
+        self.max_pending = max_pending
+        self.node_id = os.urandom(8).hex()
+        self._node_b = self.node_id.encode()
+        self.node: Node | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: Any = None
+        self._pubsub: Any = None
+        self._main: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[Any]] = []  # reader, writer, heartbeat: one ends, all restart
+        self._side: set[asyncio.Task[Any]] = set()  # subscription changes and count loads
+        self.up = False
+        # what this node wants to hear: channel -> ("r", room) / ("u", user) / ("a", "")
+        self._routes: dict[bytes, tuple[str, str]] = {}
+        self._all_channel = f"{prefix}:{{0}}:all".encode()
+        self._subscribed: set[bytes] = set()  # sent SUBSCRIBE for these
+        self._confirmed: set[bytes] = set()  # Redis confirmed these
+        self._subs_scheduled = False
+        self._ready: dict[str, asyncio.Future[None]] = {}  # room -> join replies waiting for it
+        self._to_load: set[str] = set()  # rooms subscribed whose counts are being read
+        self._loading = False
+        # cluster counts: room -> node -> (seq, members) for rooms this node is subscribed to
+        self._counts: dict[str, dict[bytes, tuple[int, int]]] = {}
+        self._seq = 0
+        self._rooms_dirty: set[str] = set()
+        self._users_dirty: set[str] = set()
+        self._live: list[bytes] = []  # other live node ids, from the last heartbeat
+        self._view: dict[str, Any] = {}
+        # the writer: commands queued in one tick leave in one pipeline
+        self._out: list[tuple[Any, ...]] = []
+        self._wake: asyncio.Event | None = None
+        self._outage_logged = False
+        # counters for /ws/stats
+        self.published = 0
+        self.received = 0
+        self.broker_errors = 0
+        self.bad_messages = 0
+        self.outages = 0
+        self._bad_logged_at = 0.0
+
+    # -- names ------------------------------------------------------------------------------------
+
+    def _partition(self, name: str) -> int:
+        return zlib.crc32(name.encode()) % self.partitions
+
+    def room_channel(self, room: str) -> bytes:
+        return f"{self.prefix}:{{{self._partition(room)}}}:r:{room}".encode()
+
+    def user_channel(self, user_id: str) -> bytes:
+        return f"{self.prefix}:{{{self._partition(user_id)}}}:u:{user_id}".encode()
+
+    def _node_key(self, node: str | bytes, part: str = "") -> str:
+        if isinstance(node, bytes):
+            node = node.decode()
+        return f"{self.prefix}:n:{{{node}}}{part}"
+
+    @property
+    def _nodes_key(self) -> str:
+        return f"{self.prefix}:nodes"
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def bind(self, node: Node) -> None:
+        self.node = node
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Connect in the background (the hub serves its local connections meanwhile)."""
+        if self._loop is loop and self._main is not None and not self._main.done():
+            return
+        self._loop = loop
+        self._wake = asyncio.Event()
+        self._main = loop.create_task(self._run())
+
+    async def close(self) -> None:
+        """Leave the cluster: stop the tasks, remove this node's keys, close the connections."""
+        main, self._main = self._main, None
+        if main is not None:
+            main.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await main
+        if self._client is not None and self.up:
+            with contextlib.suppress(Exception):
+                pipe = self._client.pipeline(transaction=False)
+                pipe.zrem(self._nodes_key, self.node_id)
+                pipe.delete(self._node_key(self.node_id), self._node_key(self.node_id, ":rooms"))
+                pipe.delete(self._node_key(self.node_id, ":users"))
+                await asyncio.wait_for(pipe.execute(), 1.0)
+        await self._disconnect()
+        self.up = False
+        for fut in self._ready.values():
+            if not fut.done():
+                fut.set_result(None)
+        self._ready.clear()
+
+    async def _run(self) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await self._connect()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._went_down(exc)
+                await self._disconnect()
+                await asyncio.sleep(delay)
+                delay = min(self.retry_max, delay * 2)
+                continue
+            delay = 0.05
+            if self.outages:
+                log.warning("fasthub: broker: Redis at %s is back", redact(self.url))
+            self._outage_logged = False
+            try:
+                done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
+                failure = next((t.exception() for t in done if t.exception() is not None), None)
+                raise failure if failure is not None else ConnectionError("a broker task ended")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._went_down(exc)
+                await self._disconnect()
+                await asyncio.sleep(delay)
+
+    async def _connect(self) -> None:
+        import redis.asyncio as aioredis
+
+        self._client = aioredis.Redis.from_url(
+            self.url, socket_connect_timeout=2.0, socket_timeout=max(5.0, self.ttl), health_check_interval=0
+        )
+        await self._client.ping()
+        await self._heartbeat_once()
+        self._pubsub = self._client.pubsub()
+        self._subscribed.clear()
+        self._confirmed.clear()
+        self._to_load.clear()
+        self._loading = False
+        # everything with local members, plus the broadcast channel; and this node's hashes
+        self._routes[self._all_channel] = ("a", "")
+        await self._send_subscribe(list(self._routes))
+        self._rewrite_state()
+        self.up = True
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._reader()),
+            loop.create_task(self._writer()),
+            loop.create_task(self._heartbeat()),
+        ]
+        if self._rooms_dirty or self._users_dirty or self._out:
+            self._wake_writer()
+
+    def _went_down(self, exc: BaseException) -> None:
+        was_up, self.up = self.up, False
+        if was_up or not self._outage_logged:
+            self.outages += 1
+            log.error("fasthub: broker: Redis at %s unreachable (%s); retrying, local delivery goes on",
+                      redact(self.url), exc or type(exc).__name__)
+            self._outage_logged = True
+        self.broker_errors += sum(cmd[0] for cmd in self._out)
+        self._out.clear()
+        for room, fut in list(self._ready.items()):  # joins reply now, with what is known
+            if not fut.done():
+                fut.set_result(None)
+            del self._ready[room]
+
+    async def _disconnect(self) -> None:
+        tasks = [*self._tasks, *self._side]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        self._side.clear()
+        pubsub, self._pubsub = self._pubsub, None
+        client, self._client = self._client, None
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+    # -- subscriptions ----------------------------------------------------------------------------
+
+    def _want(self, channel: bytes, route: tuple[str, str]) -> None:
+        self._routes[channel] = route
+        self._schedule_subs()
+
+    def _unwant(self, channel: bytes) -> None:
+        self._routes.pop(channel, None)
+        self._schedule_subs()
+
+    def _schedule_subs(self) -> None:
+        if not self._subs_scheduled and self._loop is not None:
+            self._subs_scheduled = True
+            self._loop.call_soon(self._sync_subs)
+
+    def _sync_subs(self) -> None:
+        self._subs_scheduled = False
+        if not self.up or self._pubsub is None:
+            return  # (re)connecting subscribes to everything in _routes
+        add = [ch for ch in self._routes if ch not in self._subscribed]
+        drop = [ch for ch in self._subscribed if ch not in self._routes]
+        if add or drop:
+            self._spawn(self._change_subs(add, drop))
+
+    def _spawn(self, coro: Any) -> None:
+        """A short task of this connection's life; its failure shows in the reader anyway."""
+        task = asyncio.ensure_future(coro)
+        self._side.add(task)
+        task.add_done_callback(self._side_done)
+
+    def _side_done(self, task: asyncio.Task[Any]) -> None:
+        self._side.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("fasthub: broker: %s", task.exception())
+
+    async def _change_subs(self, add: list[bytes], drop: list[bytes]) -> None:
+        if add:
+            await self._send_subscribe(add)
+        for i in range(0, len(drop), SUBSCRIBE_CHUNK):
+            chunk = drop[i : i + SUBSCRIBE_CHUNK]
+            self._subscribed.difference_update(chunk)
+            self._confirmed.difference_update(chunk)
+            if self.sharded:
+                await self._pubsub.sunsubscribe(*chunk)
+            else:
+                await self._pubsub.unsubscribe(*chunk)
+
+    async def _send_subscribe(self, channels: list[bytes]) -> None:
+        for i in range(0, len(channels), SUBSCRIBE_CHUNK):
+            chunk = channels[i : i + SUBSCRIBE_CHUNK]
+            self._subscribed.update(chunk)
+            if self.sharded:
+                await self._pubsub.ssubscribe(*chunk)
+            else:
+                await self._pubsub.subscribe(*chunk)
+
+    # -- the Broker interface: membership ---------------------------------------------------------
+
+    def room_opened(self, room: str) -> None:
+        self._counts.setdefault(room, {})
+        self._want(self.room_channel(room), ("r", room))
+
+    def room_closed(self, room: str) -> None:
+        self._counts.pop(room, None)
+        self._unwant(self.room_channel(room))
+        fut = self._ready.pop(room, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def room_resized(self, room: str, local_size: int) -> None:
+        self._rooms_dirty.add(room)
+        self._wake_writer()
+
+    def ready(self, room: str) -> Awaitable[None] | None:
+        """None when this node already hears room's traffic; else a future for the join reply."""
+        if not self.up or (self.room_channel(room) in self._confirmed and room not in self._to_load):
+            return None
+        fut = self._ready.get(room)
+        if fut is None:
+            assert self._loop is not None
+            fut = self._ready[room] = self._loop.create_future()
+            self._loop.call_later(READY_TIMEOUT, _settle, fut)
+        return fut
+
+    def user_opened(self, user_id: str) -> None:
+        self._want(self.user_channel(user_id), ("u", user_id))
+        self._users_dirty.add(user_id)
+        self._wake_writer()
+
+    def user_closed(self, user_id: str) -> None:
+        self._unwant(self.user_channel(user_id))
+        self._users_dirty.add(user_id)
+        self._wake_writer()
+
+    def room_size(self, room: str) -> int:
+        node = self.node
+        size = node.local_room_size(room) if node is not None else 0
+        counts = self._counts.get(room)
+        if counts:
+            live = self._live
+            for other, (_, n) in counts.items():
+                if other in live:
+                    size += n
+        return size
+
+    def user_online(self, user_id: str) -> bool | Awaitable[bool]:
+        node = self.node
+        if node is not None and node.local_user_online(user_id):
+            return True
+        if not self.up or not self._live:
+            return False
+        return self._online_elsewhere(user_id)
+
+    async def _online_elsewhere(self, user_id: str) -> bool:
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for other in self._live:
+                pipe.hexists(self._node_key(other, ":users"), user_id)
+            return any(await pipe.execute())
+        except Exception:
+            self.broker_errors += 1
+            return False
+
+    # -- the Broker interface: publishing ---------------------------------------------------------
+
+    def publish_room(self, room: str, payload: Payload, exclude: Any) -> None:
+        self._publish(self.room_channel(room), payload, exclude)
+
+    def publish_user(self, user_id: str, payload: Payload) -> None:
+        self._publish(self.user_channel(user_id), payload, None)
+
+    def publish_all(self, payload: Payload, exclude: Any) -> None:
+        self._publish(self._all_channel, payload, exclude)
+
+    def _publish(self, channel: bytes, payload: Payload, exclude: Iterable[str] | None) -> None:
+        if not self.up:
+            self._lost()
+            return
+        out = self._out
+        if len(out) >= self.max_pending:
+            self._lost()
+            return
+        kind = codec.BINARY if payload.kind == KIND_BINARY else codec.TEXT
+        data = codec.encode(kind, self._node_b, payload.data, exclude)
+        out.append((True, "SPUBLISH" if self.sharded else "PUBLISH", channel, data))
+        if len(out) == 1:
+            self._wake_writer()
+
+    def _lost(self) -> None:
+        self.broker_errors += 1
+        if not self._outage_logged:
+            self._outage_logged = True
+            log.error("fasthub: broker: Redis at %s is not connected; cross-node messages are dropped "
+                      "(counted in broker_errors) until it is back", redact(self.url))
+
+    def _wake_writer(self) -> None:
+        if self._wake is not None and not self._wake.is_set():
+            self._wake.set()
+
+    # -- the writer: one pipeline per tick --------------------------------------------------------
+
+    async def _writer(self) -> None:
+        wake = self._wake
+        assert wake is not None
+        while True:
+            await wake.wait()
+            wake.clear()
+            if self._rooms_dirty or self._users_dirty:
+                self._state_commands()
+            while self._out:
+                batch, self._out = self._out, []
+                pipe = self._client.pipeline(transaction=False)
+                messages = 0
+                for cmd in batch:
+                    pipe.execute_command(*cmd[1:])
+                    messages += cmd[0]
+                try:
+                    await pipe.execute(raise_on_error=False)
+                except Exception:
+                    self.broker_errors += messages
+                    raise
+                self.published += messages
+
+    def _state_commands(self) -> None:
+        """This node's member counts and users as they are now, and the count announcements."""
+        node = self.node
+        out = self._out
+        publish = "SPUBLISH" if self.sharded else "PUBLISH"
+        if self._rooms_dirty:
+            rooms_key = self._node_key(self.node_id, ":rooms")
+            for room in self._rooms_dirty:
+                n = node.local_room_size(room) if node is not None else 0
+                self._seq += 1
+                if n:
+                    out.append((False, "HSET", rooms_key, room, b"%d %d" % (self._seq, n)))
+                else:
+                    out.append((False, "HDEL", rooms_key, room))
+                out.append((False, publish, self.room_channel(room), codec.encode_count(self._node_b, self._seq, n)))
+            out.append((False, "PEXPIRE", rooms_key, int(self.ttl * 1000)))
+            self._rooms_dirty.clear()
+        if self._users_dirty:
+            users_key = self._node_key(self.node_id, ":users")
+            for user in self._users_dirty:
+                if node is not None and node.local_user_online(user):
+                    out.append((False, "HSET", users_key, user, 1))
+                else:
+                    out.append((False, "HDEL", users_key, user))
+            out.append((False, "PEXPIRE", users_key, int(self.ttl * 1000)))
+            self._users_dirty.clear()
+
+    def _rewrite_state(self) -> None:
+        """After a (re)connect: every local room count and user again (Redis may have lost them)."""
+        for kind, name in self._routes.values():
+            if kind == "r":
+                self._rooms_dirty.add(name)
+            elif kind == "u":
+                self._users_dirty.add(name)
+
+    # -- the reader: other nodes' traffic ---------------------------------------------------------
+
+    async def _reader(self) -> None:
+        pubsub = self._pubsub
+        while True:
+            msg = await pubsub.get_message(ignore_subscribe_messages=False, timeout=None)
+            if msg is None:
+                continue
+            kind = msg["type"]
+            if kind == "message" or kind == "smessage":
+                self._on_message(msg["channel"], msg["data"])
+            elif kind == "subscribe" or kind == "ssubscribe":
+                self._on_subscribed(msg["channel"])
+
+    def _on_subscribed(self, channel: bytes) -> None:
+        self._confirmed.add(channel)
+        route = self._routes.get(channel)
+        if route is not None and route[0] == "r":
+            self._to_load.add(route[1])
+            if not self._loading:
+                self._loading = True
+                self._spawn(self._load_counts())
+
+    async def _load_counts(self) -> None:
+        """Counts of rooms just subscribed, from every live node's hash; then their joins reply."""
+        await asyncio.sleep(0)  # let the confirmations of one SUBSCRIBE arrive together
+        self._loading = False
+        rooms = list(self._to_load)
+        try:
+            if rooms and self._live:
+                pipe = self._client.pipeline(transaction=False)
+                for other in self._live:
+                    pipe.hmget(self._node_key(other, ":rooms"), rooms)
+                answers = await pipe.execute()
+                for other, values in zip(self._live, answers, strict=True):
+                    for room, value in zip(rooms, values, strict=True):
+                        if value is not None:
+                            seq, n = codec.decode_count(value)
+                            self._set_count(room, other, seq, n)
+        finally:
+            self._to_load.difference_update(rooms)
+            for room in rooms:
+                fut = self._ready.pop(room, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+
+    def _set_count(self, room: str, other: bytes, seq: int, n: int) -> None:
+        counts = self._counts.get(room)
+        if counts is None:
+            return  # no local member any more
+        old = counts.get(other)
+        if old is None or seq > old[0]:
+            if n:
+                counts[other] = (seq, n)
+            else:
+                counts.pop(other, None)
+
+    def _on_message(self, channel: bytes, data: bytes) -> None:
+        try:
+            kind, sender, exclude, body = codec.decode(data)
+        except (ValueError, UnicodeDecodeError):
+            self._bad(channel, "undecodable")
+            return
+        if sender == self._node_b:
+            return  # delivered locally when it was published
+        route = self._routes.get(channel)
+        node = self.node
+        if route is None or node is None:
+            return  # a late message of a channel just dropped
+        target, name = route
+        if kind == codec.COUNT:
+            if target != "r":
+                self._bad(channel, "count on a non-room channel")
+                return
+            try:
+                seq, n = codec.decode_count(body)
+            except ValueError:
+                self._bad(channel, "bad count")
+                return
+            if sender not in self._live:
+                self._live.append(sender)  # a node newer than our last heartbeat
+            self._set_count(name, sender, seq, n)
+            return
+        self.received += 1
+        payload = Payload(KIND_TEXT if kind == codec.TEXT else KIND_BINARY, body)
+        if target == "r":
+            node.deliver_room(name, payload, exclude)
+        elif target == "u":
+            node.deliver_user(name, payload)
+        else:
+            node.deliver_all(payload, exclude)
+
+    def _bad(self, channel: bytes, why: str) -> None:
+        self.bad_messages += 1
+        now = time.monotonic()
+        if now - self._bad_logged_at > 60.0:
+            self._bad_logged_at = now
+            log.warning("fasthub: broker: dropped a message on %r that is not ours (%s); counted in bad_messages",
+                        channel[:200], why)
+
+    # -- the cluster view -------------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            await self._heartbeat_once()
+
+    async def _heartbeat_once(self) -> None:
+        now = time.time()
+        me = self.node_id
+        stats = self.node.node_stats() if self.node is not None else {}
+        ttl_ms = int(self.ttl * 1000)
+        pipe = self._client.pipeline(transaction=False)
+        pipe.set(self._node_key(me), orjson.dumps({"node": me, "at": now, **stats}), px=ttl_ms)
+        pipe.pexpire(self._node_key(me, ":rooms"), ttl_ms)
+        pipe.pexpire(self._node_key(me, ":users"), ttl_ms)
+        pipe.zadd(self._nodes_key, {me: now + self.ttl})
+        pipe.zremrangebyscore(self._nodes_key, "-inf", now)
+        pipe.zrangebyscore(self._nodes_key, now, "+inf")
+        *_, members = await pipe.execute()
+        self._live = [m for m in members if m != self._node_b]
+        live = set(self._live)
+        for counts in self._counts.values():
+            for other in [o for o in counts if o not in live]:
+                del counts[other]
+
+    async def cluster_view(self) -> dict[str, Any]:
+        """Every live node's counters and the cluster-wide rooms, users and member counts.
+
+        Other nodes' counters are as of their last heartbeat (at most ``ttl / 3`` seconds old);
+        rooms and users are read from their hashes now.
+        """
+        if not self.up:
+            return {"state": "down"}
+        ids = [self._node_b, *self._live]
+        pipe = self._client.pipeline(transaction=False)
+        for node in ids:
+            pipe.get(self._node_key(node))
+            pipe.hgetall(self._node_key(node, ":rooms"))
+            pipe.hkeys(self._node_key(node, ":users"))
+        answers = await pipe.execute()
+        nodes = []
+        rooms: dict[str, int] = {}
+        users: set[bytes] = set()
+        for i, _node in enumerate(ids):
+            info, room_counts, user_ids = answers[3 * i : 3 * i + 3]
+            if i == 0 and self.node is not None:  # this node: now, not as of its last heartbeat
+                nodes.append({"node": self.node_id, "at": time.time(), **self.node.node_stats()})
+            elif info is None:
+                continue  # gone since the last heartbeat
+            else:
+                nodes.append(orjson.loads(info))
+            for room, value in room_counts.items():
+                _, n = codec.decode_count(value)
+                name = room.decode()
+                rooms[name] = rooms.get(name, 0) + n
+            users.update(user_ids)
+
+        def total(key: str) -> Any:
+            return round(sum(n.get(key) or 0 for n in nodes), 1)
+
+        return {
+            "state": "up",
+            "nodes_alive": len(nodes),
+            "connections": total("connections"),
+            "users": len(users) + total("anonymous"),
+            "rooms": len(rooms),
+            "room_list": sorted(rooms),
+            "room_members": rooms,
+            "messages_in_per_s": total("messages_in_per_s"),
+            "messages_out_per_s": total("messages_out_per_s"),
+            "rss_bytes": total("rss_bytes"),
+            "nodes": nodes,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "type": "redis",
+            "url": redact(self.url),
+            "node_id": self.node_id,
+            "state": "up" if self.up else "down",
+            "sharded": self.sharded,
+            "published": self.published,
+            "received": self.received,
+            "broker_errors": self.broker_errors,
+            "bad_messages": self.bad_messages,
+            "outages": self.outages,
+            "subscriptions": len(self._confirmed),
+            "nodes_alive": len(self._live) + 1 if self.up else None,
+        }
+
+
+def _settle(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

@@ -1,0 +1,163 @@
+"""Two hubs on one real redis-server (``RedisBroker``): they act as one hub.
+
+Each node is a real uvicorn server in a thread of the test process, on its own event loop,
+with its own ``RedisBroker``; clients are real WebSocket clients on either node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from fasthub import HubConfig
+from fasthub.broker.redis import RedisBroker
+from tests.conftest import Server, connect, query_user, run, serve
+
+
+@contextlib.contextmanager
+def cluster(url: str, n: int = 2, prefix: str = "t", ws: str = "fasthub", **broker_kw: Any) -> Iterator[list[Server]]:
+    with contextlib.ExitStack() as stack:
+        nodes = [
+            stack.enter_context(
+                serve(
+                    {"authenticate": query_user},
+                    HubConfig(member_events_limit=8),
+                    ws=ws,
+                    broker=RedisBroker(url, prefix=prefix, ttl=broker_kw.pop("ttl", 2.0), **broker_kw),
+                )
+            )
+            for _ in range(n)
+        ]
+        wait_for(lambda: all(s.hub.broker.up for s in nodes) and all(len(s.hub.broker._live) == n - 1 for s in nodes))
+        yield nodes
+
+
+def wait_for(cond: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+def get_stats(server: Server) -> dict[str, Any]:
+    with urllib.request.urlopen(server.http + "/ws/stats", timeout=5) as r:
+        return json.loads(r.read())  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("ws", ["fasthub", "websockets-sansio"])
+def test_room_messages_cross_nodes_in_order(redis_server: Any, ws: str) -> None:
+    with cluster(redis_server.url, ws=ws) as (a_node, b_node):
+
+        async def scenario() -> None:
+            a = await connect(a_node, "user=alice")
+            b = await connect(b_node, "user=bob")
+            joined = await a.join("lobby")
+            assert joined["payload"]["members"] == 1
+            joined = await b.join("lobby")
+            assert joined["payload"]["members"] == 2  # counted on both nodes
+            event = await a.expect("system", room="lobby")
+            assert event["payload"]["action"] == "user_joined" and event["payload"]["user_id"] == "bob"
+            for i in range(200):
+                await a.send({"type": "room_message", "room": "lobby", "payload": i})
+            for x in (a, b):
+                got = [(await x.expect("room_message", room="lobby"))["payload"] for _ in range(200)]
+                assert got == list(range(200))
+            # exactly once: the sender's own node does not deliver its message twice
+            await a.silent(0.3)
+            await b.silent(0.1)
+            await b.send({"type": "leave_room", "room": "lobby", "id": "l"})
+            assert (await b.expect("system", id="l"))["payload"]["members"] == 1
+            left = await a.expect("system", room="lobby")
+            assert left["payload"]["action"] == "user_left" and left["payload"]["members"] == 1
+
+        run(scenario())
+
+
+def test_user_messages_broadcast_and_unknown_user_are_cluster_wide(redis_server: Any) -> None:
+    with cluster(redis_server.url) as (a_node, b_node):
+
+        async def scenario() -> None:
+            a = await connect(a_node, "user=alice")
+            b1 = await connect(b_node, "user=bob")
+            b2 = await connect(a_node, "user=bob")  # bob on both nodes
+            await a.send({"type": "user_message", "to": "bob", "payload": "hi", "id": 1})
+            for b in (b1, b2):
+                got = await b.expect("user_message", id=1)
+                assert got["from"] == "alice" and got["payload"] == "hi"
+            await b1.silent(0.2)
+            await b2.silent(0.05)
+            await b1.send({"type": "user_message", "to": "alice", "payload": "back"})
+            assert (await a.expect("user_message"))["from"] == "bob"
+            await a.send({"type": "user_message", "to": "nobody", "id": 2})
+            err = await a.error("unknown_user")
+            assert err["id"] == 2
+            # broadcast from the API of one node reaches the clients of both
+            a_node.call(a_node.hub.broadcast_json, {"news": 1})
+            for x in (a, b1, b2):
+                assert (await x.recv())["news"] == 1
+            await b2.close()
+            await b1.close()
+            await asyncio.sleep(0.3)  # bob's last connection is gone from both nodes
+            await a.send({"type": "user_message", "to": "bob", "id": 3})
+            await a.error("unknown_user")
+
+        run(scenario())
+
+
+def test_a_node_without_members_receives_none_of_a_rooms_traffic(redis_server: Any) -> None:
+    with cluster(redis_server.url, n=3) as (a_node, b_node, c_node):
+
+        async def scenario() -> None:
+            a = await connect(a_node, "user=a")
+            b = await connect(b_node, "user=b")
+            c = await connect(c_node, "user=c")
+            await a.join("quiet")
+            await b.join("quiet")
+            await a.expect("system")
+            received_before = c_node.hub.broker.received
+            numsub = redis_server.command("PUBSUB", "NUMSUB", "t:{%d}:r:quiet" % (
+                c_node.hub.broker._partition("quiet")))
+            assert numsub.split() == ["t:{%d}:r:quiet" % c_node.hub.broker._partition("quiet"), "2"]
+            for i in range(50):
+                await a.send({"type": "room_message", "room": "quiet", "payload": i})
+            for _ in range(50):
+                await b.expect("room_message")
+            assert c_node.hub.broker.received == received_before
+            await c.silent(0.1)
+            # the channel is dropped when the last local member leaves
+            await b.send({"type": "leave_room", "room": "quiet"})
+            await b.expect("system")
+            await asyncio.sleep(0.2)
+            numsub = redis_server.command("PUBSUB", "NUMSUB", "t:{%d}:r:quiet" % c_node.hub.broker._partition("quiet"))
+            assert numsub.split()[-1] == "1"
+
+        run(scenario())
+
+
+def test_stats_show_the_cluster(redis_server: Any) -> None:
+    with cluster(redis_server.url) as (a_node, b_node):
+
+        async def scenario() -> None:
+            clients = [await connect(node, f"user=u{i}") for i, node in enumerate([a_node, b_node, b_node])]
+            await clients[0].join("r1")
+            await clients[1].join("r2")
+            await clients[2].join("r2")
+            await asyncio.sleep(1.0)  # the other node's heartbeat (every ttl / 3 s) carries its counters
+            stats = get_stats(a_node)
+            assert stats["connections"] == 3 and stats["users"] == 3
+            assert stats["rooms"] == 2 and stats["room_list"] == ["r1", "r2"]
+            assert stats["node"]["connections"] == 1 and stats["node"]["room_list"] == ["r1"]
+            cl = stats["cluster"]
+            assert cl["nodes_alive"] == 2 and cl["room_members"] == {"r1": 1, "r2": 2}
+            assert sorted(n["connections"] for n in cl["nodes"]) == [1, 2]
+            assert stats["broker"]["state"] == "up" and stats["broker"]["type"] == "redis"
+
+        run(scenario())
