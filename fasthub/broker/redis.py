@@ -223,9 +223,16 @@ class RedisBroker:
 
     async def _connect(self) -> None:
         import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
 
+        # no retries inside redis-py: an error reaches _run, which reconnects and resubscribes
         self._client = aioredis.Redis.from_url(
-            self.url, socket_connect_timeout=2.0, socket_timeout=max(5.0, self.ttl), health_check_interval=0
+            self.url,
+            socket_connect_timeout=2.0,
+            socket_timeout=max(5.0, self.ttl),
+            health_check_interval=0,
+            retry=Retry(NoBackoff(), 0),
         )
         await self._client.ping()
         await self._heartbeat_once()

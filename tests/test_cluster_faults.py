@@ -1,0 +1,175 @@
+"""Broker faults against a real redis-server: down at start, restarted under load, slow, bad data.
+
+In every case local delivery goes on, nothing raises per message, and the broker comes back
+by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import pytest
+from redisproc import RedisServer, free_port
+
+from fasthub.broker import codec
+from fasthub.broker.redis import RedisBroker
+from tests.conftest import connect, query_user, run, serve
+from tests.test_cluster import cluster, get_stats, wait_for
+
+
+def test_redis_down_at_start_serves_locally_then_joins_when_it_comes_up(caplog: Any) -> None:
+    caplog.set_level(logging.ERROR, logger="fasthub.broker")
+    redis = RedisServer(free_port())
+    with contextlib.ExitStack() as stack:
+        nodes = [
+            stack.enter_context(
+                serve({"authenticate": query_user}, ws="fasthub",
+                      broker=RedisBroker(redis.url, prefix="d", ttl=2.0, retry_max=0.5))
+            )
+            for _ in range(2)
+        ]
+        a_node, b_node = nodes
+
+        async def local_only() -> None:
+            a = await connect(a_node, "user=a")
+            a2 = await connect(a_node, "user=a2")
+            await a.join("r")
+            await a2.join("r")
+            await a.expect("system")
+            await a2.send({"type": "room_message", "room": "r", "payload": "local"})
+            for x in (a, a2):
+                assert (await x.expect("room_message"))["payload"] == "local"
+            stats = get_stats(a_node)
+            assert stats["broker"]["state"] == "down" and stats["broker"]["broker_errors"] >= 1
+            assert stats["cluster"] == {"state": "down"} and stats["connections"] == 2
+
+        run(local_only())
+        time.sleep(1.0)  # several retries while it is down
+        lines = [r for r in caplog.records if "unreachable" in r.getMessage()]
+        assert len(lines) == 2, [r.getMessage() for r in caplog.records]  # one line per node, not per retry
+        redis.start()
+        try:
+            wait_for(lambda: all(n.hub.broker.up and len(n.hub.broker._live) == 1 for n in nodes), timeout=5)
+
+            async def cross() -> None:
+                a = await connect(a_node, "user=a3")
+                b = await connect(b_node, "user=b")
+                await a.join("r2")
+                await b.join("r2")
+                await b.send({"type": "room_message", "room": "r2", "payload": "x"})
+                got = await a.expect("system")  # user_joined of b
+                assert got["payload"]["action"] == "user_joined"
+                assert (await a.expect("room_message"))["payload"] == "x"
+
+            run(cross())
+        finally:
+            redis.stop()
+
+
+def test_redis_restarted_under_load(redis_server: Any, caplog: Any) -> None:
+    caplog.set_level(logging.WARNING, logger="fasthub.broker")
+    with cluster(redis_server.url, retry_max=0.5) as (a_node, b_node):
+
+        async def scenario() -> None:
+            sender = await connect(a_node, "user=s")
+            near = await connect(a_node, "user=near")
+            far = await connect(b_node, "user=far")
+            for x in (sender, near, far):
+                await x.join("load")
+            await asyncio.sleep(0.1)
+            for x in (sender, near, far):  # drain the member events
+                with contextlib.suppress(asyncio.TimeoutError):
+                    while True:
+                        await x.recv(0.2)
+
+            async def send(n: int) -> None:
+                for i in range(n):
+                    await sender.send({"type": "room_message", "room": "load", "payload": i})
+                    await asyncio.sleep(0.005)
+
+            await send(20)
+            for x in (near, far):
+                assert [(await x.expect("room_message"))["payload"] for _ in range(20)] == list(range(20))
+            redis_server.stop()
+            await send(100)  # during the outage: local delivery goes on
+            got = [(await near.expect("room_message"))["payload"] for _ in range(100)]
+            assert got == list(range(100))
+            assert get_stats(a_node)["broker"]["broker_errors"] > 0
+            redis_server.start()
+            back = time.monotonic()
+            # cross-node delivery resumes within 5 s of Redis being back
+            while True:
+                await sender.send({"type": "room_message", "room": "load", "payload": "probe"})
+                try:
+                    while (await far.recv(0.1)).get("payload") != "probe":
+                        pass
+                    break
+                except TimeoutError:
+                    assert time.monotonic() - back < 5.0, "cross-node delivery did not resume within 5 s"
+            assert time.monotonic() - back < 5.0
+            stats = get_stats(a_node)
+            assert stats["broker"]["state"] == "up" and stats["broker"]["outages"] == 1
+            assert stats["cluster"]["room_members"] == {"load": 3}
+
+        run(scenario())
+    down = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(down) <= 2, [r.getMessage() for r in down]  # once per node per outage, not per message
+
+
+def test_slow_redis_never_blocks_the_event_loop(redis_server: Any) -> None:
+    with cluster(redis_server.url, ttl=5.0) as (a_node, _b):
+
+        async def scenario() -> None:
+            a = await connect(a_node, "user=a")
+            b = await connect(a_node, "user=b")
+            await a.join("r")
+            await b.join("r")
+            await a.expect("system")
+            sleeper = asyncio.get_running_loop().run_in_executor(None, redis_server.command, "DEBUG", "SLEEP", "2")
+            await asyncio.sleep(0.2)
+            started = time.monotonic()
+            for i in range(20):  # each publish queues for Redis; local delivery is immediate
+                await a.send({"type": "room_message", "room": "r", "payload": i})
+                assert (await b.expect("room_message", timeout=0.5))["payload"] == i
+                await a.expect("room_message", timeout=0.5)
+            await a.send({"type": "ping", "id": "p"})
+            await a.expect("pong", timeout=0.5)
+            assert time.monotonic() - started < 1.5  # all of it while Redis slept
+            await sleeper
+
+        run(scenario())
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"not ours",
+        b"F1T",
+        codec.encode(codec.TEXT, b"x" * 16, b"{}")[:-3] + b"\xff\xff\xff",
+        b"F1C" + b"y" * 16 + b"\x00\x00oops",
+    ],
+    ids=["foreign", "short", "truncated-exclude", "bad-count"],
+)
+def test_bad_data_on_a_channel_is_dropped_and_counted(redis_server: Any, garbage: bytes) -> None:
+    with cluster(redis_server.url, n=1) as (node,):
+
+        async def scenario() -> None:
+            a = await connect(node, "user=a")
+            await a.join("r")
+            channel = node.hub.broker.room_channel("r")
+            import redis as redis_py
+
+            client = redis_py.Redis.from_url(redis_server.url)
+            client.publish(channel, garbage)
+            client.close()
+            await a.silent(0.3)
+            stats = get_stats(node)["broker"]
+            assert stats["bad_messages"] == 1 and stats["state"] == "up"
+            await a.send({"type": "room_message", "room": "r", "payload": "still here"})
+            assert (await a.expect("room_message"))["payload"] == "still here"
+
+        run(scenario())
