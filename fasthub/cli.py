@@ -152,6 +152,9 @@ def _worker_argv(argv: Sequence[str]) -> list[str]:
     """The command line of one worker: the same options, one process, on a shared port."""
     out: list[str] = []
     skip = False
+    argv = list(argv)
+    if argv[:1] == ["serve"]:
+        argv = argv[1:]
     for arg in argv:
         if skip:
             skip = False

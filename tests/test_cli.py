@@ -107,6 +107,10 @@ DIST_MODULES = {
     "rich": {"rich"},
     "websockets": {"websockets"},
     "wsproto": {"wsproto"},
+    "redis": {"redis"},
+    # redis-py uses hiredis's parser by itself when it is installed; the broker reads
+    # redis.utils.HIREDIS_AVAILABLE to report which parser runs (/ws/stats broker.parser)
+    "hiredis": {"redis.utils"},
 }
 
 

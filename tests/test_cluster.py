@@ -158,5 +158,6 @@ def test_stats_show_the_cluster(redis_server: Any) -> None:
             assert cl["nodes_alive"] == 2 and cl["room_members"] == {"r1": 1, "r2": 2}
             assert sorted(n["connections"] for n in cl["nodes"]) == [1, 2]
             assert stats["broker"]["state"] == "up" and stats["broker"]["type"] == "redis"
+            assert stats["broker"]["parser"] == "hiredis"  # a dependency: redis-py's fast parser
 
         run(scenario())

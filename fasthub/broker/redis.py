@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
+from redis.utils import HIREDIS_AVAILABLE
 
 from .._core import KIND_BINARY, KIND_TEXT, Payload
 from . import codec
@@ -634,12 +635,14 @@ class RedisBroker:
     async def cluster_view(self) -> dict[str, Any]:
         """Every live node's counters and the cluster-wide rooms, users and member counts.
 
-        Other nodes' counters are as of their last heartbeat (at most ``ttl / 3`` seconds old);
-        rooms and users are read from their hashes now.
+        The live nodes and their rooms and users are read now; other nodes' counters are as of
+        their last heartbeat (at most ``ttl / 3`` seconds old).
         """
         if not self.up:
             return {"state": "down"}
-        ids = [self._node_b, *self._live]
+        now = time.time()
+        live = await self._client.zrangebyscore(self._nodes_key, now, "+inf")
+        ids = [self._node_b, *(n for n in live if n != self._node_b)]
         pipe = self._client.pipeline(transaction=False)
         for node in ids:
             pipe.get(self._node_key(node))
@@ -687,6 +690,7 @@ class RedisBroker:
             "node_id": self.node_id,
             "state": "up" if self.up else "down",
             "sharded": self.sharded,
+            "parser": "hiredis" if HIREDIS_AVAILABLE else "python",
             "published": self.published,
             "received": self.received,
             "broker_errors": self.broker_errors,

@@ -4,7 +4,8 @@ Each worker is a whole ``fasthub serve`` (its own hub, event loop and ``RedisBro
 bound with ``SO_REUSEPORT``, so the kernel spreads new connections over the workers and no
 process hands sockets to another. The supervisor only starts, watches and stops them: a worker
 that exits is logged and started again (after a pause that grows while it keeps dying young);
-SIGINT or SIGTERM stops every worker (SIGTERM, then SIGKILL after ``STOP_GRACE`` seconds).
+SIGINT or SIGTERM stops every worker (SIGTERM, then SIGKILL after ``STOP_GRACE`` seconds). A
+first worker that exits 2 (a usage or configuration error) stops them all with exit code 2.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Supervisor:
         self.young_deaths = [0] * count  # deaths in a row, each within YOUNG seconds of its start
         self.restarts = 0
         self.stopping = False
+        self.failed = 0  # the supervisor's exit code
 
     def spawn(self, index: int) -> None:
         env = dict(os.environ, FASTHUB_WORKER=str(index))
@@ -60,7 +62,7 @@ class Supervisor:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.shutdown()
-        return 0
+        return self.failed
 
     def check(self) -> None:
         now = time.monotonic()
@@ -73,6 +75,12 @@ class Supervisor:
             if code is None:
                 continue
             lived = now - self.started_at[i]
+            if code == 2 and not self.restarts and lived < YOUNG:
+                # a usage or configuration error (fasthub serve exits 2): restarting cannot help
+                log.error("fasthub: worker %d could not start (exit code 2); stopping", i)
+                self.failed = 2
+                self.stopping = True
+                return
             how = f"signal {-code}" if code < 0 else f"exit code {code}"
             self.restarts += 1
             self.young_deaths[i] = 0 if lived >= YOUNG else self.young_deaths[i] + 1

@@ -1,0 +1,137 @@
+"""``fasthub serve --workers N --redis URL`` as a user runs it: real processes on one port.
+
+The kernel spreads connections over the workers (``SO_REUSEPORT``); the supervisor restarts a
+worker that dies; SIGTERM stops them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Any
+
+import websockets
+from redisproc import free_port
+
+from tests.conftest import run
+
+
+def stats(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/ws/stats", timeout=5) as r:
+        return json.loads(r.read())  # type: ignore[no-any-return]
+
+
+def wait_for(cond: Any, timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = cond()
+            if value:
+                return value
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def serve(*args: str) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "fasthub", "serve", "--log-level", "warning", *args]
+    return subprocess.Popen(cmd, stderr=subprocess.PIPE)
+
+
+def test_workers_need_a_broker() -> None:
+    for args, message in [
+        (["--workers", "2"], "needs --redis"),
+        (["--workers", "0", "--redis", "redis://127.0.0.1:1"], "--workers must be"),
+        (["--workers", "x"], "--workers must be"),
+    ]:
+        out = subprocess.run(
+            [sys.executable, "-m", "fasthub", "serve", *args], capture_output=True, timeout=30, env=dict(os.environ)
+        )
+        assert out.returncode == 2, out
+        assert message in out.stderr.decode(), out.stderr
+
+
+async def client(port: int, user: str) -> Any:
+    ws = await websockets.connect(f"ws://127.0.0.1:{port}/ws")
+    hello = json.loads(await ws.recv())
+    assert hello["payload"]["event"] == "connected"
+    return ws
+
+
+async def recv_type(ws: Any, mtype: str, timeout: float = 5.0) -> dict[str, Any]:
+    while True:
+        msg = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+        if msg["type"] == mtype:
+            return msg  # type: ignore[no-any-return]
+
+
+def test_two_workers_act_as_one_hub_and_survive_a_sigkill(redis_server: Any) -> None:
+    port = free_port()
+    proc = serve("--port", str(port), "--workers", "2", "--redis", redis_server.url, "--node-ttl", "2")
+    try:
+        view = wait_for(lambda: stats(port).get("cluster", {}).get("nodes_alive") == 2 and stats(port))
+        pids = sorted(n["pid"] for n in view["cluster"]["nodes"])
+        assert len(set(pids)) == 2 and proc.pid not in pids
+
+        async def scenario() -> None:
+            clients = [await client(port, f"u{i}") for i in range(12)]
+            for ws in clients:
+                await ws.send(json.dumps({"type": "join_room", "room": "all"}))
+                await recv_type(ws, "system")
+            await asyncio.sleep(0.8)  # heartbeats carry each worker's count
+            nodes = stats(port)["cluster"]["nodes"]
+            per_worker = {n["pid"]: n["connections"] for n in nodes}
+            assert sorted(per_worker) == pids and all(per_worker.values()), per_worker  # the kernel spread them
+            await clients[0].send(json.dumps({"type": "room_message", "room": "all", "payload": "one hub"}))
+            for ws in clients:
+                assert (await recv_type(ws, "room_message"))["payload"] == "one hub"
+            # kill one worker outright: the other worker's clients go on
+            victim = pids[0]
+            os.kill(victim, signal.SIGKILL)
+            await asyncio.sleep(0.3)
+            alive = []
+            for ws in clients:
+                try:
+                    await ws.send(json.dumps({"type": "ping"}))
+                    await recv_type(ws, "pong", timeout=2)
+                    alive.append(ws)
+                except (websockets.ConnectionClosed, OSError, TimeoutError):
+                    pass
+            assert 0 < len(alive) < len(clients)
+            await alive[0].send(json.dumps({"type": "room_message", "room": "all", "payload": "after"}))
+            for ws in alive:
+                assert (await recv_type(ws, "room_message"))["payload"] == "after"
+            return None
+
+        run(scenario(), timeout=60)
+        # the dead node leaves the cluster view within its TTL and the supervisor starts a new worker
+        view = wait_for(
+            lambda: (s := stats(port))["cluster"]["nodes_alive"] == 2
+            and victim_gone(s, pids[0])
+            and s,
+            timeout=15,
+        )
+        assert pids[1] in [n["pid"] for n in view["cluster"]["nodes"]]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        finally:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+    assert proc.returncode == 0, err
+    assert "ended with signal 9" in err, err
+    # every worker is gone with the supervisor
+    for pid in pids[1:]:
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def victim_gone(s: dict[str, Any], pid: int) -> bool:
+    return pid not in [n["pid"] for n in s["cluster"]["nodes"]]
