@@ -139,25 +139,80 @@ def uvicorn_thread(
         sock.close()
 
 
-@pytest.fixture(
-    params=[
-        pytest.param((ws, mount), id=f"{ws}-{'mounted' if mount else 'plain'}")
-        for ws in WS_IMPLS
-        for mount in (False, True)
-    ]
-)
+SERVER_KINDS = [
+    pytest.param((ws, mount), id=f"{ws}-{'mounted' if mount else 'plain'}") for ws in WS_IMPLS for mount in (False, True)
+]
+
+
+@pytest.fixture(params=SERVER_KINDS)
 def server_kind(request: pytest.FixtureRequest) -> tuple[str, bool]:
     return request.param  # type: ignore[no-any-return]
 
 
+#: a ``server_kind`` param for modules whose tests also run against a two-node cluster
+CLUSTER_KIND = pytest.param(("cluster", False), id="cluster-2-nodes")
+
+
+class ClusterServer(Server):
+    """Two nodes on one redis-server, seen as one server: each new client goes to the next node.
+
+    ``hub``, ``call`` and ``http`` are the first node's; ``nodes`` are both.
+    """
+
+    nodes: list[Server]
+
+    def ws_url(self, query: str = "") -> str:
+        node = self.nodes[self.extra["next"] % len(self.nodes)]
+        self.extra["next"] += 1
+        return Server.ws_url(node, query)
+
+
+def local_totals(server: Server) -> dict[str, int]:
+    """Connections and users on every node of ``server`` (one node unless it is a cluster)."""
+    nodes = getattr(server, "nodes", None) or [server]  # (conftest may be imported twice: no isinstance)
+    stats = [node.call(node.hub.stats) for node in nodes]
+    return {key: sum(s[key] for s in stats) for key in ("connections", "users")}
+
+
+@contextlib.contextmanager
+def serve_cluster(app_kwargs: dict[str, Any], config: HubConfig | None = None, n: int = 2) -> Iterator[Server]:
+    """``n`` hubs (the fast path) joined by ``RedisBroker`` on a fresh redis-server."""
+    from redisproc import RedisServer
+
+    from fasthub.broker.redis import RedisBroker
+
+    with contextlib.ExitStack() as stack:
+        redis = RedisServer().start()
+        stack.callback(redis.stop)
+        nodes = [
+            stack.enter_context(
+                serve(app_kwargs, config, ws="fasthub", broker=RedisBroker(redis.url, prefix="e2e", ttl=2.0))
+            )
+            for _ in range(n)
+        ]
+        deadline = time.monotonic() + 10
+        while not all(node.hub.broker.up and node.hub.broker.stats()["nodes_alive"] == n for node in nodes):
+            assert time.monotonic() < deadline, "cluster did not form"
+            time.sleep(0.02)
+        first = nodes[0]
+        server = ClusterServer(first.host, first.port, "", first.app, first.hub, first.uvicorn, first.thread)
+        server.nodes = nodes
+        server.extra["next"] = 0
+        server.extra["redis"] = redis
+        yield server
+
+
 @pytest.fixture
 def make_server(server_kind: tuple[str, bool]) -> Iterator[Callable[..., Server]]:
-    """Start servers of the parametrized kind (ws implementation x standalone/mounted)."""
+    """Start servers of the parametrized kind (ws implementation x standalone/mounted, or a
+    two-node cluster where a test module asks for it with ``CLUSTER_KIND``)."""
     ws, mount = server_kind
     stack = contextlib.ExitStack()
 
     def factory(config: HubConfig | None = None, **app_kwargs: Any) -> Server:
         app_kwargs.setdefault("authenticate", query_user)
+        if ws == "cluster":
+            return stack.enter_context(serve_cluster(app_kwargs, config))
         return stack.enter_context(serve(app_kwargs, config, mount=mount, ws=ws))
 
     with stack:

@@ -1,6 +1,7 @@
 """End to end: every message type and every bad input, against a real server and real clients.
 
-Parametrized over the server kinds of conftest (ws implementation x standalone/mounted).
+Parametrized over the server kinds of conftest (ws implementation x standalone/mounted) and a
+two-node cluster on a real redis-server, where consecutive clients connect to different nodes.
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ import pytest
 import websockets
 
 from fasthub import HubConfig
-from tests.conftest import Server, connect, run
+from tests.conftest import CLUSTER_KIND, SERVER_KINDS, Server, connect, local_totals, run
+
+
+@pytest.fixture(params=[*SERVER_KINDS, CLUSTER_KIND])
+def server_kind(request: pytest.FixtureRequest) -> tuple[str, bool]:
+    """Every test here runs on each server kind and on a two-node cluster (clients alternate nodes)."""
+    return request.param  # type: ignore[no-any-return]
 
 
 def test_connected_message_and_anonymous_users_are_distinct(server: Server) -> None:
@@ -25,8 +32,7 @@ def test_connected_message_and_anonymous_users_are_distinct(server: Server) -> N
         assert a.user_id != b.user_id  # anonymous connections never share a user
         assert c.user_id == "alice"
         assert "timestamp" in a.hello
-        stats = server.call(server.hub.stats)
-        assert stats["connections"] == 3 and stats["users"] == 3
+        assert local_totals(server) == {"connections": 3, "users": 3}
         for x in (a, b, c):
             await x.close()
 
@@ -190,7 +196,7 @@ def test_oversize_message_closes_1009_and_others_carry_on(make_server: Any) -> N
         await other.send({"type": "ping", "payload": "y" * 900})
         await other.expect("pong")
         await asyncio.sleep(0.2)
-        assert server.call(server.hub.connection_count) == 1
+        assert local_totals(server)["connections"] == 1
 
     run(scenario())
 
