@@ -140,7 +140,9 @@ def uvicorn_thread(
 
 
 SERVER_KINDS = [
-    pytest.param((ws, mount), id=f"{ws}-{'mounted' if mount else 'plain'}") for ws in WS_IMPLS for mount in (False, True)
+    pytest.param((ws, mount), id=f"{ws}-{'mounted' if mount else 'plain'}")
+    for ws in WS_IMPLS
+    for mount in (False, True)
 ]
 
 
