@@ -52,9 +52,12 @@ def get_stats(server: Server) -> dict[str, Any]:
         return json.loads(r.read())  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize("ws", ["fasthub", "websockets-sansio"])
-def test_room_messages_cross_nodes_in_order(redis_server: Any, ws: str) -> None:
-    with cluster(redis_server.url, ws=ws) as (a_node, b_node):
+@pytest.mark.parametrize(
+    ("ws", "sharded"), [("fasthub", False), ("websockets-sansio", False), ("fasthub", True)]
+)
+def test_room_messages_cross_nodes_in_order(redis_server: Any, ws: str, sharded: bool) -> None:
+    with cluster(redis_server.url, ws=ws, sharded=sharded) as (a_node, b_node):
+        assert a_node.hub.broker.stats()["sharded"] is sharded
 
         async def scenario() -> None:
             a = await connect(a_node, "user=alice")
@@ -63,6 +66,10 @@ def test_room_messages_cross_nodes_in_order(redis_server: Any, ws: str) -> None:
             assert joined["payload"]["members"] == 1
             joined = await b.join("lobby")
             assert joined["payload"]["members"] == 2  # counted on both nodes
+            channel = a_node.hub.broker.room_channel("lobby").decode()
+            numsub = redis_server.command("PUBSUB", "SHARDNUMSUB" if sharded else "NUMSUB", channel).split()
+            other = redis_server.command("PUBSUB", "NUMSUB" if sharded else "SHARDNUMSUB", channel).split()
+            assert (numsub, other) == ([channel, "2"], [channel, "0"])  # the kind of pub/sub asked for
             event = await a.expect("system", room="lobby")
             assert event["payload"]["action"] == "user_joined" and event["payload"]["user_id"] == "bob"
             for i in range(200):

@@ -115,6 +115,7 @@ class RedisBroker:
         # what this node wants to hear: channel -> ("r", room) / ("u", user) / ("a", "")
         self._routes: dict[bytes, tuple[str, str]] = {}
         self._all_channel = f"{prefix}:{{0}}:all".encode()
+        self._channels: dict[str, bytes] = {}  # room -> channel name (every room message needs it)
         self._subscribed: set[bytes] = set()  # sent SUBSCRIBE for these
         self._confirmed: set[bytes] = set()  # Redis confirmed these
         self._subs_scheduled = False
@@ -146,7 +147,12 @@ class RedisBroker:
         return zlib.crc32(name.encode()) % self.partitions
 
     def room_channel(self, room: str) -> bytes:
-        return f"{self.prefix}:{{{self._partition(room)}}}:r:{room}".encode()
+        channel = self._channels.get(room)
+        if channel is None:
+            if len(self._channels) >= 65536:  # a cache, not a registry of every room ever seen
+                self._channels.clear()
+            channel = self._channels[room] = f"{self.prefix}:{{{self._partition(room)}}}:r:{room}".encode()
+        return channel
 
     def user_channel(self, user_id: str) -> bytes:
         return f"{self.prefix}:{{{self._partition(user_id)}}}:u:{user_id}".encode()
