@@ -41,6 +41,7 @@ from redis.utils import HIREDIS_AVAILABLE
 
 from .._core import KIND_BINARY, KIND_TEXT, Payload
 from . import codec
+from .links import Link, SingleLink
 
 if TYPE_CHECKING:
     from . import Node
@@ -49,8 +50,6 @@ log = logging.getLogger("fasthub.broker")
 
 #: seconds a join reply waits for the room's subscription before it is sent anyway
 READY_TIMEOUT = 2.0
-#: channels per SUBSCRIBE/UNSUBSCRIBE command
-SUBSCRIBE_CHUNK = 1000
 
 
 def redact(url: str) -> str:
@@ -106,8 +105,7 @@ class RedisBroker:
         self._node_b = self.node_id.encode()
         self.node: Node | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._client: Any = None
-        self._pubsub: Any = None
+        self._link: Link | None = None
         self._main: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[Any]] = []  # reader, writer, heartbeat: one ends, all restart
         self._side: set[asyncio.Task[Any]] = set()  # subscription changes and count loads
@@ -186,13 +184,16 @@ class RedisBroker:
             main.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await main
-        if self._client is not None and self.up:
+        if self._link is not None and self.up:
+            me = self.node_id
             with contextlib.suppress(Exception):
-                pipe = self._client.pipeline(transaction=False)
-                pipe.zrem(self._nodes_key, self.node_id)
-                pipe.delete(self._node_key(self.node_id), self._node_key(self.node_id, ":rooms"))
-                pipe.delete(self._node_key(self.node_id, ":users"))
-                await asyncio.wait_for(pipe.execute(), 1.0)
+                leave = [
+                    ("ZREM", self._nodes_key, me),
+                    ("DEL", self._node_key(me)),
+                    ("DEL", self._node_key(me, ":rooms")),
+                    ("DEL", self._node_key(me, ":users")),
+                ]
+                await asyncio.wait_for(self._link.execute(leave), 1.0)
         await self._disconnect()
         self.up = False
         for fut in self._ready.values():
@@ -228,22 +229,13 @@ class RedisBroker:
                 await self._disconnect()
                 await asyncio.sleep(delay)
 
-    async def _connect(self) -> None:
-        import redis.asyncio as aioredis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
+    def _new_link(self) -> Link:
+        return SingleLink(self.url, self.sharded, max(5.0, self.ttl))
 
-        # no retries inside redis-py: an error reaches _run, which reconnects and resubscribes
-        self._client = aioredis.Redis.from_url(
-            self.url,
-            socket_connect_timeout=2.0,
-            socket_timeout=max(5.0, self.ttl),
-            health_check_interval=0,
-            retry=Retry(NoBackoff(), 0),
-        )
-        await self._client.ping()
+    async def _connect(self) -> None:
+        self._link = self._new_link()
+        await self._link.connect()
         await self._heartbeat_once()
-        self._pubsub = self._client.pubsub()
         self._subscribed.clear()
         self._confirmed.clear()
         self._to_load.clear()
@@ -285,14 +277,10 @@ class RedisBroker:
                 await task
         self._tasks = []
         self._side.clear()
-        pubsub, self._pubsub = self._pubsub, None
-        client, self._client = self._client, None
-        if pubsub is not None:
+        link, self._link = self._link, None
+        if link is not None:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()
-        if client is not None:
-            with contextlib.suppress(Exception):
-                await client.aclose()
+                await link.close()
 
     # -- subscriptions ----------------------------------------------------------------------------
 
@@ -311,7 +299,7 @@ class RedisBroker:
 
     def _sync_subs(self) -> None:
         self._subs_scheduled = False
-        if not self.up or self._pubsub is None:
+        if not self.up or self._link is None:
             return  # (re)connecting subscribes to everything in _routes
         add = [ch for ch in self._routes if ch not in self._subscribed]
         drop = [ch for ch in self._subscribed if ch not in self._routes]
@@ -332,23 +320,16 @@ class RedisBroker:
     async def _change_subs(self, add: list[bytes], drop: list[bytes]) -> None:
         if add:
             await self._send_subscribe(add)
-        for i in range(0, len(drop), SUBSCRIBE_CHUNK):
-            chunk = drop[i : i + SUBSCRIBE_CHUNK]
-            self._subscribed.difference_update(chunk)
-            self._confirmed.difference_update(chunk)
-            if self.sharded:
-                await self._pubsub.sunsubscribe(*chunk)
-            else:
-                await self._pubsub.unsubscribe(*chunk)
+        if drop:
+            self._subscribed.difference_update(drop)
+            self._confirmed.difference_update(drop)
+            assert self._link is not None
+            await self._link.unsubscribe(drop)
 
     async def _send_subscribe(self, channels: list[bytes]) -> None:
-        for i in range(0, len(channels), SUBSCRIBE_CHUNK):
-            chunk = channels[i : i + SUBSCRIBE_CHUNK]
-            self._subscribed.update(chunk)
-            if self.sharded:
-                await self._pubsub.ssubscribe(*chunk)
-            else:
-                await self._pubsub.subscribe(*chunk)
+        self._subscribed.update(channels)
+        assert self._link is not None
+        await self._link.subscribe(channels)
 
     # -- the Broker interface: membership ---------------------------------------------------------
 
@@ -409,13 +390,12 @@ class RedisBroker:
 
     async def _online_elsewhere(self, user_id: str) -> bool:
         try:
-            pipe = self._client.pipeline(transaction=False)
-            for other in self._live:
-                pipe.hexists(self._node_key(other, ":users"), user_id)
-            return any(await pipe.execute())
+            assert self._link is not None
+            answers = await self._link.execute([("HEXISTS", self._node_key(o, ":users"), user_id) for o in self._live])
         except Exception:
             self.broker_errors += 1
             return False
+        return any(a is True or a == 1 for a in answers)
 
     # -- the Broker interface: publishing ---------------------------------------------------------
 
@@ -465,17 +445,18 @@ class RedisBroker:
                 self._state_commands()
             while self._out:
                 batch, self._out = self._out, []
-                pipe = self._client.pipeline(transaction=False)
                 messages = 0
                 for cmd in batch:
-                    pipe.execute_command(*cmd[1:])
                     messages += cmd[0]
+                assert self._link is not None
                 try:
-                    await pipe.execute(raise_on_error=False)
+                    results = await self._link.execute([cmd[1:] for cmd in batch])
                 except Exception:
                     self.broker_errors += messages
                     raise
-                self.published += messages
+                failed = sum(1 for cmd, r in zip(batch, results, strict=True) if cmd[0] and isinstance(r, Exception))
+                self.broker_errors += failed
+                self.published += messages - failed
 
     def _state_commands(self) -> None:
         """This node's member counts and users as they are now, and the count announcements."""
@@ -515,16 +496,14 @@ class RedisBroker:
     # -- the reader: other nodes' traffic ---------------------------------------------------------
 
     async def _reader(self) -> None:
-        pubsub = self._pubsub
+        link = self._link
+        assert link is not None
         while True:
-            msg = await pubsub.get_message(ignore_subscribe_messages=False, timeout=None)
-            if msg is None:
-                continue
-            kind = msg["type"]
-            if kind == "message" or kind == "smessage":
-                self._on_message(msg["channel"], msg["data"])
-            elif kind == "subscribe" or kind == "ssubscribe":
-                self._on_subscribed(msg["channel"])
+            kind, channel, data = await link.get_message()
+            if kind == b"message":
+                self._on_message(channel, data)
+            else:
+                self._on_subscribed(channel)
 
     def _on_subscribed(self, channel: bytes) -> None:
         self._confirmed.add(channel)
@@ -542,11 +521,12 @@ class RedisBroker:
         rooms = list(self._to_load)
         try:
             if rooms and self._live:
-                pipe = self._client.pipeline(transaction=False)
-                for other in self._live:
-                    pipe.hmget(self._node_key(other, ":rooms"), rooms)
-                answers = await pipe.execute()
-                for other, values in zip(self._live, answers, strict=True):
+                live = list(self._live)
+                assert self._link is not None
+                answers = await self._link.execute([("HMGET", self._node_key(o, ":rooms"), *rooms) for o in live])
+                for other, values in zip(live, answers, strict=True):
+                    if isinstance(values, Exception):
+                        continue
                     for room, value in zip(rooms, values, strict=True):
                         if value is not None:
                             seq, n = codec.decode_count(value)
@@ -624,14 +604,19 @@ class RedisBroker:
         me = self.node_id
         stats = self.node.node_stats() if self.node is not None else {}
         ttl_ms = int(self.ttl * 1000)
-        pipe = self._client.pipeline(transaction=False)
-        pipe.set(self._node_key(me), orjson.dumps({"node": me, "at": now, **stats}), px=ttl_ms)
-        pipe.pexpire(self._node_key(me, ":rooms"), ttl_ms)
-        pipe.pexpire(self._node_key(me, ":users"), ttl_ms)
-        pipe.zadd(self._nodes_key, {me: now + self.ttl})
-        pipe.zremrangebyscore(self._nodes_key, "-inf", now)
-        pipe.zrangebyscore(self._nodes_key, now, "+inf")
-        *_, members = await pipe.execute()
+        assert self._link is not None
+        *_, members = await self._link.execute(
+            [
+                ("SET", self._node_key(me), orjson.dumps({"node": me, "at": now, **stats}), "PX", ttl_ms),
+                ("PEXPIRE", self._node_key(me, ":rooms"), ttl_ms),
+                ("PEXPIRE", self._node_key(me, ":users"), ttl_ms),
+                ("ZADD", self._nodes_key, now + self.ttl, me),
+                ("ZREMRANGEBYSCORE", self._nodes_key, "-inf", now),
+                ("ZRANGEBYSCORE", self._nodes_key, now, "+inf"),
+            ]
+        )
+        if isinstance(members, Exception):
+            raise members
         self._live = [m for m in members if m != self._node_b]
         live = set(self._live)
         for counts in self._counts.values():
@@ -647,19 +632,27 @@ class RedisBroker:
         if not self.up:
             return {"state": "down"}
         now = time.time()
-        live = await self._client.zrangebyscore(self._nodes_key, now, "+inf")
+        link = self._link
+        assert link is not None
+        (live,) = await link.execute([("ZRANGEBYSCORE", self._nodes_key, now, "+inf")])
+        if isinstance(live, Exception):
+            raise live
         ids = [self._node_b, *(n for n in live if n != self._node_b)]
-        pipe = self._client.pipeline(transaction=False)
+        commands: list[tuple[Any, ...]] = []
         for node in ids:
-            pipe.get(self._node_key(node))
-            pipe.hgetall(self._node_key(node, ":rooms"))
-            pipe.hkeys(self._node_key(node, ":users"))
-        answers = await pipe.execute()
+            commands += [
+                ("GET", self._node_key(node)),
+                ("HGETALL", self._node_key(node, ":rooms")),
+                ("HKEYS", self._node_key(node, ":users")),
+            ]
+        answers = await link.execute(commands)
         nodes = []
         rooms: dict[str, int] = {}
         users: set[bytes] = set()
         for i, _node in enumerate(ids):
             info, room_counts, user_ids = answers[3 * i : 3 * i + 3]
+            if any(isinstance(a, Exception) for a in (info, room_counts, user_ids)):
+                continue
             if i == 0 and self.node is not None:  # this node: now, not as of its last heartbeat
                 nodes.append({"node": self.node_id, "at": time.time(), **self.node.node_stats()})
             elif info is None:
