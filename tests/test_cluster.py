@@ -168,3 +168,35 @@ def test_stats_show_the_cluster(redis_server: Any) -> None:
             assert stats["broker"]["parser"] == "hiredis"  # a dependency: redis-py's fast parser
 
         run(scenario())
+
+
+def test_a_join_storm_costs_few_subscribe_commands(redis_server: Any) -> None:
+    """500 rooms joined by a burst of clients: subscriptions leave in a few batched commands."""
+
+    def subscribe_calls() -> int:
+        for line in redis_server.command("INFO", "commandstats").splitlines():
+            if line.startswith("cmdstat_subscribe:"):
+                return int(line.split("calls=")[1].split(",")[0])
+        return 0
+
+    with cluster(redis_server.url) as (a_node, b_node):
+        before = subscribe_calls()
+
+        async def scenario() -> None:
+            clients = [await connect(node, f"user=s{i}") for i, node in enumerate([a_node, b_node] * 5)]
+            for i, c in enumerate(clients):  # each client joins 100 rooms, all sent at once
+                for r in range(100):
+                    await c.send({"type": "join_room", "room": f"storm{(i * 50 + r) % 500}"})
+            for c in clients:
+                joined = 0
+                while joined < 100:
+                    msg = await c.recv(10)
+                    joined += msg["payload"].get("event") == "joined"
+
+        run(scenario())
+        calls = subscribe_calls() - before
+        rooms = {n.hub.broker._routes.get(n.hub.broker.room_channel(f"storm{r}")) is not None for n in (a_node, b_node)
+                 for r in range(500)}
+        assert rooms == {True}  # both nodes hear all 500 rooms
+        # 1,000 room subscriptions (500 per node) plus 10 user channels, in batched commands
+        assert calls <= 120, calls  # one per subscription would be 1,010 (38 in one run here)

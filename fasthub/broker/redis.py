@@ -50,6 +50,9 @@ log = logging.getLogger("fasthub.broker")
 
 #: seconds a join reply waits for the room's subscription before it is sent anyway
 READY_TIMEOUT = 2.0
+#: subscription changes are gathered this long before one SUBSCRIBE/UNSUBSCRIBE leaves (a join
+#: storm arrives over many ticks; the first member of a room on a node waits this much longer)
+SUBSCRIBE_DELAY = 0.005
 
 
 def redact(url: str) -> str:
@@ -295,7 +298,7 @@ class RedisBroker:
     def _schedule_subs(self) -> None:
         if not self._subs_scheduled and self._loop is not None:
             self._subs_scheduled = True
-            self._loop.call_soon(self._sync_subs)
+            self._loop.call_later(SUBSCRIBE_DELAY, self._sync_subs)
 
     def _sync_subs(self) -> None:
         self._subs_scheduled = False
