@@ -52,6 +52,9 @@ class LocalBroker:
     def ready(self, room: str) -> None:
         """Local members hear a room at once."""
 
+    def user_ready(self, user_id: str) -> None:
+        """Local connections hear a user at once."""
+
     def user_opened(self, user_id: str) -> None:
         """No subscription to make."""
 

@@ -121,6 +121,7 @@ class RedisBroker:
         self._confirmed: set[bytes] = set()  # Redis confirmed these
         self._subs_scheduled = False
         self._ready: dict[str, asyncio.Future[None]] = {}  # room -> join replies waiting for it
+        self._user_waiters: dict[bytes, asyncio.Future[None]] = {}  # user channel -> opens waiting
         self._to_load: set[str] = set()  # rooms subscribed whose counts are being read
         self._loading = False
         # cluster counts: room -> node -> (seq, members) for rooms this node is subscribed to
@@ -270,6 +271,10 @@ class RedisBroker:
             if not fut.done():
                 fut.set_result(None)
             del self._ready[room]
+        for fut in self._user_waiters.values():
+            if not fut.done():
+                fut.set_result(None)
+        self._user_waiters.clear()
 
     async def _disconnect(self) -> None:
         tasks = [*self._tasks, *self._side]
@@ -361,6 +366,32 @@ class RedisBroker:
             fut = self._ready[room] = self._loop.create_future()
             self._loop.call_later(READY_TIMEOUT, _settle, fut)
         return fut
+
+    def user_ready(self, user_id: str) -> Awaitable[None] | None:
+        """Before a user's connection opens: None if this node hears the user's channel, else a
+        future that completes once Redis confirmed the subscription (the ``connected`` message
+        waits for it, so a ``user_message`` sent from any node after it arrives)."""
+        if not self.up:
+            return None
+        channel = self.user_channel(user_id)
+        if channel in self._confirmed:
+            return None
+        if channel not in self._routes:
+            self._want(channel, ("u", user_id))
+            assert self._loop is not None
+            # forget it again if no connection of the user registers (the client went away)
+            self._loop.call_later(2 * READY_TIMEOUT, self._drop_unused_user, user_id)
+        fut = self._user_waiters.get(channel)
+        if fut is None:
+            assert self._loop is not None
+            fut = self._user_waiters[channel] = self._loop.create_future()
+            self._loop.call_later(READY_TIMEOUT, _settle, fut)
+        return fut
+
+    def _drop_unused_user(self, user_id: str) -> None:
+        node = self.node
+        if node is not None and not node.local_user_online(user_id):
+            self._unwant(self.user_channel(user_id))
 
     def user_opened(self, user_id: str) -> None:
         self._want(self.user_channel(user_id), ("u", user_id))
@@ -510,6 +541,9 @@ class RedisBroker:
 
     def _on_subscribed(self, channel: bytes) -> None:
         self._confirmed.add(channel)
+        waiter = self._user_waiters.pop(channel, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
         route = self._routes.get(channel)
         if route is not None and route[0] == "r":
             self._to_load.add(route[1])

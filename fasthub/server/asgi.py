@@ -193,6 +193,10 @@ class FasthubApp:
                 if refused is not None:
                     await self._deny(scope, send, refused.status, refused.reason)
                     return
+                if hub.broker.remote:  # in a cluster: hear the user's channel before "connected"
+                    waiter = hub.broker.user_ready(str(user_id))
+                    if waiter is not None:
+                        await waiter
         subprotocol = _subprotocol(scope.get("subprotocols") or ())
         fast = scope.get("extensions", {}).get("fasthub.transport")
         if fast is not None:
