@@ -70,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
         help="Redis 7 sharded pub/sub (SPUBLISH/SSUBSCRIBE) instead of PUBLISH/SUBSCRIBE",
     )
     cluster.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="the Redis URL is one node of a Redis Cluster: sharded pub/sub, commands routed per slot",
+    )
+    cluster.add_argument(
         "--node-ttl",
         type=float,
         default=5.0,
@@ -242,7 +247,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .broker.redis import RedisBroker
 
             try:
-                broker = RedisBroker(redis_url, prefix=args.redis_prefix, sharded=args.redis_sharded, ttl=args.node_ttl)
+                broker = RedisBroker(
+                    redis_url,
+                    prefix=args.redis_prefix,
+                    sharded=args.redis_sharded,
+                    cluster=args.redis_cluster,
+                    ttl=args.node_ttl,
+                )
             except ValueError as exc:
                 print(f"fasthub: {exc}", file=sys.stderr)
                 return 2

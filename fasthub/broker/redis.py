@@ -75,6 +75,9 @@ class RedisBroker:
         prefix: key and channel namespace; hubs with different prefixes share nothing.
         partitions: hash-tag partitions for room and user channels (fixed for a cluster's life).
         sharded: use ``SPUBLISH``/``SSUBSCRIBE`` (Redis >= 7) instead of ``PUBLISH``/``SUBSCRIBE``.
+        cluster: ``url`` is one node of a Redis Cluster: each command goes to the master owning its
+            slot (``cluster_link.ClusterLink``); implies ``sharded`` (a cluster's plain pub/sub
+            would copy every message to every master).
         ttl: seconds after which a silent node leaves the cluster view (heartbeat every ttl/3).
         retry_max: longest pause between reconnect attempts.
         max_pending: messages held for Redis while it is slow; more are counted and dropped.
@@ -89,6 +92,7 @@ class RedisBroker:
         prefix: str = "fasthub",
         partitions: int = 64,
         sharded: bool = False,
+        cluster: bool = False,
         ttl: float = 5.0,
         retry_max: float = 1.0,
         max_pending: int = 100_000,
@@ -100,7 +104,8 @@ class RedisBroker:
         self.url = url
         self.prefix = prefix
         self.partitions = partitions
-        self.sharded = sharded
+        self.cluster = cluster
+        self.sharded = sharded or cluster
         self.ttl = float(ttl)
         self.retry_max = float(retry_max)
         self.max_pending = max_pending
@@ -234,6 +239,10 @@ class RedisBroker:
                 await asyncio.sleep(delay)
 
     def _new_link(self) -> Link:
+        if self.cluster:
+            from .cluster_link import ClusterLink
+
+            return ClusterLink(self.url, max(5.0, self.ttl))
         return SingleLink(self.url, self.sharded, max(5.0, self.ttl))
 
     async def _connect(self) -> None:
@@ -726,6 +735,7 @@ class RedisBroker:
             "node_id": self.node_id,
             "state": "up" if self.up else "down",
             "sharded": self.sharded,
+            "cluster": self.cluster,
             "parser": "hiredis" if HIREDIS_AVAILABLE else "python",
             "published": self.published,
             "received": self.received,
