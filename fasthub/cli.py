@@ -242,6 +242,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .server.workers import supervise
 
             return supervise(workers, _worker_argv(argv if argv is not None else sys.argv[1:]))
+        from .server.run import fit_open_files
+
+        config, note = fit_open_files(config)
+        if note is not None and args.log_level in ("info", "debug"):
+            print(f"INFO      fasthub: {note}", file=sys.stderr)
         broker = None
         if redis_url is not None:
             from .broker.redis import RedisBroker

@@ -143,3 +143,40 @@ def process_alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_process_keeps_its_connections_under_its_open_file_limit() -> None:
+    """With ``ulimit -n 200``, fasthub serve takes 200 - 64 connections and answers 503 after."""
+    import resource
+
+    port = free_port()
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fasthub", "serve", "--port", str(port), "--log-level", "info"],
+        stderr=subprocess.PIPE,
+        preexec_fn=limit,
+    )
+    try:
+        wait_for(lambda: stats(port))
+
+        async def scenario() -> tuple[int, list[int]]:
+            opened, refused = [], []
+            for _ in range(150):
+                try:
+                    opened.append(await client(port, "x"))
+                except websockets.InvalidStatus as exc:
+                    refused.append(exc.response.status_code)
+            for ws in opened:
+                await ws.close()
+            return len(opened), refused
+
+        opened, refused = run(scenario(), timeout=60)
+        assert opened == 200 - 64 and set(refused) == {503} and len(refused) == 150 - opened
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        err = proc.stderr.read().decode() if proc.stderr else ""
+    assert "max_connections 50000 -> 136: this process may open 200 files" in err, err

@@ -81,6 +81,38 @@ def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8080, log_leve
     return uvicorn.Config(app, **options)
 
 
+#: files a serving process keeps for itself: listening socket, Redis connections, logs, the loop
+FILE_RESERVE = 64
+
+
+def fit_open_files(config: HubConfig) -> tuple[HubConfig, str | None]:
+    """Raise this process's open-file limit to its hard limit, and keep ``max_connections`` under it.
+
+    Every connection is a file: past the limit ``accept`` fails and clients see resets. Below it,
+    a full process answers 503. Returns the config to use and a note when it was lowered.
+    """
+    import dataclasses
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return config, None
+    room = max(1, soft - FILE_RESERVE)
+    if config.max_connections and config.max_connections <= room:
+        return config, None
+    note = (
+        f"max_connections {config.max_connections or 'unlimited'} -> {room}: this process may open "
+        f"{soft} files (ulimit -n); raise the limit to hold more (docs/cluster.md)"
+    )
+    return dataclasses.replace(config, max_connections=room), note
+
+
 def reuse_port_socket(host: str, port: int) -> socket.socket:
     """A listening socket with ``SO_REUSEPORT``: the kernel spreads connections over every such socket."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
