@@ -109,6 +109,8 @@ class Hub:
         self._users: dict[str, dict[str, Connection]] = {}
         self._anonymous = 0
         self._rooms: dict[str, Room] = {}
+        # (connection id, room) -> (token, reply id) of a join whose reply waits for the broker
+        self._pending_joins: dict[tuple[str, str], tuple[object, Any]] = {}
         #: name -> room, read only (the dispatcher's one lookup per room message); the hub changes it
         self.room_map: Mapping[str, Room] = self._rooms
         self.fanout = Fanout(None, self, self._slow_consumer)
@@ -531,15 +533,25 @@ class Hub:
             remote.room_resized(name, len(members))
             waiter = remote.ready(name)
             if waiter is not None:  # reply once this node hears the room's traffic from others
-                asyncio.ensure_future(waiter).add_done_callback(lambda _: self._announce_join(conn, room, reply_id))
+                key, token = (conn.id, name), object()
+                self._pending_joins[key] = (token, reply_id)
+                asyncio.ensure_future(waiter).add_done_callback(
+                    lambda _: self._pending_join_ready(key, token, conn, room)
+                )
                 return room
         self._announce_join(conn, room, reply_id)
         return room
 
+    def _pending_join_ready(self, key: tuple[str, str], token: object, conn: Connection, room: Room) -> None:
+        entry = self._pending_joins.get(key)
+        if entry is not None and entry[0] is token:  # not answered by a leave, nor a later join's
+            del self._pending_joins[key]
+            self._announce_join(conn, room, entry[1])
+
     def _announce_join(self, conn: Connection, room: Room, reply_id: Any) -> None:
         """The joiner's ``joined`` reply and, in small rooms, the others' ``user_joined``."""
         if room.member_map.get(conn.id) is not conn:
-            return  # left (or closed) while the room's subscription was being set up
+            return  # closed while the room's subscription was being set up
         name = room.name
         size = self.broker.room_size(name)
         if 1 < size <= self.config.member_events_limit:
@@ -552,8 +564,13 @@ class Hub:
 
     def _leave(self, conn: Connection, name: str, reply_id: Any, reply: bool) -> bool:
         room = self._rooms.get(name)
-        if room is None or room.member_map.pop(conn.id, None) is None:
+        if room is None or conn.id not in room.member_map:
             return False
+        if self._pending_joins and (conn.id, name) in self._pending_joins:
+            # its join is still waiting for the room's subscription: answer it first, in order
+            # (with the count known now)
+            self._announce_join(conn, room, self._pending_joins.pop((conn.id, name))[1])
+        del room.member_map[conn.id]
         conn.drop_room(name)
         remote = self._remote
         if remote is not None:

@@ -200,3 +200,32 @@ def test_a_join_storm_costs_few_subscribe_commands(redis_server: Any) -> None:
         assert rooms == {True}  # both nodes hear all 500 rooms
         # 1,000 room subscriptions (500 per node) plus 10 user channels, in batched commands
         assert calls <= 120, calls  # one per subscription would be 1,010 (38 in one run here)
+
+
+def test_a_room_closed_and_opened_again_at_once_keeps_the_cluster_count(redis_server: Any) -> None:
+    with cluster(redis_server.url) as (a_node, b_node):
+
+        async def scenario() -> None:
+            far = await connect(b_node, "user=far")
+            await far.join("again")
+            near = await connect(a_node, "user=near")
+            joined = await near.join("again")
+            assert joined["payload"]["members"] == 2
+            for i in range(5):  # leave and join in a row: the channel stays subscribed between
+                await near.send({"type": "leave_room", "room": "again", "id": f"l{i}"})
+                await near.send({"type": "join_room", "room": "again", "id": f"j{i}"})
+                replies = {}
+                while len(replies) < 2:
+                    msg = await near.recv()
+                    if msg.get("id") is not None:
+                        replies[msg["id"]] = msg["payload"]["members"]
+                assert replies == {f"l{i}": 1, f"j{i}": 2}, replies
+            # join and leave at once, before the subscription is live: both answered, in order
+            await near.send({"type": "leave_room", "room": "again", "id": "x"})
+            await near.expect("system", id="x")
+            await asyncio.sleep(0.1)
+            await near.send({"type": "join_room", "room": "again", "id": "y"})
+            await near.send({"type": "leave_room", "room": "again", "id": "z"})
+            assert [(await near.expect("system"))["id"] for _ in range(2)] == ["y", "z"]
+
+        run(scenario())

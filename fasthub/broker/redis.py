@@ -352,7 +352,15 @@ class RedisBroker:
 
     def room_opened(self, room: str) -> None:
         self._counts.setdefault(room, {})
-        self._want(self.room_channel(room), ("r", room))
+        channel = self.room_channel(room)
+        self._want(channel, ("r", room))
+        if channel in self._confirmed and self.up:
+            # closed and opened again before the unsubscribe left: still subscribed, but the
+            # other nodes' counts were dropped at the close; read them again before replying
+            self._to_load.add(room)
+            if not self._loading:
+                self._loading = True
+                self._spawn(self._load_counts())
 
     def room_closed(self, room: str) -> None:
         self._counts.pop(room, None)
