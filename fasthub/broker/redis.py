@@ -211,23 +211,15 @@ class RedisBroker:
         self._ready.clear()
 
     async def _run(self) -> None:
+        """Connect, serve until a task fails, then reconnect with backoff; forever (until ``close``)."""
         delay = 0.05
         while True:
             try:
                 await self._connect()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._went_down(exc)
-                await self._disconnect()
-                await asyncio.sleep(delay)
-                delay = min(self.retry_max, delay * 2)
-                continue
-            delay = 0.05
-            if self.outages:
-                log.warning("fasthub: broker: Redis at %s is back", redact(self.url))
-            self._outage_logged = False
-            try:
+                delay = 0.05
+                if self.outages:
+                    log.warning("fasthub: broker: Redis at %s is back", redact(self.url))
+                self._outage_logged = False
                 done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
                 failure = next((t.exception() for t in done if t.exception() is not None), None)
                 raise failure if failure is not None else ConnectionError("a broker task ended")
@@ -237,6 +229,7 @@ class RedisBroker:
                 self._went_down(exc)
                 await self._disconnect()
                 await asyncio.sleep(delay)
+                delay = min(self.retry_max, delay * 2)
 
     def _new_link(self) -> Link:
         if self.cluster:
