@@ -229,3 +229,15 @@ def test_a_room_closed_and_opened_again_at_once_keeps_the_cluster_count(redis_se
             assert [(await near.expect("system"))["id"] for _ in range(2)] == ["y", "z"]
 
         run(scenario())
+
+
+def test_without_redis_server_the_redis_tests_fail_in_ci_and_skip_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    from redisproc import redis_binary
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setenv("FASTHUB_REQUIRE_REDIS", "1")  # what ci/test sets
+    with pytest.raises(pytest.fail.Exception):
+        redis_binary()
+    monkeypatch.delenv("FASTHUB_REQUIRE_REDIS")
+    with pytest.raises(pytest.skip.Exception):
+        redis_binary()
