@@ -272,6 +272,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         try:
             run(app, args.host, args.port, args.log_level, ws=args.ws, reuse_port=args.reuse_port)
+        except OSError as exc:  # the port (with --reuse-port: bound here, not by uvicorn)
+            print(f"fasthub: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+            return 2
         except MissingWebSocketImplementation as exc:
             print(f"fasthub: {exc}", file=sys.stderr)
             return 2

@@ -110,7 +110,7 @@ class Hub:
         self._anonymous = 0
         self._rooms: dict[str, Room] = {}
         # (connection id, room) -> (token, reply id) of a join whose reply waits for the broker
-        self._pending_joins: dict[tuple[str, str], tuple[object, Any]] = {}
+        self._pending_joins: dict[tuple[str, str], tuple[object, Any, list[Any]]] = {}
         #: name -> room, read only (the dispatcher's one lookup per room message); the hub changes it
         self.room_map: Mapping[str, Room] = self._rooms
         self.fanout = Fanout(None, self, self._slow_consumer)
@@ -515,7 +515,11 @@ class Hub:
         conn = self._conn(conn_id)
         room = self._rooms.get(name)
         if room is not None and conn.id in room.member_map:
-            self._reply_membership(conn, room, "joined", reply_id)
+            pending = self._pending_joins.get((conn.id, name))
+            if pending is not None:  # the first join's reply is still waiting: answer after it
+                pending[2].append(reply_id)
+            else:
+                self._reply_membership(conn, room, "joined", reply_id)
             return room
         if not self.config.valid_room_name(name):
             raise HubError(f"invalid room name {name!r}")
@@ -534,7 +538,7 @@ class Hub:
             waiter = remote.ready(name)
             if waiter is not None:  # reply once this node hears the room's traffic from others
                 key, token = (conn.id, name), object()
-                self._pending_joins[key] = (token, reply_id)
+                self._pending_joins[key] = (token, reply_id, [])
                 asyncio.ensure_future(waiter).add_done_callback(
                     lambda _: self._pending_join_ready(key, token, conn, room)
                 )
@@ -546,10 +550,11 @@ class Hub:
         entry = self._pending_joins.get(key)
         if entry is not None and entry[0] is token:  # not answered by a leave, nor a later join's
             del self._pending_joins[key]
-            self._announce_join(conn, room, entry[1])
+            self._announce_join(conn, room, entry[1], entry[2])
 
-    def _announce_join(self, conn: Connection, room: Room, reply_id: Any) -> None:
-        """The joiner's ``joined`` reply and, in small rooms, the others' ``user_joined``."""
+    def _announce_join(self, conn: Connection, room: Room, reply_id: Any, again: Iterable[Any] = ()) -> None:
+        """The joiner's ``joined`` reply and, in small rooms, the others' ``user_joined``;
+        ``again``: reply ids of repeated joins made while the first one waited."""
         if room.member_map.get(conn.id) is not conn:
             return  # closed while the room's subscription was being set up
         name = room.name
@@ -557,6 +562,8 @@ class Hub:
         if 1 < size <= self.config.member_events_limit:
             self.publish_room(name, self._member_event("user_joined", room, conn, size), conn.id)
         self._reply_membership(conn, room, "joined", reply_id, size)
+        for rid in again:
+            self._reply_membership(conn, room, "joined", rid, size)
 
     def leave_room(self, conn_id: str, name: str, *, reply_id: Any = None) -> bool:
         """Remove a connection from a room; False if it was not a member."""
@@ -569,7 +576,8 @@ class Hub:
         if self._pending_joins and (conn.id, name) in self._pending_joins:
             # its join is still waiting for the room's subscription: answer it first, in order
             # (with the count known now)
-            self._announce_join(conn, room, self._pending_joins.pop((conn.id, name))[1])
+            _, first, more = self._pending_joins.pop((conn.id, name))
+            self._announce_join(conn, room, first, more)
         del room.member_map[conn.id]
         conn.drop_room(name)
         remote = self._remote

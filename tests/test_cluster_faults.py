@@ -173,3 +173,61 @@ def test_bad_data_on_a_channel_is_dropped_and_counted(redis_server: Any, garbage
             assert (await a.expect("room_message"))["payload"] == "still here"
 
         run(scenario())
+
+
+def test_counts_are_right_again_after_a_reconnect_that_missed_a_leave(redis_server: Any) -> None:
+    with cluster(redis_server.url, retry_max=0.3) as (a_node, b_node):
+
+        async def scenario() -> None:
+            near = await connect(a_node, "user=near")
+            far = await connect(b_node, "user=far")
+            await near.join("r")
+            await far.join("r")
+            wait_for(lambda: a_node.hub.broker.room_size("r") == 2)
+            redis_server.stop()
+            await far.send({"type": "leave_room", "room": "r", "id": "gone"})
+            await far.expect("system", id="gone")  # its announcement cannot reach node A
+            redis_server.start()
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: wait_for(lambda: a_node.hub.broker.room_size("r") == 1, timeout=8)
+            )
+            await near.send({"type": "join_room", "room": "r", "id": "again"})
+            while (msg := await near.recv()).get("id") != "again":
+                pass  # far's user_joined may come first
+            assert msg["payload"]["members"] == 1
+
+        run(scenario())
+
+
+def test_a_node_whose_keys_expired_writes_them_again(redis_server: Any) -> None:
+    with cluster(redis_server.url, ttl=1.5) as (a_node, b_node):
+
+        async def scenario() -> None:
+            near = await connect(a_node, "user=near")
+            await connect(b_node, "user=bob")
+            await near.send({"type": "user_message", "to": "bob", "id": 1})
+            await near.silent(0.2)  # delivered, no unknown_user
+            me = b_node.hub.broker.node_id
+            for key in (f"t:n:{{{me}}}", f"t:n:{{{me}}}:rooms", f"t:n:{{{me}}}:users"):
+                redis_server.command("DEL", key)  # as if a pause longer than the TTL expired them
+            await asyncio.sleep(1.2)  # node B's next heartbeat finds its key gone and rewrites
+            assert redis_server.command("HEXISTS", f"t:n:{{{me}}}:users", "bob").strip() == "1"
+            await near.send({"type": "user_message", "to": "bob", "id": 2})
+            await near.silent(0.2)
+
+        run(scenario())
+
+
+def test_a_user_on_a_node_started_after_the_last_heartbeat_is_online(redis_server: Any) -> None:
+    with cluster(redis_server.url, n=1, ttl=30.0) as (a_node,):  # heartbeats 10 s apart
+        with serve({"authenticate": query_user}, ws="fasthub", broker=RedisBroker(redis_server.url, prefix="t")) as b_node:
+            wait_for(lambda: b_node.hub.broker.up)
+
+            async def scenario() -> None:
+                alice = await connect(a_node, "user=alice")
+                bob = await connect(b_node, "user=bob")
+                assert a_node.hub.broker._live == []  # node A has not seen node B yet
+                await alice.send({"type": "user_message", "to": "bob", "payload": "hi", "id": 1})
+                assert (await bob.expect("user_message", id=1))["payload"] == "hi"
+
+            run(scenario())

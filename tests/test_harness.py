@@ -257,3 +257,18 @@ def test_the_join_reply_waits_until_the_node_hears_the_room() -> None:
         broker.pending["s"].set_result(None)
         h.settle()
         assert [m["id"] for m in a.received()] == [2, 3]  # the join answered first, then the leave
+
+
+def test_a_repeated_join_while_the_first_waits_is_answered_after_it() -> None:
+    broker = SlowSubscribeBroker()
+    with Harness(hub=Hub(broker=broker)) as h:
+        broker.pending["r"] = h.loop.create_future()
+        a = h.connect("a")
+        a.received()
+        a.send({"type": "join_room", "room": "r", "id": 1})
+        a.send({"type": "join_room", "room": "r", "id": 2})
+        h.settle()
+        assert a.received() == []
+        broker.pending["r"].set_result(None)
+        h.settle()
+        assert [m["id"] for m in a.received()] == [1, 2]

@@ -50,6 +50,8 @@ log = logging.getLogger("fasthub.broker")
 
 #: seconds a join reply waits for the room's subscription before it is sent anyway
 READY_TIMEOUT = 2.0
+#: user_online checks in flight at once (redis-py's pool holds 100 connections)
+ONLINE_CHECKS = 32
 #: subscription changes are gathered this long before one SUBSCRIBE/UNSUBSCRIBE leaves (a join
 #: storm arrives over many ticks; the first member of a room on a node waits this much longer)
 SUBSCRIBE_DELAY = 0.005
@@ -123,6 +125,8 @@ class RedisBroker:
         self._all_channel = f"{prefix}:{{0}}:all".encode()
         self._channels: dict[str, bytes] = {}  # room -> channel name (every room message needs it)
         self._subscribed: set[bytes] = set()  # sent SUBSCRIBE for these
+        self._pending_add: set[bytes] = set()  # wanted since the last subscription change
+        self._pending_drop: set[bytes] = set()
         self._confirmed: set[bytes] = set()  # Redis confirmed these
         self._subs_scheduled = False
         self._ready: dict[str, asyncio.Future[None]] = {}  # room -> join replies waiting for it
@@ -133,8 +137,10 @@ class RedisBroker:
         self._counts: dict[str, dict[bytes, tuple[int, int]]] = {}
         self._seq = 0
         self._rooms_dirty: set[str] = set()
+        self._announced: set[str] = set()  # rooms whose last announced local count was not 0
         self._users_dirty: set[str] = set()
         self._live: list[bytes] = []  # other live node ids, from the last heartbeat
+        self._online_checks = asyncio.Semaphore(ONLINE_CHECKS)
         self._view: dict[str, Any] = {}
         # the writer: commands queued in one tick leave in one pipeline
         self._out: list[tuple[Any, ...]] = []
@@ -197,7 +203,7 @@ class RedisBroker:
             me = self.node_id
             with contextlib.suppress(Exception):
                 leave = [
-                    ("ZREM", self._nodes_key, me),
+                    ("SREM", self._nodes_key, me),
                     ("DEL", self._node_key(me)),
                     ("DEL", self._node_key(me, ":rooms")),
                     ("DEL", self._node_key(me, ":users")),
@@ -246,11 +252,19 @@ class RedisBroker:
         self._confirmed.clear()
         self._to_load.clear()
         self._loading = False
+        for counts in self._counts.values():  # announcements were missed: read them all again
+            counts.clear()
         # everything with local members, plus the broadcast channel; and this node's hashes
         self._routes[self._all_channel] = ("a", "")
         await self._send_subscribe(list(self._routes))
         self._rewrite_state()
         self.up = True
+        self._pending_add.clear()
+        self._pending_drop.clear()
+        # what changed while connecting (a room opened or closed during the resubscribe)
+        self._pending_add.update(ch for ch in self._routes if ch not in self._subscribed)
+        self._pending_drop.update(ch for ch in self._subscribed if ch not in self._routes)
+        self._sync_subs()
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._reader()),
@@ -296,10 +310,16 @@ class RedisBroker:
 
     def _want(self, channel: bytes, route: tuple[str, str]) -> None:
         self._routes[channel] = route
+        self._pending_drop.discard(channel)
+        if channel not in self._subscribed:
+            self._pending_add.add(channel)
         self._schedule_subs()
 
     def _unwant(self, channel: bytes) -> None:
         self._routes.pop(channel, None)
+        self._pending_add.discard(channel)
+        if channel in self._subscribed:
+            self._pending_drop.add(channel)
         self._schedule_subs()
 
     def _schedule_subs(self) -> None:
@@ -311,8 +331,14 @@ class RedisBroker:
         self._subs_scheduled = False
         if not self.up or self._link is None:
             return  # (re)connecting subscribes to everything in _routes
-        add = [ch for ch in self._routes if ch not in self._subscribed]
-        drop = [ch for ch in self._subscribed if ch not in self._routes]
+        # only what changed since the last call: no walk over every channel of the node
+        add = [ch for ch in self._pending_add if ch in self._routes and ch not in self._subscribed]
+        drop = [ch for ch in self._pending_drop if ch not in self._routes and ch in self._subscribed]
+        self._pending_add.clear()
+        self._pending_drop.clear()
+        # bookkeeping now, before any await: a channel wanted again meanwhile is re-added above
+        self._subscribed.difference_update(drop)
+        self._confirmed.difference_update(drop)
         if add or drop:
             self._spawn(self._change_subs(add, drop))
 
@@ -328,13 +354,11 @@ class RedisBroker:
             log.debug("fasthub: broker: %s", task.exception())
 
     async def _change_subs(self, add: list[bytes], drop: list[bytes]) -> None:
-        if add:
-            await self._send_subscribe(add)
         if drop:
-            self._subscribed.difference_update(drop)
-            self._confirmed.difference_update(drop)
             assert self._link is not None
             await self._link.unsubscribe(drop)
+        if add:
+            await self._send_subscribe(add)
 
     async def _send_subscribe(self, channels: list[bytes]) -> None:
         self._subscribed.update(channels)
@@ -428,17 +452,25 @@ class RedisBroker:
         node = self.node
         if node is not None and node.local_user_online(user_id):
             return True
-        if not self.up or not self._live:
+        if not self.up:
             return False
         return self._online_elsewhere(user_id)
 
     async def _online_elsewhere(self, user_id: str) -> bool:
-        try:
-            assert self._link is not None
-            answers = await self._link.execute([("HEXISTS", self._node_key(o, ":users"), user_id) for o in self._live])
-        except Exception:
-            self.broker_errors += 1
-            return False
+        """One ``HEXISTS`` per other node, from the node set as it is now (a node that started
+        since the last heartbeat counts too); at most ``ONLINE_CHECKS`` at once."""
+        async with self._online_checks:
+            try:
+                link = self._link
+                assert link is not None
+                (members,) = await link.execute([("SMEMBERS", self._nodes_key)])
+                others = [m for m in members if m != self._node_b] if not isinstance(members, Exception) else []
+                if not others:
+                    return False
+                answers = await link.execute([("HEXISTS", self._node_key(o, ":users"), user_id) for o in others])
+            except Exception:
+                self.broker_errors += 1
+                return False
         return any(a is True or a == 1 for a in answers)
 
     # -- the Broker interface: publishing ---------------------------------------------------------
@@ -461,7 +493,12 @@ class RedisBroker:
             self._lost()
             return
         kind = codec.BINARY if payload.kind == KIND_BINARY else codec.TEXT
-        data = codec.encode(kind, self._node_b, payload.data, exclude)
+        try:
+            data = codec.encode(kind, self._node_b, payload.data, exclude)
+        except ValueError as exc:  # delivered locally already; the other nodes cannot get it
+            self.broker_errors += 1
+            log.warning("fasthub: broker: not published to other nodes: %s", exc)
+            return
         out.append((True, "SPUBLISH" if self.sharded else "PUBLISH", channel, data))
         if len(out) == 1:
             self._wake_writer()
@@ -514,8 +551,10 @@ class RedisBroker:
                 self._seq += 1
                 if n:
                     out.append((False, "HSET", rooms_key, room, b"%d %d" % (self._seq, n)))
+                    self._announced.add(room)
                 else:
                     out.append((False, "HDEL", rooms_key, room))
+                    self._announced.discard(room)
                 out.append((False, publish, self.room_channel(room), codec.encode_count(self._node_b, self._seq, n)))
             out.append((False, "PEXPIRE", rooms_key, int(self.ttl * 1000)))
             self._rooms_dirty.clear()
@@ -530,12 +569,21 @@ class RedisBroker:
             self._users_dirty.clear()
 
     def _rewrite_state(self) -> None:
-        """After a (re)connect: every local room count and user again (Redis may have lost them)."""
+        """After a (re)connect, or when this node's keys expired: its hashes from scratch.
+
+        A write lost with the connection may have left entries of rooms and users this node no
+        longer has: the hashes are deleted and written again, and every room ever announced
+        with members is announced again (with 0 where none are left).
+        """
+        self._out.append((False, "DEL", self._node_key(self.node_id, ":rooms")))
+        self._out.append((False, "DEL", self._node_key(self.node_id, ":users")))
+        self._rooms_dirty.update(self._announced)
         for kind, name in self._routes.values():
             if kind == "r":
                 self._rooms_dirty.add(name)
             elif kind == "u":
                 self._users_dirty.add(name)
+        self._wake_writer()
 
     # -- the reader: other nodes' traffic ---------------------------------------------------------
 
@@ -550,6 +598,8 @@ class RedisBroker:
                 self._on_subscribed(channel)
 
     def _on_subscribed(self, channel: bytes) -> None:
+        if channel not in self._subscribed:
+            return  # the confirmation of a channel dropped since: not subscribed any more
         self._confirmed.add(channel)
         waiter = self._user_waiters.pop(channel, None)
         if waiter is not None and not waiter.done():
@@ -578,6 +628,8 @@ class RedisBroker:
                         if value is not None:
                             seq, n = codec.decode_count(value)
                             self._set_count(room, other, seq, n)
+                        elif (counts := self._counts.get(room)) is not None:
+                            counts.pop(other, None)  # no member there (an announcement was missed)
         finally:
             self._to_load.difference_update(rooms)
             for room in rooms:
@@ -591,10 +643,7 @@ class RedisBroker:
             return  # no local member any more
         old = counts.get(other)
         if old is None or seq > old[0]:
-            if n:
-                counts[other] = (seq, n)
-            else:
-                counts.pop(other, None)
+            counts[other] = (seq, n)  # a zero keeps its seq: an older, larger count cannot return
 
     def _on_message(self, channel: bytes, data: bytes) -> None:
         try:
@@ -647,28 +696,56 @@ class RedisBroker:
             await self._heartbeat_once()
 
     async def _heartbeat_once(self) -> None:
-        now = time.time()
+        """Refresh this node's keys and read who else is alive.
+
+        Liveness is the node key's existence (``PX ttl``, Redis's clock), so clocks of
+        different machines need not agree. If this node's key had expired (a pause longer
+        than ``ttl``), its hashes may have expired with it: they are written again.
+        """
         me = self.node_id
         stats = self.node.node_stats() if self.node is not None else {}
         ttl_ms = int(self.ttl * 1000)
-        assert self._link is not None
-        *_, members = await self._link.execute(
+        link = self._link
+        assert link is not None
+        info = orjson.dumps({"node": me, "at": time.time(), **stats})
+        previous, _, _, _, members = await link.execute(
             [
-                ("SET", self._node_key(me), orjson.dumps({"node": me, "at": now, **stats}), "PX", ttl_ms),
+                ("SET", self._node_key(me), info, "PX", ttl_ms, "GET"),
                 ("PEXPIRE", self._node_key(me, ":rooms"), ttl_ms),
                 ("PEXPIRE", self._node_key(me, ":users"), ttl_ms),
-                ("ZADD", self._nodes_key, now + self.ttl, me),
-                ("ZREMRANGEBYSCORE", self._nodes_key, "-inf", now),
-                ("ZRANGEBYSCORE", self._nodes_key, now, "+inf"),
+                ("SADD", self._nodes_key, me),
+                ("SMEMBERS", self._nodes_key),
             ]
         )
         if isinstance(members, Exception):
             raise members
-        self._live = [m for m in members if m != self._node_b]
-        live = set(self._live)
+        if previous is None and self.up:
+            self._rewrite_state()  # our keys had expired
+        live = await self._alive([m for m in members if m != self._node_b])
+        new = [n for n in live if n not in self._live]
+        self._live = live
+        alive = set(live)
         for counts in self._counts.values():
-            for other in [o for o in counts if o not in live]:
+            for other in [o for o in counts if o not in alive]:
                 del counts[other]
+        if new and self._counts and self.up:  # a node that started since: read its counts too
+            self._to_load.update(self._counts)
+            if not self._loading:
+                self._loading = True
+                self._spawn(self._load_counts())
+
+    async def _alive(self, others: list[bytes]) -> list[bytes]:
+        """The node ids of ``others`` whose key exists; the rest leave the node set."""
+        if not others:
+            return []
+        link = self._link
+        assert link is not None
+        exists = await link.execute([("EXISTS", self._node_key(o)) for o in others])
+        live = [o for o, e in zip(others, exists, strict=True) if e == 1 or isinstance(e, Exception)]
+        dead = [o for o, e in zip(others, exists, strict=True) if e == 0]
+        if dead:
+            await link.execute([("SREM", self._nodes_key, *dead)])
+        return live
 
     async def cluster_view(self) -> dict[str, Any]:
         """Every live node's counters and the cluster-wide rooms, users and member counts.
@@ -678,13 +755,12 @@ class RedisBroker:
         """
         if not self.up:
             return {"state": "down"}
-        now = time.time()
         link = self._link
         assert link is not None
-        (live,) = await link.execute([("ZRANGEBYSCORE", self._nodes_key, now, "+inf")])
-        if isinstance(live, Exception):
-            raise live
-        ids = [self._node_b, *(n for n in live if n != self._node_b)]
+        (members,) = await link.execute([("SMEMBERS", self._nodes_key)])
+        if isinstance(members, Exception):
+            raise members
+        ids = [self._node_b, *(n for n in members if n != self._node_b)]
         commands: list[tuple[Any, ...]] = []
         for node in ids:
             commands += [

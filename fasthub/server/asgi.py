@@ -197,6 +197,10 @@ class FasthubApp:
                     waiter = hub.broker.user_ready(str(user_id))
                     if waiter is not None:
                         await waiter
+                        refused = hub.admit_user(str(user_id))  # others may have opened meanwhile
+                        if refused is not None:
+                            await self._deny(scope, send, refused.status, refused.reason)
+                            return
         subprotocol = _subprotocol(scope.get("subprotocols") or ())
         fast = scope.get("extensions", {}).get("fasthub.transport")
         if fast is not None:
