@@ -219,15 +219,18 @@ def test_a_node_whose_keys_expired_writes_them_again(redis_server: Any) -> None:
 
 
 def test_a_user_on_a_node_started_after_the_last_heartbeat_is_online(redis_server: Any) -> None:
-    with cluster(redis_server.url, n=1, ttl=30.0) as (a_node,):  # heartbeats 10 s apart
-        with serve({"authenticate": query_user}, ws="fasthub", broker=RedisBroker(redis_server.url, prefix="t")) as b_node:
-            wait_for(lambda: b_node.hub.broker.up)
+    late = RedisBroker(redis_server.url, prefix="t")
+    with (
+        cluster(redis_server.url, n=1, ttl=30.0) as (a_node,),  # heartbeats 10 s apart
+        serve({"authenticate": query_user}, ws="fasthub", broker=late) as b_node,
+    ):
+        wait_for(lambda: b_node.hub.broker.up)
 
-            async def scenario() -> None:
-                alice = await connect(a_node, "user=alice")
-                bob = await connect(b_node, "user=bob")
-                assert a_node.hub.broker._live == []  # node A has not seen node B yet
-                await alice.send({"type": "user_message", "to": "bob", "payload": "hi", "id": 1})
-                assert (await bob.expect("user_message", id=1))["payload"] == "hi"
+        async def scenario() -> None:
+            alice = await connect(a_node, "user=alice")
+            bob = await connect(b_node, "user=bob")
+            assert a_node.hub.broker._live == []  # node A has not seen node B yet
+            await alice.send({"type": "user_message", "to": "bob", "payload": "hi", "id": 1})
+            assert (await bob.expect("user_message", id=1))["payload"] == "hi"
 
-            run(scenario())
+        run(scenario())
