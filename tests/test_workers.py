@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -180,3 +181,19 @@ def test_a_process_keeps_its_connections_under_its_open_file_limit() -> None:
         proc.wait(10)
         err = proc.stderr.read().decode() if proc.stderr else ""
     assert "max_connections 50000 -> 136: this process may open 200 files" in err, err
+
+
+def test_a_port_that_cannot_be_bound_exits_2_and_stops_the_supervisor(redis_server: Any) -> None:
+    with socket.socket() as taken:  # held without SO_REUSEPORT: no worker can bind beside it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, "-m", "fasthub", "serve", "--port", str(port), "--workers", "2"]
+            + ["--redis", redis_server.url],
+            capture_output=True,
+            timeout=60,
+        )
+    assert out.returncode == 2, out
+    err = out.stderr.decode()
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "could not start (exit code 2); stopping" in err, err
