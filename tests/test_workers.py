@@ -188,9 +188,9 @@ def test_a_port_that_cannot_be_bound_exits_2_and_stops_the_supervisor(redis_serv
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
+        args = ["serve", "--port", str(port), "--workers", "2", "--redis", redis_server.url]
         out = subprocess.run(
-            [sys.executable, "-m", "fasthub", "serve", "--port", str(port), "--workers", "2"]
-            + ["--redis", redis_server.url],
+            [sys.executable, "-m", "fasthub", *args],
             capture_output=True,
             timeout=60,
         )
