@@ -15,8 +15,9 @@ Traffic discipline (docs/cluster.md has the figures):
 - Cluster answers: each node keeps its member count of every room and its users in two
   hashes with a TTL (``fasthub:n:{<node>}:rooms`` / ``:users``) and announces count changes on
   the room's channel, so ``room_size`` is a sum of cached numbers (no round trip on a join) and
-  ``user_online`` is one pipelined ``HEXISTS`` per live node. A heartbeat key per node, with a
-  TTL, is the cluster view; a node that dies drops out of it within ``ttl`` seconds.
+  ``user_online`` is the node set, then one pipelined ``HEXISTS`` per other node. A heartbeat
+  key per node, with a TTL, is the cluster view; a node that dies drops out of it within
+  ``ttl`` seconds.
 
 Faults: Redis down (at start or later) never stops local delivery. Publishes that cannot go
 out are counted (``broker_errors``), the outage is logged once, and the broker reconnects with
