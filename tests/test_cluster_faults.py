@@ -175,6 +175,31 @@ def test_bad_data_on_a_channel_is_dropped_and_counted(redis_server: Any, garbage
         run(scenario())
 
 
+def test_counts_are_read_again_after_a_reconnect_that_missed_an_announcement(redis_server: Any) -> None:
+    """Node A's connection drops (Redis stays up) while node B's last member leaves: the count
+    announcement of B never reaches A, and B's hash no longer has the room."""
+    with cluster(redis_server.url, retry_max=0.3) as (a_node, b_node):
+
+        async def scenario() -> None:
+            near = await connect(a_node, "user=near")
+            far = await connect(b_node, "user=far")
+            await near.join("r")
+            await far.join("r")
+            wait_for(lambda: a_node.hub.broker.room_size("r") == 2)
+            broker = a_node.hub.broker
+            outages = broker.outages
+            a_node.call(lambda: asyncio.ensure_future(broker._link.close()))  # A's link only
+            await far.send({"type": "leave_room", "room": "r", "id": "gone"})
+            await far.expect("system", id="gone")
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: wait_for(lambda: broker.up and broker.outages == outages + 1, timeout=8)
+            )
+            await asyncio.sleep(0.3)  # its counts read again after the resubscribe
+            assert a_node.call(lambda: broker.room_size("r")) == 1
+
+        run(scenario())
+
+
 def test_counts_are_right_again_after_a_reconnect_that_missed_a_leave(redis_server: Any) -> None:
     with cluster(redis_server.url, retry_max=0.3) as (a_node, b_node):
 

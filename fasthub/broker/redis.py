@@ -228,7 +228,7 @@ class RedisBroker:
                     log.warning("fasthub: broker: Redis at %s is back", redact(self.url))
                 self._outage_logged = False
                 done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
-                failure = next((t.exception() for t in done if t.exception() is not None), None)
+                failure = next((t.exception() for t in done if not t.cancelled() and t.exception()), None)
                 raise failure if failure is not None else ConnectionError("a broker task ended")
             except asyncio.CancelledError:
                 raise
