@@ -212,10 +212,7 @@ class RedisBroker:
                 await asyncio.wait_for(self._link.execute(leave), 1.0)
         await self._disconnect()
         self.up = False
-        for fut in self._ready.values():
-            if not fut.done():
-                fut.set_result(None)
-        self._ready.clear()
+        self._release_waiters()
 
     async def _run(self) -> None:
         """Connect, serve until a task fails, then reconnect with backoff; forever (until ``close``)."""
@@ -284,14 +281,30 @@ class RedisBroker:
             self._outage_logged = True
         self.broker_errors += sum(cmd[0] for cmd in self._out)
         self._out.clear()
-        for room, fut in list(self._ready.items()):  # joins reply now, with what is known
-            if not fut.done():
-                fut.set_result(None)
-            del self._ready[room]
-        for fut in self._user_waiters.values():
-            if not fut.done():
-                fut.set_result(None)
-        self._user_waiters.clear()
+        self._release_waiters()
+
+    def _release_waiters(self) -> None:
+        """Joins and opens waiting for a subscription go on now, with what is known."""
+        for table in (self._ready, self._user_waiters):
+            for fut in table.values():
+                _settle(fut)
+            table.clear()
+
+    def _waiter(self, table: dict[Any, asyncio.Future[None]], key: Any) -> asyncio.Future[None]:
+        """The future for ``key`` in ``table``, completed by ``READY_TIMEOUT`` at the latest."""
+        fut = table.get(key)
+        if fut is None:
+            assert self._loop is not None
+            fut = table[key] = self._loop.create_future()
+            self._loop.call_later(READY_TIMEOUT, _settle, fut)
+        return fut
+
+    def _load(self, rooms: Iterable[str]) -> None:
+        """Read the other nodes' counts of ``rooms`` (one task at a time gathers them)."""
+        self._to_load.update(rooms)
+        if not self._loading:
+            self._loading = True
+            self._spawn(self._load_counts())
 
     async def _disconnect(self) -> None:
         tasks = [*self._tasks, *self._side]
@@ -375,17 +388,12 @@ class RedisBroker:
         if channel in self._confirmed and self.up:
             # closed and opened again before the unsubscribe left: still subscribed, but the
             # other nodes' counts were dropped at the close; read them again before replying
-            self._to_load.add(room)
-            if not self._loading:
-                self._loading = True
-                self._spawn(self._load_counts())
+            self._load((room,))
 
     def room_closed(self, room: str) -> None:
         self._counts.pop(room, None)
         self._unwant(self.room_channel(room))
-        fut = self._ready.pop(room, None)
-        if fut is not None and not fut.done():
-            fut.set_result(None)
+        _settle(self._ready.pop(room, None))
 
     def room_resized(self, room: str, local_size: int) -> None:
         self._rooms_dirty.add(room)
@@ -395,12 +403,7 @@ class RedisBroker:
         """None when this node already hears room's traffic; else a future for the join reply."""
         if not self.up or (self.room_channel(room) in self._confirmed and room not in self._to_load):
             return None
-        fut = self._ready.get(room)
-        if fut is None:
-            assert self._loop is not None
-            fut = self._ready[room] = self._loop.create_future()
-            self._loop.call_later(READY_TIMEOUT, _settle, fut)
-        return fut
+        return self._waiter(self._ready, room)
 
     def user_ready(self, user_id: str) -> Awaitable[None] | None:
         """Before a user's connection opens: None if this node hears the user's channel, else a
@@ -416,12 +419,7 @@ class RedisBroker:
             assert self._loop is not None
             # forget it again if no connection of the user registers (the client went away)
             self._loop.call_later(2 * READY_TIMEOUT, self._drop_unused_user, user_id)
-        fut = self._user_waiters.get(channel)
-        if fut is None:
-            assert self._loop is not None
-            fut = self._user_waiters[channel] = self._loop.create_future()
-            self._loop.call_later(READY_TIMEOUT, _settle, fut)
-        return fut
+        return self._waiter(self._user_waiters, channel)
 
     def _drop_unused_user(self, user_id: str) -> None:
         node = self.node
@@ -602,15 +600,10 @@ class RedisBroker:
         if channel not in self._subscribed:
             return  # the confirmation of a channel dropped since: not subscribed any more
         self._confirmed.add(channel)
-        waiter = self._user_waiters.pop(channel, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        _settle(self._user_waiters.pop(channel, None))
         route = self._routes.get(channel)
         if route is not None and route[0] == "r":
-            self._to_load.add(route[1])
-            if not self._loading:
-                self._loading = True
-                self._spawn(self._load_counts())
+            self._load((route[1],))
 
     async def _load_counts(self) -> None:
         """Counts of rooms just subscribed, from every live node's hash; then their joins reply."""
@@ -634,9 +627,7 @@ class RedisBroker:
         finally:
             self._to_load.difference_update(rooms)
             for room in rooms:
-                fut = self._ready.pop(room, None)
-                if fut is not None and not fut.done():
-                    fut.set_result(None)
+                _settle(self._ready.pop(room, None))
 
     def _set_count(self, room: str, other: bytes, seq: int, n: int) -> None:
         counts = self._counts.get(room)
@@ -730,10 +721,7 @@ class RedisBroker:
             for other in [o for o in counts if o not in alive]:
                 del counts[other]
         if new and self._counts and self.up:  # a node that started since: read its counts too
-            self._to_load.update(self._counts)
-            if not self._loading:
-                self._loading = True
-                self._spawn(self._load_counts())
+            self._load(self._counts)
 
     async def _alive(self, others: list[bytes]) -> list[bytes]:
         """The node ids of ``others`` whose key exists; the rest leave the node set."""
@@ -825,6 +813,6 @@ class RedisBroker:
         }
 
 
-def _settle(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
+def _settle(fut: asyncio.Future[None] | None) -> None:
+    if fut is not None and not fut.done():
         fut.set_result(None)
