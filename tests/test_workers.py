@@ -197,3 +197,29 @@ def test_a_port_that_cannot_be_bound_exits_2_and_stops_the_supervisor(redis_serv
     assert out.returncode == 2, out
     err = out.stderr.decode()
     assert f"cannot listen on 127.0.0.1:{port}" in err and "could not start (exit code 2); stopping" in err, err
+
+
+def test_workers_auto_is_the_cores_this_process_may_use() -> None:
+    from fasthub.cli import _workers
+
+    assert _workers("auto") == len(os.sched_getaffinity(0))
+    assert _workers("3") == 3
+
+
+def test_a_redis_prefix_keeps_hubs_apart(redis_server: Any) -> None:
+    """Two `fasthub serve` on one Redis with different --redis-prefix: two separate hubs."""
+    ports = [free_port(), free_port()]
+    procs = [
+        serve("--port", str(port), "--redis", redis_server.url, "--redis-prefix", prefix)
+        for port, prefix in zip(ports, ["one", "two"], strict=True)
+    ]
+    try:
+        for port in ports:
+            wait_for(lambda port=port: stats(port).get("cluster", {}).get("nodes_alive") == 1)
+        assert redis_server.command("SCARD", "one:nodes").strip() == "1"
+        assert redis_server.command("SCARD", "two:nodes").strip() == "1"
+        assert redis_server.command("EXISTS", "fasthub:nodes").strip() == "0"
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)
