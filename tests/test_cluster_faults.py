@@ -175,17 +175,23 @@ def test_bad_data_on_a_channel_is_dropped_and_counted(redis_server: Any, garbage
         run(scenario())
 
 
+async def one_member_on_each(a_node: Any, b_node: Any) -> tuple[Any, Any]:
+    """``near`` on node A and ``far`` on node B, both in room ``r``, counted 2 on node A."""
+    near = await connect(a_node, "user=near")
+    far = await connect(b_node, "user=far")
+    await near.join("r")
+    await far.join("r")
+    wait_for(lambda: a_node.hub.broker.room_size("r") == 2)
+    return near, far
+
+
 def test_counts_are_read_again_after_a_reconnect_that_missed_an_announcement(redis_server: Any) -> None:
     """Node A's connection drops (Redis stays up) while node B's last member leaves: the count
     announcement of B never reaches A, and B's hash no longer has the room."""
     with cluster(redis_server.url, retry_max=0.3) as (a_node, b_node):
 
         async def scenario() -> None:
-            near = await connect(a_node, "user=near")
-            far = await connect(b_node, "user=far")
-            await near.join("r")
-            await far.join("r")
-            wait_for(lambda: a_node.hub.broker.room_size("r") == 2)
+            _near, far = await one_member_on_each(a_node, b_node)
             broker = a_node.hub.broker
             outages = broker.outages
             a_node.call(lambda: asyncio.ensure_future(broker._link.close()))  # A's link only
@@ -204,11 +210,7 @@ def test_counts_are_right_again_after_a_reconnect_that_missed_a_leave(redis_serv
     with cluster(redis_server.url, retry_max=0.3) as (a_node, b_node):
 
         async def scenario() -> None:
-            near = await connect(a_node, "user=near")
-            far = await connect(b_node, "user=far")
-            await near.join("r")
-            await far.join("r")
-            wait_for(lambda: a_node.hub.broker.room_size("r") == 2)
+            near, far = await one_member_on_each(a_node, b_node)
             redis_server.stop()
             await far.send({"type": "leave_room", "room": "r", "id": "gone"})
             await far.expect("system", id="gone")  # its announcement cannot reach node A
