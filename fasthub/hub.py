@@ -109,7 +109,8 @@ class Hub:
         self._users: dict[str, dict[str, Connection]] = {}
         self._anonymous = 0
         self._rooms: dict[str, Room] = {}
-        # (connection id, room) -> (token, reply id) of a join whose reply waits for the broker
+        # (connection id, room) -> (token, reply id, reply ids of repeated joins) of a join whose
+        # reply waits for the broker (``Broker.ready``)
         self._pending_joins: dict[tuple[str, str], tuple[object, Any, list[Any]]] = {}
         #: name -> room, read only (the dispatcher's one lookup per room message); the hub changes it
         self.room_map: Mapping[str, Room] = self._rooms
