@@ -7,6 +7,7 @@ README. Invalid values fail at construction, not at the first connection.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from dataclasses import dataclass, field
 from typing import Literal
@@ -70,8 +71,29 @@ class HubConfig:
     handshake_timeout: float = 10.0
     #: Largest request line plus headers of the upgrade request (HTTP 431 above it).
     max_request_size: int = 16 * 1024
+    #: Messages kept per room stream and per user stream, so clients can recover what they
+    #: missed (0: no history; messages then carry no offset).
+    history_size: int = 100
+    #: Seconds a stored message is kept.
+    history_ttl: float = 300.0
+    #: Overrides per room name pattern: ``((pattern, size, ttl), ...)``, fnmatch, first match
+    #: wins; size 0 turns history off for the rooms that match.
+    room_history: tuple[tuple[str, int, float], ...] = ()
+    #: Most messages one recovery sends; a client that missed more gets ``recovered: false``.
+    recovery_max: int = 300
+    #: Seconds a stream with no message kept remembers its position (afterwards its next
+    #: message starts a new epoch).
+    history_meta_ttl: float = 86400.0
+    #: Seconds after a disconnect during which a client may resume its session with the
+    #: ``connected`` message's token (0: no session resume).
+    session_ttl: float = 120.0
+    #: Key that signs session tokens. None: a random key of this process (set one shared key
+    #: when several processes serve one hub, or a resume on another process is refused).
+    session_secret: str | None = None
     # compiled room_name_pattern, set in __post_init__
     _compiled_room_pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    # room name -> history (size, ttl) or None, filled by history_for
+    _history_cache: dict[str, tuple[int, float] | None] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         positive = {
@@ -97,6 +119,8 @@ class HubConfig:
             "max_connections_per_ip": (self.max_connections_per_ip, 0),
             "max_connections_per_user": (self.max_connections_per_user, 0),
             "max_request_size": (self.max_request_size, 1024),
+            "history_size": (self.history_size, 0),
+            "recovery_max": (self.recovery_max, 0),
         }
         for name, (value, low) in sizes.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -106,6 +130,9 @@ class HubConfig:
             "rate_limit_bytes": self.rate_limit_bytes,
             "connect_rate_per_ip": self.connect_rate_per_ip,
             "handshake_timeout": self.handshake_timeout,
+            "history_ttl": self.history_ttl,
+            "history_meta_ttl": self.history_meta_ttl,
+            "session_ttl": self.session_ttl,
         }
         for name, value in non_negative.items():
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
@@ -132,6 +159,44 @@ class HubConfig:
         except re.error as exc:
             raise ValueError(f"HubConfig.room_name_pattern is not a valid regex: {exc}") from None
         object.__setattr__(self, "_compiled_room_pattern", compiled)
+        rules = self.room_history
+        if not isinstance(rules, tuple):
+            object.__setattr__(self, "room_history", rules := tuple(tuple(r) for r in rules))
+        for rule in rules:
+            if (
+                len(rule) != 3
+                or not isinstance(rule[0], str)
+                or not isinstance(rule[1], int)
+                or isinstance(rule[1], bool)
+                or rule[1] < 0
+                or not isinstance(rule[2], (int, float))
+                or rule[2] < 0
+            ):
+                raise ValueError(f"HubConfig.room_history entries are (pattern, size >= 0, ttl >= 0), got {rule!r}")
+        if self.session_secret is not None and (not isinstance(self.session_secret, str) or not self.session_secret):
+            raise ValueError("HubConfig.session_secret must be a non-empty string or None")
+        object.__setattr__(self, "_history_cache", {})
+
+    def history_for(self, room: str) -> tuple[int, float] | None:
+        """``(size, ttl)`` of a room's history, or None when the room keeps none."""
+        cache = self._history_cache
+        found = cache.get(room, False)
+        if found is not False:
+            return found  # type: ignore[return-value]
+        size, ttl = self.history_size, self.history_ttl
+        for pattern, psize, pttl in self.room_history:
+            if fnmatch.fnmatchcase(room, pattern):
+                size, ttl = psize, pttl
+                break
+        result = (size, float(ttl)) if size and ttl else None
+        if len(cache) >= 10_000:  # bounded: room names come from clients
+            cache.clear()
+        cache[room] = result
+        return result
+
+    def user_history(self) -> tuple[int, float] | None:
+        """``(size, ttl)`` of every user's stream of direct messages, or None."""
+        return (self.history_size, float(self.history_ttl)) if self.history_size and self.history_ttl else None
 
     def valid_room_name(self, name: object) -> bool:
         """True when ``name`` is a string of allowed length and characters."""

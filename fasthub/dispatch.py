@@ -12,6 +12,7 @@ the handler's: with no handler they are answered with ``error`` ``unhandled``.
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import inspect
 import logging
@@ -23,6 +24,7 @@ from .connection import Connection
 from .exceptions import EnvelopeError
 from .hub import Hub
 from .messages import ErrorCode, Message, MessageType, decode, encode, error_envelope, system_envelope, utc_timestamp
+from .streams import ROOM, USER, Published
 
 log = logging.getLogger("fasthub")
 
@@ -33,7 +35,7 @@ UserHook = Callable[[Connection, str], "Awaitable[bool] | bool"]
 RoomHooks = AccessHook | Mapping[str, "AccessHook | bool"]
 _Step = Callable[[], "Awaitable[None] | None"]
 
-SERVER_ONLY = frozenset({MessageType.ERROR.value, MessageType.SYSTEM.value})
+SERVER_ONLY = frozenset({MessageType.ERROR.value, MessageType.SYSTEM.value, MessageType.ACK.value})
 
 
 def room_hook(hooks: RoomHooks | None) -> AccessHook | None:
@@ -245,7 +247,7 @@ class Dispatcher:
                 raise EnvelopeError(ErrorCode.TOO_MANY_ROOMS, f"a connection may be in at most {limit} rooms")
             if not self.hub.is_registered(conn):  # closed while an async hook ran
                 return
-            self.hub.join_room(conn.id, room, reply_id=msg.id)
+            self.hub.join_room(conn.id, room, reply_id=msg.id, since=msg.since)
 
         if self.can_join is None:
             join()
@@ -259,7 +261,6 @@ class Dispatcher:
             raise EnvelopeError(ErrorCode.NOT_MEMBER, f"not a member of {room!r}")
 
     def _room_message(self, conn: Connection, msg: Message) -> Awaitable[None] | None:
-        hub = self.hub
         name = msg.room
         # the ingress hot path: one room lookup, which also spares validating a known name
         room = self.rooms.get(name) if name is not None else None
@@ -268,12 +269,12 @@ class Dispatcher:
         if self.can_publish is None:
             if room is None or conn.id not in room.member_map:
                 raise EnvelopeError(ErrorCode.NOT_MEMBER, f"join {name!r} before sending to it")
-            hub.publish_room(name, self._relay(conn, msg))  # type: ignore[arg-type]
+            self._store(conn, msg, ROOM, name)  # type: ignore[arg-type]
             return None
         assert name is not None
 
         def publish() -> None:
-            hub.publish_room(name, self._relay(conn, msg))
+            self._store(conn, msg, ROOM, name)
 
         denied = EnvelopeError(ErrorCode.FORBIDDEN, f"not allowed to publish to {name!r}")
         return self._gate(conn, msg, self.can_publish(conn, name), publish, denied)
@@ -291,7 +292,7 @@ class Dispatcher:
         """Publish to ``to`` if it is online on some node (the broker's answer, maybe awaited)."""
 
         def publish() -> None:
-            self.hub.publish_user(to, self._relay(conn, msg))
+            self._store(conn, msg, USER, to)
 
         return self._gate(conn, msg, self.hub.user_online(to), publish, _unknown_user(to))
 
@@ -325,6 +326,46 @@ class Dispatcher:
         if msg.timestamp is None:
             msg.timestamp = utc_timestamp()
         return Payload(KIND_TEXT, encode(msg.to_dict()))
+
+    def _store(self, conn: Connection, msg: Message, kind: str, name: str) -> None:
+        """Publish a room or user message through its stream; a message with an ``id`` gets an
+        ``ack`` (with its offset when stored) or, when the broker failed, an ``error``."""
+        msg.from_ = conn.user_id
+        if msg.timestamp is None:
+            msg.timestamp = utc_timestamp()
+        result = self.hub.publish_stored(kind, name, encode(msg.to_dict()), None, msg.idempotency_key)
+        if result is None or isinstance(result, Published):
+            if msg.id is not None:
+                conn.send_payload(_ack(msg, kind, name, result))
+            return
+        future = asyncio.ensure_future(result)
+        future.add_done_callback(lambda done: self._stored(conn, msg, kind, name, done))
+
+    @staticmethod
+    def _stored(conn: Connection, msg: Message, kind: str, name: str, done: asyncio.Future[Published]) -> None:
+        if done.cancelled():
+            exc: BaseException | None = asyncio.CancelledError()
+        else:
+            exc = done.exception()
+        if exc is not None:
+            log.debug("fasthub: storing a message in %s:%s failed: %s", kind, name, exc)
+            if msg.id is not None and not conn.closed:
+                conn.send_json(error_envelope(ErrorCode.UNAVAILABLE, "the message could not be stored; retry", msg.id))
+            return
+        if msg.id is not None and not conn.closed:
+            conn.send_payload(_ack(msg, kind, name, done.result()))
+
+
+def _ack(msg: Message, kind: str, name: str, published: Published | None) -> Payload:
+    """``{"type": "ack", "id": ..., "room"|"to": ..., "payload": {"offset", "epoch"}}``."""
+    out: dict[str, Any] = {"type": MessageType.ACK.value, "id": msg.id}
+    out["room" if kind == ROOM else "to"] = name
+    if published is not None:
+        body: dict[str, Any] = {"offset": published.offset, "epoch": published.epoch}
+        if published.duplicate:
+            body["duplicate"] = True
+        out["payload"] = body
+    return Payload(KIND_TEXT, encode(out))
 
 
 def _unknown_user(to: str) -> EnvelopeError:

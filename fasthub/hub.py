@@ -14,6 +14,7 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
+import inspect
 import logging
 import os
 import socket
@@ -28,6 +29,7 @@ from .config import HubConfig
 from .exceptions import Denied, HubError
 from .messages import encode, system_envelope
 from .room import Room
+from .streams import ROOM, USER, Position, Published, Recovery
 
 log = logging.getLogger("fasthub")
 
@@ -112,6 +114,10 @@ class Hub:
         # (connection id, room) -> (token, reply id, reply ids of repeated joins) of a join whose
         # reply waits for the broker (``Broker.ready``)
         self._pending_joins: dict[tuple[str, str], tuple[object, Any, list[Any]]] = {}
+        # user id -> {connection id -> stored direct messages held back while it recovers}
+        self._user_syncing: dict[str, dict[str, list[tuple[int, Payload]]]] = {}
+        self.recoveries = 0  # joins with a position that got every missed message
+        self.recoveries_failed = 0  # ... that were told recovered: false
         #: name -> room, read only (the dispatcher's one lookup per room message); the hub changes it
         self.room_map: Mapping[str, Room] = self._rooms
         self.fanout = Fanout(None, self, self._slow_consumer)
@@ -383,18 +389,33 @@ class Hub:
             self._remote.publish_all(payload, exclude)
         return count
 
-    def deliver_room(self, name: str, payload: Payload, exclude: Any = None) -> int:
-        """Local delivery to this process's members of a room (what a broker calls)."""
+    def deliver_room(
+        self, name: str, payload: Payload, exclude: Any = None, offset: int = 0, epoch: str | None = None
+    ) -> int:
+        """Local delivery to this process's members of a room (what a broker calls).
+
+        A stored message (``offset`` > 0) is held back from members whose join is still
+        reading the room's history; they get it, in order, when that read is merged.
+        """
         room = self._rooms.get(name)
         if room is None or not room.member_map:
             return 0
+        if offset:
+            room.offset = offset
+            room.epoch = epoch
+            if room.syncing:
+                exclude = _hold_back(room.syncing, offset, payload, exclude)
         return self._deliver(room.member_map, payload, exclude)
 
-    def deliver_user(self, user_id: str, payload: Payload) -> int:
+    def deliver_user(self, user_id: str, payload: Payload, offset: int = 0, epoch: str | None = None) -> int:
         """Local delivery to this process's connections of a user."""
         members = self._user_members(user_id)
         if not members:
             return 0
+        if offset and self._user_syncing:
+            held = self._user_syncing.get(user_id)
+            if held:
+                return self._deliver(members, payload, _hold_back(held, offset, payload, None))
         return self._deliver(members, payload)
 
     def deliver_all(self, payload: Payload, exclude: Any = None) -> int:
@@ -461,8 +482,80 @@ class Hub:
         return self.publish_all(Payload(KIND_BINARY, bytes(data)), exclude)
 
     def send_to_user_json(self, user_id: str | int, obj: Any) -> int:
-        """Send ``obj`` to every connection of ``user_id``; returns how many accepted it (0: offline)."""
-        return self.publish_user(str(user_id), Payload(KIND_TEXT, encode(obj)))
+        """Send ``obj`` to every connection of ``user_id``; returns how many accepted it (0: offline).
+
+        A JSON object is stored in the user's stream (see ``publish_to_user``)."""
+        user = str(user_id)
+        if isinstance(obj, dict):
+            history = self._stream_history(USER, user)
+            if history is not None:
+                result = self.broker.publish_stream(USER, user, _body(obj), None, history, None)
+                return _accepted(result, self._user_members(user))
+        return self.publish_user(user, Payload(KIND_TEXT, encode(obj)))
+
+    async def publish_to_user(
+        self, user_id: str | int, obj: dict[str, Any], *, idempotency_key: str | None = None
+    ) -> Published | None:
+        """Store ``obj`` in the user's stream and send it to the user's connections on every node.
+
+        Returns its position once stored (None when user history is off, or for anonymous
+        users, whose messages are not stored).
+        """
+        result = self.publish_stored(USER, str(user_id), _body(obj), None, idempotency_key)
+        if result is None or isinstance(result, Published):
+            return result
+        return await result
+
+    # -- streams ---------------------------------------------------------------------------------
+
+    def publish_stored(
+        self,
+        kind: str,
+        name: str,
+        body: bytes,
+        exclude: Exclude = None,
+        idempotency_key: str | None = None,
+    ) -> Published | Awaitable[Published] | None:
+        """Publish an encoded JSON object to a room (``ROOM``) or user (``USER``) stream.
+
+        Where the stream keeps history, the broker stores it with the next offset and delivers
+        it with that offset on every node, this one included; the answer is its position
+        (awaitable with a broker that answers later). Without history it is an ordinary
+        publish and the answer is None.
+        """
+        history = self._stream_history(kind, name)
+        if history is None:
+            payload = Payload(KIND_TEXT, body)
+            if kind == ROOM:
+                self.publish_room(name, payload, exclude)
+            else:
+                self.publish_user(name, payload)
+            return None
+        if exclude is not None:
+            exclude = _exclude_set(exclude)
+        return self.broker.publish_stream(kind, name, body, exclude, history, idempotency_key)
+
+    def _stream_history(self, kind: str, name: str) -> tuple[int, float] | None:
+        """(size, ttl) of a stream's history; anonymous users' messages are never stored (their
+        identity does not outlive the connection)."""
+        if kind == ROOM:
+            return self.config.history_for(name)
+        return None if name.startswith("anon-") else self.config.user_history()
+
+    def room_position(self, name: str) -> Position | Awaitable[Position] | None:
+        """The room stream's position now (None: the room keeps no history)."""
+        if self.config.history_for(name) is None:
+            return None
+        return self.broker.stream_top(ROOM, name)
+
+    def room_history(
+        self, name: str, since: Position, limit: int | None = None
+    ) -> Recovery | Awaitable[Recovery] | None:
+        """The room's stored messages after ``since`` (None: the room keeps no history)."""
+        history = self.config.history_for(name)
+        if history is None:
+            return None
+        return self.broker.stream_recover(ROOM, name, since, limit or self.config.recovery_max, history)
 
     def send_to_user_bytes(self, user_id: str | int, data: bytes) -> int:
         return self.publish_user(str(user_id), Payload(KIND_BINARY, bytes(data)))
@@ -507,11 +600,17 @@ class Hub:
                 self._remote.room_closed(name)
         return True
 
-    def join_room(self, conn_id: str, name: str, *, reply_id: Any = None) -> Room:
+    def join_room(
+        self, conn_id: str, name: str, *, reply_id: Any = None, since: Position | tuple[int, str] | None = None
+    ) -> Room:
         """Add a connection to a room (created if needed).
 
         The joiner gets a ``system`` ``joined`` reply with the room's size on every node and,
-        while the room has at most ``member_events_limit`` members, the others get ``user_joined``.
+        when the room keeps history, its stream position (``offset``, ``epoch``): every stored
+        message after that offset reaches the joiner. With ``since`` (a position the client had),
+        the messages it missed come first, in order, and the reply says ``recovered`` (false:
+        another epoch, or more missed than the history or ``recovery_max`` holds). While the room
+        has at most ``member_events_limit`` members, the others get ``user_joined``.
         """
         conn = self._conn(conn_id)
         room = self._rooms.get(name)
@@ -520,40 +619,163 @@ class Hub:
             if pending is not None:  # the first join's reply is still waiting: answer after it
                 pending[2].append(reply_id)
             else:
-                self._reply_membership(conn, room, "joined", reply_id)
+                here = Position(room.offset, room.epoch) if room.epoch is not None else None
+                self._reply_membership(conn, room, "joined", reply_id, extra=_position_fields(here))
             return room
         if not self.config.valid_room_name(name):
             raise HubError(f"invalid room name {name!r}")
         if conn.room_count() >= self.config.max_rooms_per_connection:
             raise HubError(f"connection is in {conn.room_count()} rooms already (max_rooms_per_connection)")
+        if since is not None and not isinstance(since, Position):
+            since = Position(int(since[0]), str(since[1]))
         if room is None:
             room = self._rooms[name] = Room(name)
         members = room.member_map
         members[conn.id] = conn
         conn.add_room(room.name)  # the room's own name string: one copy however many members
         remote = self._remote
+        waiter = None
         if remote is not None:
             if len(members) == 1:
                 remote.room_opened(name)
             remote.room_resized(name, len(members))
-            waiter = remote.ready(name)
-            if waiter is not None:  # reply once this node hears the room's traffic from others
-                key, token = (conn.id, name), object()
-                self._pending_joins[key] = (token, reply_id, [])
-                asyncio.ensure_future(waiter).add_done_callback(
-                    lambda _: self._pending_join_ready(key, token, conn, room)
-                )
+            waiter = remote.ready(name)  # reply once this node hears the room's traffic from others
+        history = self.config.history_for(name)
+        answer: Any = None
+        if history is not None and waiter is None:
+            answer = self._read_position(name, since, history)
+            if not inspect.isawaitable(answer):
+                self._finish_join(conn, room, reply_id, (), since, answer, [])
                 return room
-        self._announce_join(conn, room, reply_id)
+        elif history is None and waiter is None:
+            self._announce_join(conn, room, reply_id)
+            return room
+        key, token = (conn.id, name), object()
+        self._pending_joins[key] = (token, reply_id, [])
+        if history is not None:  # stored messages that arrive meanwhile wait for the answer
+            if room.syncing is None:
+                room.syncing = {}
+            room.syncing[conn.id] = []
+        task = asyncio.ensure_future(self._join_later(key, token, conn, room, waiter, since, history, answer))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
         return room
 
-    def _pending_join_ready(self, key: tuple[str, str], token: object, conn: Connection, room: Room) -> None:
-        entry = self._pending_joins.get(key)
-        if entry is not None and entry[0] is token:  # not answered by a leave, nor a later join's
-            del self._pending_joins[key]
-            self._announce_join(conn, room, entry[1], entry[2])
+    def _read_position(self, name: str, since: Position | None, history: tuple[int, float]) -> Any:
+        broker = self.broker
+        if since is None:
+            return broker.stream_top(ROOM, name)
+        return broker.stream_recover(ROOM, name, since, self.config.recovery_max, history)
 
-    def _announce_join(self, conn: Connection, room: Room, reply_id: Any, again: Iterable[Any] = ()) -> None:
+    async def _join_later(
+        self,
+        key: tuple[str, str],
+        token: object,
+        conn: Connection,
+        room: Room,
+        waiter: Awaitable[None] | None,
+        since: Position | None,
+        history: tuple[int, float] | None,
+        answer: Any,
+    ) -> None:
+        """A join whose reply waits for the broker: the room's subscription, then its position."""
+        try:
+            if waiter is not None:
+                await waiter
+            if history is not None:
+                if answer is None:
+                    answer = self._read_position(room.name, since, history)
+                if inspect.isawaitable(answer):
+                    answer = await answer
+        except Exception as exc:  # the broker is down: the reply says so, the join stands
+            log.debug("fasthub: reading room %r's position failed: %s", room.name, exc)
+            answer = None
+        entry = self._pending_joins.get(key)
+        if entry is None or entry[0] is not token:  # answered by a leave, or a later join's
+            return
+        del self._pending_joins[key]
+        held = self._end_sync(room, conn.id)
+        self._finish_join(conn, room, entry[1], entry[2], since, answer if history is not None else False, held)
+
+    def _end_sync(self, room: Room, conn_id: str) -> list[tuple[int, Payload]]:
+        syncing = room.syncing
+        if not syncing:
+            return []
+        held = syncing.pop(conn_id, None)
+        if not syncing:
+            room.syncing = None
+        return held or []
+
+    def _finish_join(
+        self,
+        conn: Connection,
+        room: Room,
+        reply_id: Any,
+        again: Iterable[Any],
+        since: Position | None,
+        answer: Any,
+        held: list[tuple[int, Payload]],
+    ) -> None:
+        """Send what the joiner missed (``answer``: a ``Recovery``, a ``Position``, None when the
+        broker could not answer, False when the room keeps no history), then the reply, then the
+        stored messages held back meanwhile that come after the reply's offset."""
+        if room.member_map.get(conn.id) is not conn:
+            return  # left or closed meanwhile
+        if answer is False:
+            self._announce_join(conn, room, reply_id, again)
+            return
+        extra: dict[str, Any] = {}
+        position: Position | None = None
+        if isinstance(answer, Recovery):
+            position = answer.position
+            recovered = answer.recovered
+            if recovered:
+                last = since.offset if since is not None else 0
+                for offset, payload in answer.payloads:
+                    conn.send_payload(payload)
+                    last = offset
+                # held messages the history read did not include, in order, without a gap
+                for offset, payload in held:
+                    if offset == last + 1:
+                        conn.send_payload(payload)
+                        last = offset
+                    elif offset > last + 1:
+                        recovered = False
+                        extra["reason"] = "gap"
+                        break
+                position = Position(max(last, position.offset), position.epoch)
+                held = []
+            else:
+                extra["reason"] = answer.reason
+            extra["recovered"] = recovered
+            if recovered:
+                self.recoveries += 1
+            else:
+                self.recoveries_failed += 1
+        elif isinstance(answer, Position):
+            position = answer
+        elif since is not None:  # the broker could not answer
+            extra["recovered"] = False
+            extra["reason"] = "unavailable"
+            self.recoveries_failed += 1
+        if position is not None:
+            extra["offset"], extra["epoch"] = position.offset, position.epoch
+            if room.epoch is None or room.offset < position.offset:
+                room.offset, room.epoch = position.offset, position.epoch
+        self._announce_join(conn, room, reply_id, again, extra)
+        if held and position is not None:
+            for offset, payload in held:
+                if offset > position.offset:
+                    conn.send_payload(payload)
+
+    def _announce_join(
+        self,
+        conn: Connection,
+        room: Room,
+        reply_id: Any,
+        again: Iterable[Any] = (),
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         """The joiner's ``joined`` reply and, in small rooms, the others' ``user_joined``;
         ``again``: reply ids of repeated joins made while the first one waited."""
         if room.member_map.get(conn.id) is not conn:
@@ -562,9 +784,9 @@ class Hub:
         size = self.broker.room_size(name)
         if 1 < size <= self.config.member_events_limit:
             self.publish_room(name, self._member_event("user_joined", room, conn, size), conn.id)
-        self._reply_membership(conn, room, "joined", reply_id, size)
+        self._reply_membership(conn, room, "joined", reply_id, size, extra)
         for rid in again:
-            self._reply_membership(conn, room, "joined", rid, size)
+            self._reply_membership(conn, room, "joined", rid, size, extra)
 
     def leave_room(self, conn_id: str, name: str, *, reply_id: Any = None) -> bool:
         """Remove a connection from a room; False if it was not a member."""
@@ -578,6 +800,7 @@ class Hub:
             # its join is still waiting for the room's subscription: answer it first, in order
             # (with the count known now)
             _, first, more = self._pending_joins.pop((conn.id, name))
+            self._end_sync(room, conn.id)
             self._announce_join(conn, room, first, more)
         del room.member_map[conn.id]
         conn.drop_room(name)
@@ -597,8 +820,34 @@ class Hub:
         return True
 
     def broadcast_to_room_json(self, name: str, obj: Any, exclude: Exclude = None) -> int:
-        """Send ``obj`` (encoded once) to the members of a room; 0 if the room has none here."""
+        """Send ``obj`` (encoded once) to the members of a room; 0 if the room has none here.
+
+        A JSON object is stored in the room's history and gets the room's next ``offset`` (see
+        ``publish_to_room``); other values are sent as they are, not stored.
+        """
+        if isinstance(obj, dict):
+            history = self.config.history_for(name)
+            if history is not None:
+                result = self.broker.publish_stream(
+                    ROOM, name, _body(obj), None if exclude is None else _exclude_set(exclude), history, None
+                )
+                room = self._rooms.get(name)
+                return _accepted(result, room.member_map if room else None)
         return self.publish_room(name, Payload(KIND_TEXT, encode(obj)), exclude)
+
+    async def publish_to_room(
+        self, name: str, obj: dict[str, Any], *, exclude: Exclude = None, idempotency_key: str | None = None
+    ) -> Published | None:
+        """Store ``obj`` in the room's history and send it to the members on every node.
+
+        Returns its position once stored (None when the room keeps no history). A repeated
+        ``idempotency_key`` within the history window is not sent again and returns the first
+        publish's position with ``duplicate=True``.
+        """
+        result = self.publish_stored(ROOM, name, _body(obj), exclude, idempotency_key)
+        if result is None or isinstance(result, Published):
+            return result
+        return await result
 
     def broadcast_to_room_bytes(self, name: str, data: bytes, exclude: Exclude = None) -> int:
         return self.publish_room(name, Payload(KIND_BINARY, bytes(data)), exclude)
@@ -608,10 +857,18 @@ class Hub:
         return Payload(KIND_TEXT, encode(system_envelope(payload, room, reply_id)))
 
     def _reply_membership(
-        self, conn: Connection, room: Room, action: str, reply_id: Any, size: int | None = None
+        self,
+        conn: Connection,
+        room: Room,
+        action: str,
+        reply_id: Any,
+        size: int | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         members = self.broker.room_size(room.name) if size is None else size
         payload = {"event": action, "action": action, "room": room.name, "members": members}
+        if extra:
+            payload.update(extra)
         conn.send_payload(self._system(payload, room.name, reply_id))
 
     def _member_event(self, action: str, room: Room, conn: Connection, members: int) -> Payload:
@@ -655,6 +912,8 @@ class Hub:
             "bytes_out_per_s": bytes_out_s,
             "dropped": int(fanout.dropped),
             "slow_consumer_closes": self.slow_consumer_closes,
+            "recoveries": self.recoveries,
+            "recoveries_failed": self.recoveries_failed,
             "rate_limited": self.rate_limited + sum(c.refused for c in self._connections.values()),
             "connections_opened": self.connections_opened,
             "connections_closed": self.connections_closed,
@@ -706,6 +965,38 @@ class Hub:
             for key in ("connections", "users", "rooms", "room_list"):
                 out[key] = view[key]
         return out
+
+
+_background: set[asyncio.Future[Any]] = set()
+
+
+def _position_fields(position: Position | None) -> dict[str, Any] | None:
+    return None if position is None else {"offset": position.offset, "epoch": position.epoch}
+
+
+def _body(obj: dict[str, Any]) -> bytes:
+    """``obj`` encoded for a stream: the offset is added on delivery, so a stale one is dropped."""
+    if "offset" in obj:
+        obj = {k: v for k, v in obj.items() if k != "offset"}
+    return encode(obj)
+
+
+def _accepted(result: Any, members: Mapping[str, Any] | None) -> int:
+    """What a non-awaiting send returns: connections that accepted it here (for a broker that
+    stores first, the local members it is on its way to)."""
+    if isinstance(result, Published):
+        return result.delivered
+    return len(members) if members else 0
+
+
+def _hold_back(held: dict[str, list[tuple[int, Payload]]], offset: int, payload: Payload, exclude: Any) -> Any:
+    """Keep a stored message for the members that are still recovering; exclude them from delivery."""
+    for conn_id, buffer in held.items():
+        if exclude is None or conn_id not in exclude:
+            buffer.append((offset, payload))
+    if exclude is None:
+        return frozenset(held)
+    return frozenset(held).union(exclude)
 
 
 def _client_ip(scope: Any) -> str:

@@ -30,6 +30,8 @@ class MessageType(StrEnum):
     ERROR = "error"
     SYSTEM = "system"
     REFRESH = "refresh"  # a fresh token before the connection's one expires
+    ACK = "ack"  # a client message with an ``id`` was accepted (payload: its stream offset)
+    RESUME = "resume"  # a reconnected client takes its session back (payload: token, positions)
 
 
 class ErrorCode(StrEnum):
@@ -50,6 +52,8 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "rate_limited"  # over the connection's message or byte rate
     INVALID_TOKEN = "invalid_token"  # a refresh token that does not verify
     TOO_LARGE = "too_large"  # metadata over HubConfig.max_metadata_bytes
+    UNAVAILABLE = "unavailable"  # the broker could not store or deliver the message (try again)
+    INVALID_SESSION = "invalid_session"  # a resume token that is forged, expired or another user's
 
 
 MESSAGE_TYPES: frozenset[str] = frozenset(t.value for t in MessageType)
@@ -93,6 +97,10 @@ class Message:
     timestamp: str | None = None
     metadata: dict[str, Any] | None = None
     id: str | int | None = None
+    #: join_room: the client's position in the room's stream, ``(offset, epoch)``
+    since: tuple[int, str] | None = None
+    #: a publish retried with the same key within the history window is stored once
+    idempotency_key: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The envelope as it goes on the wire (absent fields omitted)."""
@@ -170,6 +178,13 @@ def decode(data: bytes | str, max_depth: int = 32, max_metadata_bytes: int = 0) 
     timestamp = obj.get("timestamp")
     if timestamp is not None and not isinstance(timestamp, str):
         raise EnvelopeError(ErrorCode.INVALID_MESSAGE, "timestamp must be a string", msg_id)
+    since = obj.get("since")
+    if since is not None:
+        since = _position(since, msg_id)
+    ikey = obj.get("idempotency_key")
+    if ikey is not None and (not isinstance(ikey, str) or not 0 < len(ikey) <= _MAX_ID_LENGTH):
+        text = f"idempotency_key must be a string of 1-{_MAX_ID_LENGTH} characters"
+        raise EnvelopeError(ErrorCode.INVALID_MESSAGE, text, msg_id)
     return Message(
         type=mtype,
         payload=obj.get("payload"),
@@ -178,6 +193,26 @@ def decode(data: bytes | str, max_depth: int = 32, max_metadata_bytes: int = 0) 
         timestamp=timestamp,
         metadata=metadata,
         id=msg_id,
+        since=since,
+        idempotency_key=ikey,
+    )
+
+
+def _position(value: Any, msg_id: Any) -> tuple[int, str]:
+    """A client's stream position ``{"offset": N, "epoch": "E"}``."""
+    if isinstance(value, dict):
+        offset = value.get("offset")
+        epoch = value.get("epoch")
+        if (
+            isinstance(offset, int)
+            and not isinstance(offset, bool)
+            and offset >= 0
+            and isinstance(epoch, str)
+            and len(epoch) <= _MAX_ID_LENGTH
+        ):
+            return offset, epoch
+    raise EnvelopeError(
+        ErrorCode.INVALID_MESSAGE, 'a position is {"offset": integer >= 0, "epoch": string}', msg_id
     )
 
 

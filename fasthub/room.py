@@ -17,7 +17,7 @@ class Room:
     cannot grow the room table without bound.
     """
 
-    __slots__ = ("member_map", "metadata", "name", "persistent")
+    __slots__ = ("epoch", "member_map", "metadata", "name", "offset", "persistent", "syncing")
 
     def __init__(self, name: str, metadata: dict[str, Any] | None = None, persistent: bool = False) -> None:
         self.name = name
@@ -25,6 +25,12 @@ class Room:
         self.persistent = persistent
         #: connection id -> connection of this process's members; the hub changes it
         self.member_map: dict[str, Connection] = {}
+        #: the stream position of the last stored message delivered here (0, None: none yet)
+        self.offset = 0
+        self.epoch: str | None = None
+        #: connection id -> stored messages held back from a member whose join is still reading
+        #: the room's history (``Hub.join_room`` with a broker that answers later); else None
+        self.syncing: dict[str, list[tuple[int, Any]]] | None = None
 
     @property
     def members(self) -> list[str]:

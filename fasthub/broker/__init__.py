@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from .._core import Payload
+    from ..streams import Position, Published, Recovery
 
 #: connection ids a delivery skips: one id, several, or None
 Exclude = str | Iterable[str] | None
@@ -29,10 +30,14 @@ Exclude = str | Iterable[str] | None
 class Node(Protocol):
     """The hub as a broker sees it: local delivery and local counts, nothing else."""
 
-    def deliver_room(self, room: str, payload: Payload, exclude: Any = None) -> int:
-        """Queue ``payload`` on this node's members of ``room``; how many accepted it."""
+    def deliver_room(
+        self, room: str, payload: Payload, exclude: Any = None, offset: int = 0, epoch: str | None = None
+    ) -> int:
+        """Queue ``payload`` on this node's members of ``room``; how many accepted it.
 
-    def deliver_user(self, user_id: str, payload: Payload) -> int:
+        ``offset``/``epoch``: the stream position of a stored message (0/None: not stored)."""
+
+    def deliver_user(self, user_id: str, payload: Payload, offset: int = 0, epoch: str | None = None) -> int:
         """Queue ``payload`` on this node's connections of ``user_id``."""
 
     def deliver_all(self, payload: Payload, exclude: Any = None) -> int:
@@ -75,6 +80,30 @@ class Broker(Protocol):
     def publish_user(self, user_id: str, payload: Payload) -> None: ...
 
     def publish_all(self, payload: Payload, exclude: Any) -> None: ...
+
+    def publish_stream(
+        self,
+        kind: str,
+        name: str,
+        body: bytes,
+        exclude: Any,
+        history: tuple[int, float],
+        idempotency_key: str | None,
+    ) -> Published | Awaitable[Published]:
+        """Store ``body`` (an envelope encoded without offset) as the next message of stream
+        ``kind`` (``streams.ROOM``/``USER``) ``name``, kept ``history = (size, ttl)``, and
+        deliver it with its offset to every node, this one included (``Node.deliver_room`` /
+        ``deliver_user``), in offset order. Offset assignment, storing and publishing are one
+        atomic step, so history and live delivery always agree."""
+
+    def stream_top(self, kind: str, name: str) -> Position | Awaitable[Position]:
+        """The stream's position now (a join's starting point)."""
+
+    def stream_recover(
+        self, kind: str, name: str, since: Position, limit: int, history: tuple[int, float]
+    ) -> Recovery | Awaitable[Recovery]:
+        """The stored messages after ``since`` (at most ``limit``). An awaitable answer completes
+        only after every live message up to the answer's position reached this node."""
 
     def room_opened(self, room: str) -> None: ...
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from ..streams import ROOM, MemoryStreams, Position, Published, Recovery
+
 if TYPE_CHECKING:
     from .._core import Payload
     from . import Node
@@ -14,22 +16,40 @@ class LocalBroker:
     """The in-process broker (the default): no other node to forward to or to ask.
 
     Cluster answers are this node's answers: a room's size is its local member count, a user
-    is online when connected here.
+    is online when connected here. Streams are kept in memory (``streams.MemoryStreams``), so
+    they start over (a new epoch) when the process restarts.
     """
 
     remote = False
 
-    def __init__(self) -> None:
+    def __init__(self, meta_ttl: float | None = None) -> None:
         self.node: Node | None = None
+        self.streams = MemoryStreams(meta_ttl if meta_ttl is not None else 86400.0)
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._sweep_every = 5.0
 
     def bind(self, node: Node) -> None:
         self.node = node
+        config = getattr(node, "config", None)
+        if config is not None:
+            self.streams.meta_ttl = config.history_meta_ttl
+            self._sweep_every = max(1.0, min(30.0, config.history_ttl / 4))
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Nothing to connect to."""
+        """Nothing to connect to; expired history is dropped every few seconds."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._sweeper = loop.call_later(self._sweep_every, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.streams.sweep()
+        self._sweeper = loop.call_later(self._sweep_every, self._sweep, loop)
 
     async def close(self) -> None:
         """Nothing to leave."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
 
     def publish_room(self, room: str, payload: Payload, exclude: Any) -> None:
         """Nothing to forward: the hub delivered to every member already."""
@@ -39,6 +59,32 @@ class LocalBroker:
 
     def publish_all(self, payload: Payload, exclude: Any) -> None:
         """Nothing to forward."""
+
+    def publish_stream(
+        self,
+        kind: str,
+        name: str,
+        body: bytes,
+        exclude: Any,
+        history: tuple[int, float],
+        idempotency_key: str | None,
+    ) -> Published:
+        published, payload = self.streams.append(f"{kind}:{name}", body, history[0], history[1], idempotency_key)
+        node = self.node
+        if payload is not None and node is not None:
+            if kind is ROOM or kind == ROOM:
+                published.delivered = node.deliver_room(name, payload, exclude, published.offset, published.epoch)
+            else:
+                published.delivered = node.deliver_user(name, payload, published.offset, published.epoch)
+        return published
+
+    def stream_top(self, kind: str, name: str) -> Position:
+        return self.streams.top(f"{kind}:{name}")
+
+    def stream_recover(
+        self, kind: str, name: str, since: Position, limit: int, history: tuple[int, float]
+    ) -> Recovery:
+        return self.streams.read(f"{kind}:{name}", since, limit, history[0])
 
     def room_opened(self, room: str) -> None:
         """No subscription to make."""
@@ -70,7 +116,7 @@ class LocalBroker:
         return node.local_user_online(user_id) if node is not None else False
 
     def stats(self) -> dict[str, Any]:
-        return {}
+        return {"history": self.streams.stats()}
 
     async def cluster_view(self) -> None:
         return None
