@@ -656,7 +656,8 @@ class Hub:
             if room.syncing is None:
                 room.syncing = {}
             room.syncing[conn.id] = []
-        task = asyncio.ensure_future(self._join_later(key, token, conn, room, waiter, since, history, answer))
+        later = self._join_later(key, token, conn, room, waiter, since, history, answer)
+        task = self._loop.create_task(later) if self._loop is not None else asyncio.ensure_future(later)
         _background.add(task)
         task.add_done_callback(_background.discard)
         return room

@@ -57,7 +57,8 @@ def test_join_and_leave_events(server: Server) -> None:
         b = await connect(server, "user=bob")
         await a.send({"type": "join_room", "room": "lobby", "id": 7})
         joined = await a.expect("system", room="lobby", id=7)
-        assert joined["payload"] == {"event": "joined", "action": "joined", "room": "lobby", "members": 1}
+        assert isinstance(joined["payload"].pop("epoch"), str)
+        assert joined["payload"] == {"event": "joined", "action": "joined", "room": "lobby", "members": 1, "offset": 0}
         await b.send({"type": "join_room", "room": "lobby"})
         assert (await b.expect("system"))["payload"]["members"] == 2
         event = await a.expect("system", room="lobby")
@@ -92,8 +93,11 @@ def test_room_message_reaches_every_member_sender_included_and_from_is_server_se
         await a.send({"type": "room_message", "room": "r1", "payload": {"text": "hi"}, "from": "mallory", "id": 5})
         for x in (a, b):
             got = await x.expect("room_message", room="r1", id=5)
-            assert got["from"] == "alice" and got["payload"] == {"text": "hi"}
+            assert got["from"] == "alice" and got["payload"] == {"text": "hi"} and got["offset"] == 1
             assert got["timestamp"].endswith("Z")
+        # the sender's id also gets an ack with the message's place in the room's stream
+        ack = await a.expect("ack", id=5, room="r1")
+        assert ack["payload"]["offset"] == 1 and isinstance(ack["payload"]["epoch"], str)
         await outsider.silent()
         # a client timestamp and metadata are kept
         await b.send({"type": "room_message", "room": "r1", "payload": 1, "timestamp": "T", "metadata": {"k": 1}})
@@ -111,7 +115,8 @@ def test_user_message_reaches_every_connection_of_the_user(server: Server) -> No
         await a.send({"type": "user_message", "to": "bob", "payload": {"x": 1}, "id": "u"})
         for b in (b1, b2):
             got = await b.expect("user_message", to="bob", id="u")
-            assert got["from"] == "alice" and got["payload"] == {"x": 1}
+            assert got["from"] == "alice" and got["payload"] == {"x": 1} and got["offset"] == 1
+        assert (await a.expect("ack", id="u", to="bob"))["payload"]["offset"] == 1
         await a.silent()
         # numeric ids are user ids too
         n = await connect(server, "user=42")

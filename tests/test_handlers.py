@@ -66,7 +66,9 @@ def test_on_message_sees_every_message_and_builtins_still_work(make_server: Any,
         await a.expect("pong", id=1)
         assert (await a.expect("system", id=3))["payload"]["action"] == "joined"
         assert (await a.expect("room_message", id=4))["from"] == "alice"
+        await a.expect("ack", id=4)
         assert (await b.expect("user_message", id=5))["payload"] == "dm"
+        await a.expect("ack", id=5)
         await a.expect("broadcast", id=6)
         await b.expect("broadcast", id=6)
         assert (await a.expect("system", id=9))["payload"]["action"] == "left"
@@ -364,7 +366,8 @@ def test_can_publish_and_can_message(make_server: Any) -> None:
         for x in (member, muted):
             got = await x.expect("room_message", id="o")
             assert got["from"] == "outsider" and got["payload"] == "from outside"
-        await outsider.silent(0.1)  # not a member: does not get its own message
+        await outsider.expect("ack", id="o")  # not a member: its ack, not its own message
+        await outsider.silent(0.1)
         # a member refused
         await muted.send({"type": "room_message", "room": "r", "payload": "shh", "id": "m"})
         err = await muted.error("forbidden")
@@ -373,6 +376,7 @@ def test_can_publish_and_can_message(make_server: Any) -> None:
 
         await outsider.send({"type": "user_message", "to": "member", "payload": "hi", "id": 1})
         assert (await member.expect("user_message", id=1))["from"] == "outsider"
+        await outsider.expect("ack", id=1)
         await outsider.send({"type": "user_message", "to": "ceo", "payload": "hi", "id": 2})
         assert (await outsider.error("forbidden"))["id"] == 2
         await ceo.silent(0.1)

@@ -29,7 +29,8 @@ def test_room_message_reaches_every_member_encoded_once() -> None:
         a.received(), b.received(), c.received()
         a.send({"type": "room_message", "room": "r", "payload": {"n": 1}, "id": 7})
         got_a, got_b = a.received(), b.received()
-        assert got_a == got_b and len(got_a) == 1
+        assert got_a[:1] == got_b and len(got_b) == 1
+        assert got_a[1] == {"type": "ack", "id": 7, "room": "r", "payload": {"offset": 1, "epoch": got_a[1]["payload"]["epoch"]}}
         msg = got_a[0]
         fields = (msg["type"], msg["from"], msg["payload"], msg["id"], msg["room"])
         assert fields == ("room_message", "a", {"n": 1}, 7, "r")
@@ -132,6 +133,11 @@ class RecordingBroker(LocalBroker):
     def publish_all(self, payload: Payload, exclude: Any) -> None:
         self.calls.append(("all", payload.data, exclude))
 
+    def publish_stream(self, kind: str, name: str, body: bytes, exclude: Any, history: Any, key: Any) -> Any:
+        # stored messages: kept (in memory, as LocalBroker does) and delivered here by the broker
+        self.calls.append(("stream-" + kind, name, body, exclude))
+        return super().publish_stream(kind, name, body, exclude, history, key)
+
     def room_opened(self, room: str) -> None:
         self.calls.append(("subscribe", room))
 
@@ -163,14 +169,14 @@ def test_publishes_go_through_the_broker_once_and_local_delivery_happens_here() 
         assert [c[1] for c in broker.calls if c[0] == "room"] == ["r"]
         broker.calls.clear()
         a.send({"type": "room_message", "room": "r", "payload": "hi"})
-        assert [m["payload"] for m in a.received()] == ["hi"]  # delivered here once
+        assert [(m["payload"], m["offset"]) for m in a.received()] == [("hi", 1)]  # delivered here once
         (call,) = broker.calls
-        assert call[0] == "room" and call[1] == "r" and b'"hi"' in call[2]
+        assert call[0] == "stream-r" and call[1] == "r" and b'"hi"' in call[2] and b"offset" not in call[2]
         broker.calls.clear()
         # a user on another node: not unknown, published for the other nodes
         broker.online_elsewhere.add("far")
         a.send({"type": "user_message", "to": "far", "payload": 1})
-        assert a.received() == [] and [c[:2] for c in broker.calls] == [("user", "far")]
+        assert a.received() == [] and [c[:2] for c in broker.calls] == [("stream-u", "far")]
         broker.calls.clear()
         h.hub.broadcast_json({"x": 1}, exclude=a.id)
         assert broker.calls == [("all", b'{"x":1}', (a.id,))]

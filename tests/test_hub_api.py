@@ -132,17 +132,18 @@ def test_send_to_user_json_counts_connections(server: Server) -> None:
         n = await connect(server, "user=42")
         hub = server.hub
         assert server.call(hub.send_to_user_json, "alice", {"to": "alice"}) == 2
-        assert await a1.recv() == {"to": "alice"} and await a2.recv() == {"to": "alice"}
+        # a JSON object is stored in the user's stream and gets its offset
+        assert await a1.recv() == {"to": "alice", "offset": 1} and await a2.recv() == {"to": "alice", "offset": 1}
         await b.silent(0.1)
         assert server.call(hub.send_to_user_json, "nobody", {"x": 1}) == 0
         assert server.call(hub.send_to_user_json, 42, {"int": True}) == 1  # int user ids match
-        assert await n.recv() == {"int": True}
+        assert await n.recv() == {"int": True, "offset": 1}
         assert server.call(hub.send_to_user_bytes, "bob", b"raw") == 1
         assert await b.ws.recv() == b"raw"
         await a2.close()
         await wait_for(lambda: len(server.call(hub.get_user_connections, "alice")) == 1)
         assert server.call(hub.send_to_user_json, "alice", {"left": 1}) == 1
-        assert await a1.recv() == {"left": 1}
+        assert await a1.recv() == {"left": 1, "offset": 2}
         await a1.close()
         await wait_for(lambda: server.call(hub.get_user_connections, "alice") == [])
         assert server.call(hub.send_to_user_json, "alice", {"x": 1}) == 0  # offline
@@ -291,7 +292,9 @@ def test_join_and_leave_room_from_the_api(server: Server) -> None:
         room = server.call(lambda: hub.join_room(a.conn_id, "api", reply_id="r1"))
         assert isinstance(room, Room) and room.name == "api"
         joined = await a.expect("system", room="api", id="r1")
-        assert joined["payload"] == {"event": "joined", "action": "joined", "room": "api", "members": 1}
+        epoch = joined["payload"].pop("epoch")
+        assert isinstance(epoch, str) and len(epoch) == 8
+        assert joined["payload"] == {"event": "joined", "action": "joined", "room": "api", "members": 1, "offset": 0}
         assert server.call(hub.join_room, b.conn_id, "api") is room
         assert (await b.expect("system", room="api"))["payload"]["members"] == 2
         event = await a.expect("system", room="api")
@@ -360,11 +363,11 @@ def test_broadcast_to_room_json_with_exclude(server: Server) -> None:
         await c.expect("system")
         assert server.call(hub.broadcast_to_room_json, "room", {"k": 1}) == 3
         for x in (a, b, c):
-            assert await x.recv() == {"k": 1}
+            assert await x.recv() == {"k": 1, "offset": 1}
         assert server.call(lambda: hub.broadcast_to_room_json("room", {"k": 2}, exclude=b.conn_id)) == 2
-        assert await a.recv() == {"k": 2} and await c.recv() == {"k": 2}
+        assert await a.recv() == {"k": 2, "offset": 2} and await c.recv() == {"k": 2, "offset": 2}
         assert server.call(lambda: hub.broadcast_to_room_json("room", {"k": 3}, exclude=[a.conn_id, c.conn_id])) == 1
-        assert await b.recv() == {"k": 3}
+        assert await b.recv() == {"k": 3, "offset": 3}
         assert server.call(hub.broadcast_to_room_bytes, "room", b"\x01\x02", a.conn_id) == 2
         assert await b.ws.recv() == b"\x01\x02" and await c.ws.recv() == b"\x01\x02"
         assert server.call(hub.broadcast_to_room_json, "nowhere", {"k": 4}) == 0

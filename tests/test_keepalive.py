@@ -109,11 +109,11 @@ def test_dead_peer_is_dropped_and_healthy_idle_peers_stay(make_server: Any) -> N
         assert s["connections"] == 2 and s["users"] == 2
         assert sorted(server.call(lambda: hub.get_room("r").members)) == sorted([healthy.conn_id, pid])
         assert server.call(hub.broadcast_to_room_json, "r", {"still": "here"}) == 2
-        assert await healthy.recv() == {"still": "here"}
+        assert await healthy.recv() == {"still": "here", "offset": 1}
         await healthy.send({"type": "ping", "id": "p"})
         await healthy.expect("pong", id="p")
         deadline = time.monotonic() + 3
-        while not any(op == 0x1 and json.loads(d) == {"still": "here"} for op, d in polite_frames):
+        while not any(op == 0x1 and json.loads(d) == {"still": "here", "offset": 1} for op, d in polite_frames):
             assert time.monotonic() < deadline and not polite_task.done(), polite_frames
             await asyncio.sleep(0.02)
         stop.set()

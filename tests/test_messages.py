@@ -28,10 +28,13 @@ def refused(raw: Any, max_depth: int = 32) -> EnvelopeError:
 # -- the vocabulary ------------------------------------------------------------------------------
 
 
-def test_message_types_are_the_protocols_eleven_plus_refresh() -> None:
-    # the original's eleven, and ``refresh`` (a new token before the connection's one expires)
+def test_message_types_are_the_protocols_eleven_plus_refresh_ack_resume() -> None:
+    # the original's eleven, ``refresh`` (a new token before the connection's one expires),
+    # ``ack`` (a message with an id was accepted) and ``resume`` (a session taken back)
     assert {t.value for t in MessageType} == {
         "refresh",
+        "ack",
+        "resume",
         "ping",
         "pong",
         "message",
@@ -49,6 +52,8 @@ def test_message_types_are_the_protocols_eleven_plus_refresh() -> None:
 
 def test_error_codes() -> None:
     assert {c.value for c in ErrorCode} == {
+        "unavailable",
+        "invalid_session",
         "rate_limited",
         "invalid_token",
         "too_large",

@@ -136,14 +136,16 @@ def test_round_trip(portable: Server) -> None:
         await a.send({"type": "room_message", "room": "lobby", "payload": {"text": "hi"}, "id": 1})
         for x in (a, b):
             got = await x.expect("room_message", room="lobby", id=1)
-            assert got["from"] == "alice" and got["payload"] == {"text": "hi"}
+            assert got["from"] == "alice" and got["payload"] == {"text": "hi"} and got["offset"] == 1
+        assert (await a.expect("ack", id=1, room="lobby"))["payload"]["offset"] == 1
         await b.send({"type": "user_message", "to": "alice", "payload": "dm", "id": 2})
         assert (await a.expect("user_message", id=2))["from"] == "bob"
+        assert (await b.expect("ack", id=2, to="alice"))["payload"]["offset"] == 1
         await a.send("{broken")
         await a.error("invalid_json")
         # the hub API reaches clients on this server too
         assert server.call(server.hub.broadcast_to_room_json, "lobby", {"api": True}, a.conn_id) == 1
-        assert await b.recv() == {"api": True}
+        assert await b.recv() == {"api": True, "offset": 2}
         await a.silent(0.1)
 
         async with httpx.AsyncClient() as http:
