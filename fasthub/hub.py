@@ -401,6 +401,11 @@ class Hub:
         if room is None or not room.member_map:
             return 0
         if offset:
+            last = room.offset
+            if room.epoch != epoch and room.epoch is not None:
+                self._epoch_changed(room, offset, epoch)  # the history was lost: say so first
+            elif offset > last + 1 and room.epoch is not None and last:
+                self._resync_room(room, Position(last, room.epoch))  # a live message was lost
             room.offset = offset
             room.epoch = epoch
             if room.syncing:
@@ -698,6 +703,101 @@ class Hub:
         held = self._end_sync(room, conn.id)
         self._finish_join(conn, room, entry[1], entry[2], since, answer if history is not None else False, held)
 
+    def streams_reconnected(self) -> None:
+        """The broker was away: every room served here is checked against its stream, and the
+        messages its members missed are sent (or they are told ``resync``, not recovered)."""
+        for room in list(self._rooms.values()):
+            if room.member_map and room.epoch is not None:
+                self._resync_room(room, Position(room.offset, room.epoch))
+
+    def _epoch_changed(self, room: Room, offset: int, epoch: str | None) -> None:
+        """The room's stream has a new epoch (its history was lost): tell its members before the
+        message that shows it (those still joining learn it from their reply)."""
+        event = {"event": "resync", "room": room.name, "recovered": False, "reason": "epoch"}
+        event["offset"], event["epoch"] = offset - 1, epoch
+        exclude = frozenset(room.syncing) if room.syncing else None
+        self.recoveries_failed += len(room.member_map) - (len(exclude) if exclude else 0)
+        self._deliver(room.member_map, self._system(event, room=room.name), exclude)
+
+    def _resync_room(self, room: Room, since: Position) -> None:
+        """Hold back the room's stored messages from its members, read what came after
+        ``since``, send the missing ones, then what was held: no gap, no duplicate."""
+        history = self.config.history_for(room.name)
+        if history is None or self._loop is None:
+            return
+        syncing = room.syncing
+        if syncing is None:
+            syncing = room.syncing = {}
+        ids = [cid for cid in room.member_map if cid not in syncing]
+        if not ids:
+            return
+        for cid in ids:
+            syncing[cid] = []
+        task = self._loop.create_task(self._resync_later(room, ids, since, history))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    async def _resync_later(self, room: Room, ids: list[str], since: Position, history: tuple[int, float]) -> None:
+        answer: Any = None
+        try:
+            remote = self._remote
+            waiter = remote.ready(room.name) if remote is not None else None
+            if waiter is not None:
+                await waiter
+            answer = self.broker.stream_recover(ROOM, room.name, since, self.config.recovery_max, history)
+            if inspect.isawaitable(answer):
+                answer = await answer
+        except Exception as exc:
+            log.debug("fasthub: reading room %r's history failed: %s", room.name, exc)
+            answer = None
+        name = room.name
+        for cid in ids:
+            if (cid, name) in self._pending_joins or not room.syncing or cid not in room.syncing:
+                continue  # left meanwhile, or joined again (that join reads for itself)
+            held = self._end_sync(room, cid)
+            conn = room.member_map.get(cid)
+            if conn is None:
+                continue
+            self._send_recovered(conn, room, since, answer, held)
+
+    def _send_recovered(
+        self, conn: Connection, room: Room, since: Position, answer: Any, held: list[tuple[int, Payload]]
+    ) -> None:
+        """A member that missed live messages: the missing ones and the held ones in order, or a
+        ``resync`` event (``recovered: false`` and where the stream is) and the held ones after it."""
+        last = since.offset
+        if isinstance(answer, Recovery) and answer.recovered:
+            for offset, payload in answer.payloads:
+                if offset > last:
+                    conn.send_payload(payload)
+                    last = offset
+            for offset, payload in held:
+                if offset == last + 1:
+                    conn.send_payload(payload)
+                    last = offset
+                elif offset > last + 1:
+                    break
+            else:
+                self.recoveries += 1
+                return
+            answer = Recovery(Position(last, since.epoch), False, [], "gap")
+            held = [(o, p) for o, p in held if o > last]
+        self.recoveries_failed += 1
+        event: dict[str, Any] = {"event": "resync", "room": room.name, "recovered": False}
+        if isinstance(answer, Recovery):
+            event["reason"] = answer.reason
+            position = answer.position
+        else:
+            event["reason"] = "unavailable"
+            position = Position(max(room.offset, last), room.epoch or since.epoch)
+        if held and held[0][0] <= position.offset:
+            position = Position(held[0][0] - 1, position.epoch)
+        event["offset"], event["epoch"] = position.offset, position.epoch
+        conn.send_payload(self._system(event, room=room.name))
+        for offset, payload in held:
+            if offset > position.offset:
+                conn.send_payload(payload)
+
     def _end_sync(self, room: Room, conn_id: str) -> list[tuple[int, Payload]]:
         syncing = room.syncing
         if not syncing:
@@ -803,6 +903,8 @@ class Hub:
             _, first, more = self._pending_joins.pop((conn.id, name))
             self._end_sync(room, conn.id)
             self._announce_join(conn, room, first, more)
+        elif room.syncing:
+            self._end_sync(room, conn.id)
         del room.member_map[conn.id]
         conn.drop_room(name)
         remote = self._remote

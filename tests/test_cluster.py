@@ -22,13 +22,15 @@ from tests.conftest import Server, connect, query_user, run, serve
 
 
 @contextlib.contextmanager
-def cluster(url: str, n: int = 2, prefix: str = "t", ws: str = "fasthub", **broker_kw: Any) -> Iterator[list[Server]]:
+def cluster(
+    url: str, n: int = 2, prefix: str = "t", ws: str = "fasthub", config: HubConfig | None = None, **broker_kw: Any
+) -> Iterator[list[Server]]:
     with contextlib.ExitStack() as stack:
         nodes = [
             stack.enter_context(
                 serve(
                     {"authenticate": query_user},
-                    HubConfig(member_events_limit=8),
+                    config or HubConfig(member_events_limit=8),
                     ws=ws,
                     broker=RedisBroker(url, prefix=prefix, ttl=broker_kw.pop("ttl", 2.0), **broker_kw),
                 )
@@ -98,7 +100,8 @@ def test_user_messages_broadcast_and_unknown_user_are_cluster_wide(redis_server:
             await a.send({"type": "user_message", "to": "bob", "payload": "hi", "id": 1})
             for b in (b1, b2):
                 got = await b.expect("user_message", id=1)
-                assert got["from"] == "alice" and got["payload"] == "hi"
+                assert got["from"] == "alice" and got["payload"] == "hi" and got["offset"] == 1
+            assert (await a.expect("ack", id=1, to="bob"))["payload"]["offset"] == 1
             await b1.silent(0.2)
             await b2.silent(0.05)
             await b1.send({"type": "user_message", "to": "alice", "payload": "back"})

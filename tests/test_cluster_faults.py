@@ -1,7 +1,9 @@
 """Broker faults against a real redis-server: down at start, restarted under load, slow, bad data.
 
-In every case local delivery goes on, nothing raises per message, and the broker comes back
-by itself.
+In every case nothing raises per message and the broker comes back by itself. Messages that
+are not stored (``EPHEMERAL``: history off) keep being delivered locally while Redis is away;
+stored ones need Redis (their offset comes from it), so their publishers get ``unavailable``
+meanwhile, and what was acknowledged is never lost (``test_stored_messages_*``).
 """
 
 from __future__ import annotations
@@ -15,10 +17,14 @@ from typing import Any
 import pytest
 from redisproc import RedisServer, free_port
 
+from fasthub import HubConfig
 from fasthub.broker import codec
 from fasthub.broker.redis import RedisBroker
 from tests.conftest import connect, query_user, run, serve
 from tests.test_cluster import cluster, get_stats, wait_for
+
+#: no history: every message is delivered as issue 11 built it (locally first, then Redis)
+EPHEMERAL = HubConfig(member_events_limit=8, history_size=0)
 
 
 def test_redis_down_at_start_serves_locally_then_joins_when_it_comes_up(caplog: Any) -> None:
@@ -27,7 +33,7 @@ def test_redis_down_at_start_serves_locally_then_joins_when_it_comes_up(caplog: 
     with contextlib.ExitStack() as stack:
         nodes = [
             stack.enter_context(
-                serve({"authenticate": query_user}, ws="fasthub",
+                serve({"authenticate": query_user}, EPHEMERAL, ws="fasthub",
                       broker=RedisBroker(redis.url, prefix="d", ttl=2.0, retry_max=0.5))
             )
             for _ in range(2)
@@ -72,7 +78,7 @@ def test_redis_down_at_start_serves_locally_then_joins_when_it_comes_up(caplog: 
 
 def test_redis_restarted_under_load(redis_server: Any, caplog: Any) -> None:
     caplog.set_level(logging.WARNING, logger="fasthub.broker")
-    with cluster(redis_server.url, retry_max=0.5) as (a_node, b_node):
+    with cluster(redis_server.url, config=EPHEMERAL, retry_max=0.5) as (a_node, b_node):
 
         async def scenario() -> None:
             sender = await connect(a_node, "user=s")
@@ -121,7 +127,7 @@ def test_redis_restarted_under_load(redis_server: Any, caplog: Any) -> None:
 
 
 def test_slow_redis_never_blocks_the_event_loop(redis_server: Any) -> None:
-    with cluster(redis_server.url, ttl=5.0) as (a_node, _b):
+    with cluster(redis_server.url, config=EPHEMERAL, ttl=5.0) as (a_node, _b):
 
         async def scenario() -> None:
             a = await connect(a_node, "user=a")
@@ -233,14 +239,14 @@ def test_a_node_whose_keys_expired_writes_them_again(redis_server: Any) -> None:
             near = await connect(a_node, "user=near")
             await connect(b_node, "user=bob")
             await near.send({"type": "user_message", "to": "bob", "id": 1})
-            await near.silent(0.2)  # delivered, no unknown_user
+            await near.expect("ack", id=1)  # delivered, no unknown_user
             me = b_node.hub.broker.node_id
             for key in (f"t:n:{{{me}}}", f"t:n:{{{me}}}:rooms", f"t:n:{{{me}}}:users"):
                 redis_server.command("DEL", key)  # as if a pause longer than the TTL expired them
             await asyncio.sleep(1.2)  # node B's next heartbeat finds its key gone and rewrites
             assert redis_server.command("HEXISTS", f"t:n:{{{me}}}:users", "bob").strip() == "1"
             await near.send({"type": "user_message", "to": "bob", "id": 2})
-            await near.silent(0.2)
+            await near.expect("ack", id=2)
 
         run(scenario())
 

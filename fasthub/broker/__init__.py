@@ -52,6 +52,9 @@ class Node(Protocol):
     def node_stats(self) -> dict[str, Any]:
         """This node's counters for the cluster view (connections, users, rooms, rates, memory)."""
 
+    def streams_reconnected(self) -> None:
+        """The broker reconnected: live messages may have been missed; check every room served."""
+
 
 class Broker(Protocol):
     """What a broker implements. Every method runs on the hub's event loop and never blocks.

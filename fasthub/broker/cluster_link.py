@@ -92,6 +92,8 @@ class _Shard:
                     put((b"message", reply[1], reply[2]))
                 elif kind == b"ssubscribe":
                     put((b"subscribe", reply[1], reply[2]))
+                elif kind == b"pong":
+                    put((b"pong", b"", reply[1]))
                 elif kind == b"sunsubscribe" and not self.link._confirm_unsubscribe(reply[1]):
                     raise ConnectionError(f"it dropped {reply[1]!r}: its slot moved")
         except asyncio.CancelledError:
@@ -154,7 +156,8 @@ class ClusterLink:
         owner = self._owner
         groups: dict[_Shard, tuple[Any, list[int]]] = {}
         for i, cmd in enumerate(commands):
-            shard = owner[_slot(cmd[1])]
+            # a script runs where its first key lives (EVALSHA sha numkeys key ...)
+            shard = owner[_slot(cmd[3] if cmd[0] == "EVALSHA" else cmd[1])]
             group = groups.get(shard)
             if group is None:
                 group = groups[shard] = (shard.client.pipeline(transaction=False), [])
@@ -176,6 +179,18 @@ class ClusterLink:
 
     async def subscribe(self, channels: Sequence[bytes]) -> None:
         await self._send("SSUBSCRIBE", channels)
+
+    async def barrier(self, channel: bytes, token: bytes) -> None:
+        self._check()
+        shard = self._owner[_slot(channel)]
+        assert shard.conn is not None
+        await shard.conn.send_packed_command(shard.conn.pack_command("PING", token), check_health=False)
+
+    async def script_load(self, script: str) -> str:
+        self._check()
+        shas = await _all(shard.client.script_load(script) for shard in self.shards.values())
+        sha = shas[0]
+        return sha.decode() if isinstance(sha, bytes) else str(sha)
 
     async def unsubscribe(self, channels: Sequence[bytes]) -> None:
         pending = self._unsubscribing

@@ -4,7 +4,8 @@
 exclude (connection ids joined by ``,``) | body. The body is the envelope the sending node
 encoded once; a receiving node wraps it in one ``Payload`` and builds one frame for all its
 members. Kinds: ``T`` text, ``B`` binary, ``C`` a node's member count of a room (body
-``b"<seq> <count>"``). Anything else on our channels is not ours: ``decode`` raises
+``b"<seq> <count>"``), ``S`` a stored message (body ``b"<offset> <epoch> <envelope>"``, written
+by the publish script, see ``scripts``). Anything else on our channels is not ours: ``decode`` raises
 ``ValueError`` and the broker counts and drops it.
 """
 
@@ -17,7 +18,8 @@ NODE_ID_SIZE = 16
 TEXT = ord("T")
 BINARY = ord("B")
 COUNT = ord("C")
-_KINDS = frozenset((TEXT, BINARY, COUNT))
+STORED = ord("S")
+_KINDS = frozenset((TEXT, BINARY, COUNT, STORED))
 _HEADER = 2 + 1 + NODE_ID_SIZE + 2
 
 
@@ -49,3 +51,9 @@ def encode_count(node: bytes, seq: int, count: int) -> bytes:
 def decode_count(body: bytes) -> tuple[int, int]:
     seq, count = body.split(b" ")
     return int(seq), int(count)
+
+
+def decode_stored(body: bytes) -> tuple[int, str, bytes]:
+    """``(offset, epoch, envelope without offset)`` of a stored message's body."""
+    offset, epoch, envelope = body.split(b" ", 2)
+    return int(offset), epoch.decode("ascii"), envelope

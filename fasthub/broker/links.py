@@ -35,7 +35,15 @@ class Link(Protocol):
     async def unsubscribe(self, channels: Sequence[bytes]) -> None: ...
 
     async def get_message(self) -> tuple[bytes, bytes, Any]:
-        """The next pub/sub event: ``(kind, channel, data)``; kind ``message`` or ``subscribe``."""
+        """The next pub/sub event: ``(kind, channel, data)``; kind ``message``, ``subscribe``, or
+        ``pong`` (data: the token of a ``barrier``)."""
+
+    async def barrier(self, channel: bytes, token: bytes) -> None:
+        """Send ``PING token`` on the pub/sub connection that carries ``channel``: its ``pong``
+        arrives after every message Redis published there before it."""
+
+    async def script_load(self, script: str) -> str:
+        """Load a Lua script (on every master) and return its SHA1."""
 
     async def close(self) -> None: ...
 
@@ -94,6 +102,15 @@ class SingleLink:
                 return b"message", msg["channel"], msg["data"]
             if kind == "subscribe" or kind == "ssubscribe":
                 return b"subscribe", msg["channel"], msg["data"]
+            if kind == "pong":
+                return b"pong", b"", msg["data"]
+
+    async def barrier(self, channel: bytes, token: bytes) -> None:
+        await self.pubsub.ping(token)
+
+    async def script_load(self, script: str) -> str:
+        sha = await self.client.script_load(script)
+        return sha.decode() if isinstance(sha, bytes) else str(sha)
 
     async def close(self) -> None:
         import contextlib

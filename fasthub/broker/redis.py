@@ -41,7 +41,8 @@ import orjson
 from redis.utils import HIREDIS_AVAILABLE
 
 from .._core import KIND_BINARY, KIND_TEXT, Payload
-from . import codec
+from ..streams import ROOM, Position, Published, Recovery, new_epoch, with_offset
+from . import codec, scripts
 from .links import Link, SingleLink
 
 if TYPE_CHECKING:
@@ -145,7 +146,14 @@ class RedisBroker:
         self._view: dict[str, Any] = {}
         # the writer: commands queued in one tick leave in one pipeline
         self._out: list[tuple[Any, ...]] = []
+        self._futures: dict[int, asyncio.Future[Published]] = {}  # id(out entry) -> its publish's answer
         self._wake: asyncio.Event | None = None
+        # streams: script SHA1s (loaded at every connect), barriers waiting for their pong
+        self._shas: dict[str, str] = {}
+        self._barriers: dict[bytes, asyncio.Future[None]] = {}
+        self._barrier_seq = 0
+        self.meta_ttl = 86400
+        self._connected_once = False
         self._outage_logged = False
         # counters for /ws/stats
         self.published = 0
@@ -184,6 +192,9 @@ class RedisBroker:
 
     def bind(self, node: Node) -> None:
         self.node = node
+        config = getattr(node, "config", None)
+        if config is not None:
+            self.meta_ttl = max(1, int(config.history_meta_ttl))
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Connect in the background (the hub serves its local connections meanwhile)."""
@@ -245,6 +256,10 @@ class RedisBroker:
     async def _connect(self) -> None:
         self._link = self._new_link()
         await self._link.connect()
+        self._shas = {
+            "publish": await self._link.script_load(scripts.PUBLISH),
+            "read": await self._link.script_load(scripts.READ),
+        }
         await self._heartbeat_once()
         self._subscribed.clear()
         self._confirmed.clear()
@@ -271,6 +286,11 @@ class RedisBroker:
         ]
         if self._rooms_dirty or self._users_dirty or self._out:
             self._wake_writer()
+        if self._connected_once and self.node is not None:
+            # live messages published while the link was down were missed: the hub checks
+            # every room it serves against its stream (and sends what is missing)
+            self.node.streams_reconnected()
+        self._connected_once = True
 
     def _went_down(self, exc: BaseException) -> None:
         was_up, self.up = self.up, False
@@ -280,8 +300,12 @@ class RedisBroker:
                       redact(self.url), exc or type(exc).__name__)
             self._outage_logged = True
         self.broker_errors += sum(cmd[0] for cmd in self._out)
+        self._fail_futures(self._out, exc)
         self._out.clear()
         self._release_waiters()
+        for fut in self._barriers.values():
+            _settle(fut)
+        self._barriers.clear()
 
     def _release_waiters(self) -> None:
         """Joins and opens waiting for a subscription go on now, with what is known."""
@@ -502,6 +526,135 @@ class RedisBroker:
         if len(out) == 1:
             self._wake_writer()
 
+    # -- streams: history and offsets (scripts.PUBLISH / READ) ------------------------------------
+
+    def _stream_keys(self, kind: str, name: str) -> tuple[str, str, str]:
+        base = f"{self.prefix}:{{{self._partition(name)}}}"
+        return f"{base}:s:{kind}:{name}", f"{base}:m:{kind}:{name}", f"{base}:i:{kind}:{name}:"
+
+    def publish_stream(
+        self,
+        kind: str,
+        name: str,
+        body: bytes,
+        exclude: Any,
+        history: tuple[int, float],
+        idempotency_key: str | None,
+    ) -> asyncio.Future[Published]:
+        """One ``scripts.PUBLISH`` in this tick's pipeline. Every node delivers the message from
+        its channel, this one included, so all members everywhere see one order."""
+        assert self._loop is not None
+        fut: asyncio.Future[Published] = self._loop.create_future()
+        if not self.up or len(self._out) >= self.max_pending:
+            self._lost()
+            fut.set_exception(ConnectionError("the broker is not connected to Redis"))
+            return fut
+        try:
+            header = codec.encode(codec.STORED, self._node_b, b"", exclude)
+        except ValueError as exc:
+            fut.set_exception(exc)
+            return fut
+        stream, meta, idem = self._stream_keys(kind, name)
+        channel = self.room_channel(name) if kind == ROOM else self.user_channel(name)
+        keys: tuple[Any, ...] = (3, stream, meta, idem + idempotency_key) if idempotency_key else (2, stream, meta)
+        entry = (
+            True,
+            "EVALSHA",
+            self._shas["publish"],
+            *keys,
+            body,
+            history[0],
+            max(1, int(history[1] * 1000)),
+            channel,
+            "SPUBLISH" if self.sharded else "PUBLISH",
+            self.meta_ttl,
+            new_epoch(),
+            header,
+        )
+        self._out.append(entry)
+        self._futures[id(entry)] = fut
+        if len(self._out) == 1:
+            self._wake_writer()
+        return fut
+
+    def _fail_futures(self, batch: Iterable[tuple[Any, ...]], exc: BaseException) -> None:
+        futures = self._futures
+        if not futures:
+            return
+        for cmd in batch:
+            fut = futures.pop(id(cmd), None)
+            if fut is not None and not fut.done():
+                fut.set_exception(ConnectionError(f"the message could not be stored: {exc}"))
+
+    def stream_top(self, kind: str, name: str) -> Awaitable[Position]:
+        return self._read(kind, name, None, 0, None)  # type: ignore[return-value]
+
+    def stream_recover(
+        self, kind: str, name: str, since: Position, limit: int, history: tuple[int, float]
+    ) -> Awaitable[Recovery]:
+        return self._read(kind, name, since, limit, history)  # type: ignore[return-value]
+
+    async def _read(
+        self, kind: str, name: str, since: Position | None, limit: int, history: tuple[int, float] | None
+    ) -> Position | Recovery:
+        """The stream's position (and the messages after ``since``), then a barrier on the
+        channel's pub/sub connection: once it returns, every live message up to that position
+        has reached this node."""
+        link = self._link
+        if not self.up or link is None:
+            raise ConnectionError("the broker is not connected to Redis")
+        stream, meta, _ = self._stream_keys(kind, name)
+        ttl_ms = max(1, int(history[1] * 1000)) if history else 0
+        start = since.offset if since is not None else -1
+        cmd = ("EVALSHA", self._shas["read"], 2, stream, meta, self.meta_ttl, new_epoch(), start, limit, ttl_ms)
+        (answer,) = await link.execute([cmd])
+        if isinstance(answer, Exception):
+            raise answer
+        top, epoch, entries = int(answer[0]), _text(answer[1]), answer[2]
+        position = Position(top, epoch)
+        await self._barrier(self.room_channel(name) if kind == ROOM else self.user_channel(name))
+        if since is None:
+            return position
+        if since.epoch != epoch:
+            return Recovery(position, False, [], "epoch")
+        if since.offset > top:
+            return Recovery(position, False, [], "offset")
+        missed = top - since.offset
+        if missed == 0:
+            return Recovery(position, True, [])
+        if missed > limit:
+            return Recovery(position, False, [], "limit")
+        if not isinstance(entries, list):
+            return Recovery(position, False, [], "expired")
+        payloads: list[tuple[int, Payload]] = []
+        expect = since.offset + 1
+        for entry_id, fields in entries:
+            offset = int(_text(entry_id).partition("-")[0])
+            if offset != expect:
+                return Recovery(position, False, [], "expired")  # trimmed (MAXLEN) or gone
+            data = _field(fields, b"d")
+            payloads.append((offset, Payload(KIND_TEXT, with_offset(data, offset))))
+            expect += 1
+            if offset >= top:
+                break
+        if expect != top + 1:
+            return Recovery(position, False, [], "expired")
+        return Recovery(position, True, payloads)
+
+    async def _barrier(self, channel: bytes) -> None:
+        link = self._link
+        assert link is not None and self._loop is not None
+        self._barrier_seq += 1
+        token = b"fasthub-barrier-%d" % self._barrier_seq
+        fut = self._barriers[token] = self._loop.create_future()
+        try:
+            await link.barrier(channel, token)
+            await asyncio.wait_for(asyncio.shield(fut), READY_TIMEOUT)
+        except TimeoutError:
+            log.debug("fasthub: broker: no pong for a barrier within %s s", READY_TIMEOUT)
+        finally:
+            self._barriers.pop(token, None)
+
     def _lost(self) -> None:
         self.broker_errors += 1
         if not self._outage_logged:
@@ -531,12 +684,32 @@ class RedisBroker:
                 assert self._link is not None
                 try:
                     results = await self._link.execute([cmd[1:] for cmd in batch])
-                except Exception:
+                except Exception as exc:
                     self.broker_errors += messages
+                    self._fail_futures(batch, exc)
                     raise
                 failed = sum(1 for cmd, r in zip(batch, results, strict=True) if cmd[0] and isinstance(r, Exception))
                 self.broker_errors += failed
                 self.published += messages - failed
+                if self._futures:
+                    self._answer(batch, results)
+
+    def _answer(self, batch: list[tuple[Any, ...]], results: list[Any]) -> None:
+        """Complete the futures of the stream publishes in ``batch`` with their positions."""
+        futures = self._futures
+        noscript = None
+        for cmd, result in zip(batch, results, strict=True):
+            fut = futures.pop(id(cmd), None)
+            if fut is None or fut.done():
+                continue
+            if isinstance(result, Exception):
+                if "NOSCRIPT" in str(result):
+                    noscript = result
+                fut.set_exception(ConnectionError(f"the message could not be stored: {result}"))
+            else:
+                fut.set_result(Published(int(result[0]), _text(result[1]), bool(int(result[2]))))
+        if noscript is not None:  # the scripts were flushed: reconnect (which loads them again)
+            raise ConnectionError(f"Redis lost the broker's scripts: {noscript}")
 
     def _state_commands(self) -> None:
         """This node's member counts and users as they are now, and the count announcements."""
@@ -593,6 +766,8 @@ class RedisBroker:
             kind, channel, data = await link.get_message()
             if kind == b"message":
                 self._on_message(channel, data)
+            elif kind == b"pong":
+                _settle(self._barriers.get(data))
             else:
                 self._on_subscribed(channel)
 
@@ -643,10 +818,25 @@ class RedisBroker:
         except (ValueError, UnicodeDecodeError):
             self._bad(channel, "undecodable")
             return
-        if sender == self._node_b:
-            return  # delivered locally when it was published
         route = self._routes.get(channel)
         node = self.node
+        if kind == codec.STORED:  # every node delivers these from here, the publisher's too
+            if route is None or node is None or route[0] == "a":
+                return
+            try:
+                offset, epoch, envelope = codec.decode_stored(body)
+            except (ValueError, UnicodeDecodeError):
+                self._bad(channel, "bad stored message")
+                return
+            self.received += 1
+            payload = Payload(KIND_TEXT, with_offset(envelope, offset))
+            if route[0] == "r":
+                node.deliver_room(route[1], payload, exclude, offset, epoch)
+            else:
+                node.deliver_user(route[1], payload, offset, epoch)
+            return
+        if sender == self._node_b:
+            return  # delivered locally when it was published
         if route is None or node is None:
             return  # a late message of a channel just dropped
         target, name = route
@@ -811,6 +1001,18 @@ class RedisBroker:
             "subscriptions": len(self._confirmed),
             "nodes_alive": len(self._live) + 1 if self.up else None,
         }
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _field(fields: list[Any], name: bytes) -> bytes:
+    for i in range(0, len(fields) - 1, 2):
+        if fields[i] == name or fields[i] == name.decode():
+            value = fields[i + 1]
+            return value if isinstance(value, bytes) else str(value).encode()
+    raise ValueError(f"stream entry without {name!r}")
 
 
 def _settle(fut: asyncio.Future[None] | None) -> None:

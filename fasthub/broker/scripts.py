@@ -1,0 +1,76 @@
+"""The Lua scripts of ``RedisBroker``'s streams: publish, position, read. One atomic step each.
+
+A stream (a room's or a user's) is a Redis Stream whose entry ids are the offsets (``<offset>-0``)
+plus a meta hash: ``e`` the epoch, ``s`` the top offset. Modelled on centrifuge's
+``broker_history_add_stream.lua``: the publish script increments the offset, appends with
+``XADD ... MAXLEN``, sets the expiries and publishes the live message in one step, so history
+and live delivery always agree. A missing meta hash (expired, flushed, never written) gets a new
+epoch and the stale stream is deleted: lost history always shows as an epoch change.
+
+Every key of one stream and its channel share the stream's hash tag, so the scripts run on one
+Redis Cluster master.
+"""
+
+from __future__ import annotations
+
+#: KEYS: stream, meta, and the idempotency key if there is one
+#: ARGV: body, maxlen, ttl ms, channel, publish command, meta ttl s, new epoch, message header
+#: Returns {offset, epoch, duplicate (0/1)}. The live message is
+#: ``header .. offset .. " " .. epoch .. " " .. body``.
+PUBLISH = """
+if KEYS[3] then
+  local seen = redis.call('get', KEYS[3])
+  if seen then
+    local sp = string.find(seen, ' ')
+    return {tonumber(string.sub(seen, 1, sp - 1)), string.sub(seen, sp + 1), 1}
+  end
+end
+local epoch = redis.call('hget', KEYS[2], 'e')
+if not epoch then
+  epoch = ARGV[7]
+  redis.call('hset', KEYS[2], 'e', epoch)
+  redis.call('del', KEYS[1])
+end
+local offset = redis.call('hincrby', KEYS[2], 's', 1)
+redis.call('expire', KEYS[2], ARGV[6])
+local now = redis.call('time')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('xadd', KEYS[1], 'MAXLEN', ARGV[2], offset .. '-0', 'd', ARGV[1], 't', ms)
+redis.call('pexpire', KEYS[1], ARGV[3])
+redis.call(ARGV[5], ARGV[4], ARGV[8] .. offset .. ' ' .. epoch .. ' ' .. ARGV[1])
+if KEYS[3] then
+  redis.call('set', KEYS[3], offset .. ' ' .. epoch, 'PX', ARGV[3])
+end
+return {offset, epoch, 0}
+"""
+
+#: KEYS: stream, meta. ARGV: meta ttl s, new epoch, since offset (-1: position only),
+#: limit, ttl ms (entries older are gone). Returns {top, epoch, entries or 0}: entries are
+#: XRANGE's answer after ``since`` (at most limit + 1), or 0 when the oldest one needed is older
+#: than the ttl (expired).
+READ = """
+local epoch = redis.call('hget', KEYS[2], 'e')
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('hset', KEYS[2], 'e', epoch)
+  redis.call('del', KEYS[1])
+end
+redis.call('expire', KEYS[2], ARGV[1])
+local top = tonumber(redis.call('hget', KEYS[2], 's') or '0')
+local since = tonumber(ARGV[3])
+if since < 0 or since >= top then
+  return {top, epoch, {}}
+end
+local entries = redis.call('xrange', KEYS[1], (since + 1) .. '-0', '+', 'COUNT', tonumber(ARGV[4]) + 1)
+if #entries > 0 then
+  local now = redis.call('time')
+  local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  local fields = entries[1][2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 't' and tonumber(fields[i + 1]) + tonumber(ARGV[5]) <= ms then
+      return {top, epoch, 0}
+    end
+  end
+end
+return {top, epoch, entries}
+"""
