@@ -19,12 +19,25 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import orjson
+
 from ._core import KIND_TEXT, Payload
 from .connection import Connection
-from .exceptions import EnvelopeError
+from .exceptions import EnvelopeError, HubError
 from .hub import Hub
-from .messages import ErrorCode, Message, MessageType, decode, encode, error_envelope, system_envelope, utc_timestamp
-from .streams import ROOM, USER, Published
+from .messages import (
+    ErrorCode,
+    Message,
+    MessageType,
+    decode,
+    encode,
+    error_envelope,
+    position,
+    system_envelope,
+    utc_timestamp,
+)
+from .sessions import SessionError
+from .streams import ROOM, USER, Position, Published
 
 log = logging.getLogger("fasthub")
 
@@ -89,6 +102,7 @@ class Dispatcher:
             MessageType.USER_MESSAGE.value: self._user_message,
             MessageType.BROADCAST.value: self._broadcast,
             MessageType.REFRESH.value: self._refresh,
+            MessageType.RESUME.value: self._resume,
         }
 
     def receive(self, conn: Connection, data: bytes, binary: bool, now: float) -> Awaitable[None] | float | None:
@@ -316,6 +330,84 @@ class Dispatcher:
         payload = {"event": "token_refreshed", "expires_at": identity.expires_at}
         conn.send_json(system_envelope(payload, reply_id=msg.id))
 
+    def _resume(self, conn: Connection, msg: Message) -> Awaitable[None]:
+        """Take a closed session back: its rooms, each with what was missed, in one step."""
+        payload = msg.payload if isinstance(msg.payload, dict) else {}
+        try:
+            session_id, user, _ = self.hub.signer.verify(payload.get("token"))
+        except SessionError as exc:
+            raise EnvelopeError(ErrorCode.INVALID_SESSION, str(exc)) from None
+        if user != conn.user_id and not (conn.anonymous and isinstance(user, str) and user.startswith("anon-")):
+            raise EnvelopeError(ErrorCode.INVALID_SESSION, "the session token is another user's")
+        rooms = payload.get("rooms") or {}
+        if not isinstance(rooms, dict):
+            raise EnvelopeError(ErrorCode.INVALID_MESSAGE, "payload.rooms must map room names to positions")
+        positions = {name: position(value, msg.id) for name, value in rooms.items() if value is not None}
+        user_at = payload.get("user")
+        user_since = position(user_at, msg.id) if user_at is not None else None
+        return self._resume_later(conn, msg, session_id, positions, user_since)
+
+    async def _resume_later(
+        self,
+        conn: Connection,
+        msg: Message,
+        session_id: str,
+        positions: dict[str, tuple[int, str]],
+        user_since: tuple[int, str] | None,
+    ) -> None:
+        hub = self.hub
+        out: dict[str, Any] = {"event": "resumed", "session": session_id}
+        try:
+            kept = hub.take_session(session_id)
+            if inspect.isawaitable(kept):
+                kept = await kept
+        except Exception:
+            conn.send_json(error_envelope(ErrorCode.UNAVAILABLE, "sessions cannot be read now; retry", msg.id))
+            return
+        if kept is None:
+            out["resumed"] = False
+            out["reason"] = "expired"  # older than session_ttl, resumed already, or never kept
+            conn.send_json(system_envelope(out, reply_id=msg.id))
+            return
+        saved = orjson.loads(kept)
+        loop = asyncio.get_running_loop()
+        rooms: dict[str, Any] = {}
+        waits: list[tuple[str, asyncio.Future[dict[str, Any]]]] = []
+        for name, at in (saved.get("r") or {}).items():
+            since = positions.get(name) or (tuple(at) if at else None)
+            if self.can_join is not None:
+                allowed = self.can_join(conn, name)
+                if inspect.isawaitable(allowed):
+                    allowed = await allowed
+                if not allowed:
+                    rooms[name] = {"joined": False, "reason": "forbidden"}
+                    continue
+            if not hub.is_registered(conn):
+                return
+            fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+            try:
+                hub.join_room(conn.id, name, since=since, on_joined=_settle_with(fut))
+            except HubError as exc:
+                hub.forget_join(conn.id, name)
+                rooms[name] = {"joined": False, "reason": str(exc)}
+                continue
+            waits.append((name, fut))
+        for name, fut in waits:
+            try:
+                reply = await asyncio.wait_for(fut, 10.0)
+            except TimeoutError:
+                hub.forget_join(conn.id, name)
+                rooms[name] = {"joined": False, "reason": "timeout"}
+                continue
+            rooms[name] = {"joined": True, **{k: reply[k] for k in _RESUMED_FIELDS if k in reply}}
+        if user_since is not None and not conn.anonymous:
+            result = hub.recover_user(conn, Position(*user_since))
+            out["user"] = await result if inspect.isawaitable(result) else result
+        out["resumed"] = True
+        out["rooms"] = rooms
+        if hub.is_registered(conn):
+            conn.send_json(system_envelope(out, reply_id=msg.id))
+
     def _broadcast(self, conn: Connection, msg: Message) -> None:
         self.hub.publish_all(self._relay(conn, msg))
 
@@ -354,6 +446,17 @@ class Dispatcher:
             return
         if msg.id is not None and not conn.closed:
             conn.send_payload(_ack(msg, kind, name, done.result()))
+
+
+_RESUMED_FIELDS = ("recovered", "reason", "offset", "epoch", "members")
+
+
+def _settle_with(fut: asyncio.Future[dict[str, Any]]) -> Callable[[dict[str, Any]], None]:
+    def settle(payload: dict[str, Any]) -> None:
+        if not fut.done():
+            fut.set_result(payload)
+
+    return settle
 
 
 def _ack(msg: Message, kind: str, name: str, published: Published | None) -> Payload:

@@ -29,6 +29,7 @@ from .config import HubConfig
 from .exceptions import Denied, HubError
 from .messages import encode, system_envelope
 from .room import Room
+from .sessions import Signer, record
 from .streams import ROOM, USER, Position, Published, Recovery
 
 log = logging.getLogger("fasthub")
@@ -116,6 +117,10 @@ class Hub:
         self._pending_joins: dict[tuple[str, str], tuple[object, Any, list[Any]]] = {}
         # user id -> {connection id -> stored direct messages held back while it recovers}
         self._user_syncing: dict[str, dict[str, list[tuple[int, Payload]]]] = {}
+        # (connection id, room) -> called with the joined reply's payload (a session resume waits)
+        self._join_done: dict[tuple[str, str], Callable[[dict[str, Any]], None]] = {}
+        self.signer = Signer(self.config.session_secret)
+        self.sessions_saved = 0
         self.recoveries = 0  # joins with a position that got every missed message
         self.recoveries_failed = 0  # ... that were told recovered: false
         #: name -> room, read only (the dispatcher's one lookup per room message); the hub changes it
@@ -298,6 +303,11 @@ class Hub:
             return
         conn.closing = True
         conn.discard()
+        if self.config.session_ttl and conn.room_count():
+            self._save_session(conn)
+        if self._join_done:
+            for name in conn.room_names():
+                self._join_done.pop((conn.id, name), None)
         for name in conn.room_names():
             self._leave(conn, name, reply_id=None, reply=False)
         if conn.anonymous:
@@ -321,6 +331,89 @@ class Hub:
             conn.expiry = None
         self.rate_limited += conn.refused
         self.connections_closed += 1
+
+    # -- sessions --------------------------------------------------------------------------------
+
+    def session_token(self, conn: Connection) -> str | None:
+        """The reconnect token of ``conn`` (its ``connected`` message carries it); None when
+        session resume is off."""
+        if not self.config.session_ttl:
+            return None
+        return self.signer.issue(conn.id, conn.user_id)
+
+    def _save_session(self, conn: Connection) -> None:
+        """Keep the rooms of a closing connection and where their streams were for it."""
+        rooms: dict[str, Any] = {}
+        for name in conn.room_names():
+            room = self._rooms.get(name)
+            rooms[name] = [room.offset, room.epoch] if room is not None and room.epoch is not None else None
+        try:
+            self.broker.save_session(conn.id, record(conn.user_id, rooms), self.config.session_ttl)
+            self.sessions_saved += 1
+        except Exception:  # never in the way of a close
+            log.exception("fasthub: keeping the session of %s failed", conn.id)
+
+    def shared_secret(self, secret: bytes) -> None:
+        self.signer.share(secret)
+
+    def forget_join(self, conn_id: str, name: str) -> None:
+        """Drop the ``on_joined`` callback of a join that failed or is no longer waited for."""
+        self._join_done.pop((conn_id, name), None)
+
+    def take_session(self, session_id: str) -> bytes | Awaitable[bytes | None] | None:
+        return self.broker.take_session(session_id)
+
+    def user_position(self, user_id: str) -> Position | Awaitable[Position] | None:
+        """The position of a user's stream of direct messages (None: not stored)."""
+        if self._stream_history(USER, user_id) is None:
+            return None
+        return self.broker.stream_top(USER, user_id)
+
+    def recover_user(self, conn: Connection, since: Position) -> dict[str, Any] | Awaitable[dict[str, Any]]:
+        """Send ``conn`` the direct messages of its user after ``since``; the answer says
+        ``recovered`` and where the user's stream is."""
+        user = conn.user_id
+        history = self._stream_history(USER, user)
+        if history is None:
+            return {"recovered": False, "reason": "no history"}
+        answer = self.broker.stream_recover(USER, user, since, self.config.recovery_max, history)
+        if not inspect.isawaitable(answer):
+            return self._user_recovered(conn, since, answer, [])
+        held = self._user_syncing.setdefault(user, {})
+        held[conn.id] = []
+        return self._recover_user_later(conn, since, answer)
+
+    async def _recover_user_later(self, conn: Connection, since: Position, answer: Any) -> dict[str, Any]:
+        try:
+            answer = await answer
+        except Exception as exc:
+            log.debug("fasthub: reading user %r's stream failed: %s", conn.user_id, exc)
+            answer = None
+        held_by = self._user_syncing.get(conn.user_id)
+        held = held_by.pop(conn.id, []) if held_by else []
+        if held_by is not None and not held_by:
+            del self._user_syncing[conn.user_id]
+        return self._user_recovered(conn, since, answer, held)
+
+    def _user_recovered(
+        self, conn: Connection, since: Position, answer: Any, held: list[tuple[int, Payload]]
+    ) -> dict[str, Any]:
+        last = since.offset
+        if isinstance(answer, Recovery) and answer.recovered:
+            for offset, payload in answer.payloads:
+                conn.send_payload(payload)
+                last = offset
+            for offset, payload in held:
+                if offset > last:
+                    conn.send_payload(payload)
+                    last = offset
+            return {"recovered": True, "offset": last, "epoch": answer.position.epoch}
+        for _, payload in held:
+            conn.send_payload(payload)
+        out: dict[str, Any] = {"recovered": False, "reason": answer.reason if answer is not None else "unavailable"}
+        if answer is not None:
+            out["offset"], out["epoch"] = answer.position.offset, answer.position.epoch
+        return out
 
     def is_registered(self, conn: Connection) -> bool:
         """Whether ``conn`` is still one of this hub's open connections."""
@@ -606,7 +699,13 @@ class Hub:
         return True
 
     def join_room(
-        self, conn_id: str, name: str, *, reply_id: Any = None, since: Position | tuple[int, str] | None = None
+        self,
+        conn_id: str,
+        name: str,
+        *,
+        reply_id: Any = None,
+        since: Position | tuple[int, str] | None = None,
+        on_joined: Callable[[dict[str, Any]], None] | None = None,
     ) -> Room:
         """Add a connection to a room (created if needed).
 
@@ -619,6 +718,8 @@ class Hub:
         """
         conn = self._conn(conn_id)
         room = self._rooms.get(name)
+        if on_joined is not None:
+            self._join_done[(conn.id, name)] = on_joined
         if room is not None and conn.id in room.member_map:
             pending = self._pending_joins.get((conn.id, name))
             if pending is not None:  # the first join's reply is still waiting: answer after it
@@ -973,6 +1074,10 @@ class Hub:
         if extra:
             payload.update(extra)
         conn.send_payload(self._system(payload, room.name, reply_id))
+        if self._join_done and action == "joined":
+            done = self._join_done.pop((conn.id, room.name), None)
+            if done is not None:
+                done(payload)
 
     def _member_event(self, action: str, room: Room, conn: Connection, members: int) -> Payload:
         payload = {
@@ -1016,6 +1121,7 @@ class Hub:
             "dropped": int(fanout.dropped),
             "slow_consumer_closes": self.slow_consumer_closes,
             "recoveries": self.recoveries,
+            "sessions_saved": self.sessions_saved,
             "recoveries_failed": self.recoveries_failed,
             "rate_limited": self.rate_limited + sum(c.refused for c in self._connections.values()),
             "connections_opened": self.connections_opened,

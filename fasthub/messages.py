@@ -180,7 +180,7 @@ def decode(data: bytes | str, max_depth: int = 32, max_metadata_bytes: int = 0) 
         raise EnvelopeError(ErrorCode.INVALID_MESSAGE, "timestamp must be a string", msg_id)
     since = obj.get("since")
     if since is not None:
-        since = _position(since, msg_id)
+        since = position(since, msg_id)
     ikey = obj.get("idempotency_key")
     if ikey is not None and (not isinstance(ikey, str) or not 0 < len(ikey) <= _MAX_ID_LENGTH):
         text = f"idempotency_key must be a string of 1-{_MAX_ID_LENGTH} characters"
@@ -198,7 +198,7 @@ def decode(data: bytes | str, max_depth: int = 32, max_metadata_bytes: int = 0) 
     )
 
 
-def _position(value: Any, msg_id: Any) -> tuple[int, str]:
+def position(value: Any, msg_id: Any = None) -> tuple[int, str]:
     """A client's stream position ``{"offset": N, "epoch": "E"}``."""
     if isinstance(value, dict):
         offset = value.get("offset")

@@ -78,8 +78,8 @@ class MemoryStream:
 
     __slots__ = ("entries", "epoch", "keys", "last_publish", "offset")
 
-    def __init__(self, now: float) -> None:
-        self.epoch = new_epoch()
+    def __init__(self, now: float, epoch: str) -> None:
+        self.epoch = epoch
         self.offset = 0
         self.entries: deque[tuple[int, float, Payload, str | None]] = deque()
         self.keys: dict[str, int] | None = None  # idempotency key -> offset, while the entry is kept
@@ -99,19 +99,37 @@ class MemoryStreams:
     History is bounded per stream by count and age (the caller passes both per append, so rooms
     can differ); a stream with no message kept and none published for ``meta_ttl`` seconds is
     forgotten (its next message starts a new epoch).
+
+    A stream that never had a message costs nothing: its position is offset 0 in this process's
+    epoch, which its first message keeps (so every user and room does not need an object).
+    A stream made again after being forgotten takes a random epoch of its own instead.
     """
 
     def __init__(self, meta_ttl: float = 86400.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.streams: dict[str, MemoryStream] = {}
         self.meta_ttl = meta_ttl
         self.clock = clock
+        self.epoch = new_epoch()  # of every stream made for the first time in this process
+        self.forgotten: set[str] = set()
         self.stored = 0  # messages appended, for stats
 
     def _stream(self, key: str, now: float) -> MemoryStream:
         stream = self.streams.get(key)
         if stream is None:
-            stream = self.streams[key] = MemoryStream(now)
+            if key in self.forgotten:
+                self.forgotten.discard(key)
+                epoch = new_epoch()
+            else:
+                epoch = self.epoch
+            stream = self.streams[key] = MemoryStream(now, epoch)
         return stream
+
+    def _position(self, key: str) -> Position:
+        stream = self.streams.get(key)
+        if stream is None and key not in self.forgotten:
+            return Position(0, self.epoch)
+        stream = self._stream(key, self.clock())
+        return Position(stream.offset, stream.epoch)
 
     def append(
         self, key: str, body: bytes, size: int, ttl: float, idempotency_key: str | None = None
@@ -140,26 +158,30 @@ class MemoryStreams:
         return Published(offset, stream.epoch), payload
 
     def top(self, key: str) -> Position:
-        """The stream's position now (a new stream starts at offset 0 with a new epoch)."""
-        stream = self._stream(key, self.clock())
-        return Position(stream.offset, stream.epoch)
+        """The stream's position now."""
+        return self._position(key)
 
     def read(self, key: str, since: Position, limit: int, size: int) -> Recovery:
         """The messages after ``since``, if the history still holds all of them and there are
         at most ``limit``."""
         now = self.clock()
-        stream = self._stream(key, now)
-        stream.prune(now, size)
-        position = Position(stream.offset, stream.epoch)
-        if since.epoch != stream.epoch:
+        stream = self.streams.get(key)
+        if stream is None:
+            position = self._position(key)
+            stream = self.streams.get(key)
+        if stream is not None:
+            stream.prune(now, size)
+            position = Position(stream.offset, stream.epoch)
+        if since.epoch != position.epoch:
             return Recovery(position, False, [], "epoch")
-        if since.offset > stream.offset:
+        if since.offset > position.offset:
             return Recovery(position, False, [], "offset")
-        missed = stream.offset - since.offset
+        missed = position.offset - since.offset
         if missed == 0:
             return Recovery(position, True, [])
         if missed > limit:
             return Recovery(position, False, [], "limit")
+        assert stream is not None  # missed > 0: it has had messages
         entries = stream.entries
         if not entries or entries[0][0] > since.offset + 1:
             return Recovery(position, False, [], "expired")
@@ -182,6 +204,11 @@ class MemoryStreams:
                 idle.append(key)
         for key in idle:
             del self.streams[key]
+        if idle:
+            if len(self.forgotten) + len(idle) > 100_000:  # bounded: start a new process epoch
+                self.forgotten.clear()
+                self.epoch = new_epoch()
+            self.forgotten.update(idle)
 
     def stats(self) -> dict[str, int]:
         kept = 0

@@ -247,3 +247,82 @@ def test_a_bad_position_gets_an_error_and_the_connection_stays(make_server: Any)
         assert (await joined(a, "r"))["offset"] == 0
 
     run(scenario())
+
+
+# -- session resume --------------------------------------------------------------------------------
+
+
+def test_a_session_comes_back_with_its_rooms_and_what_it_missed(make_server: Any) -> None:
+    server = make_server()
+
+    async def scenario() -> None:
+        pub = await connect(server, "user=pub")
+        await joined(pub, "r1")
+        await joined(pub, "r2")
+        bob = await connect(server, "user=bob")
+        first = bob.hello["payload"]
+        assert isinstance(first["session"], str) and first["stream"]["offset"] == 0
+        e1 = (await joined(bob, "r1"))["epoch"]
+        e2 = (await joined(bob, "r2"))["epoch"]
+        await pub.send({"type": "room_message", "room": "r1", "payload": "seen"})
+        assert (await room_messages(bob, 1))[0]["offset"] == 1
+        await bob.close()
+        await asyncio.sleep(0.1)
+        for i in range(3):
+            await pub.send({"type": "room_message", "room": "r1", "payload": i})
+        await pub.send({"type": "room_message", "room": "r2", "payload": "r2"})
+        server.call(server.hub.send_to_user_json, "bob", {"type": "notification", "payload": "while away"})
+        await room_messages(pub, 5)
+        bob = await connect(server, "user=bob")
+        await bob.send({"type": "resume", "id": "res", "payload": {
+            "token": first["session"],
+            "rooms": {"r1": {"offset": 1, "epoch": e1}, "r2": {"offset": 0, "epoch": e2}},
+            "user": first["stream"],
+        }})
+        got: list[dict[str, Any]] = []
+        while (msg := await bob.recv())["type"] != "system" or msg["payload"]["event"] != "resumed":
+            got.append(msg)
+        p = msg["payload"]
+        assert msg["id"] == "res" and p["resumed"] is True and p["session"] == first["connection_id"]
+        assert p["rooms"]["r1"]["recovered"] is True and p["rooms"]["r1"]["offset"] == 4
+        assert p["rooms"]["r2"]["recovered"] is True and p["rooms"]["r2"]["offset"] == 1
+        assert p["user"]["recovered"] is True and p["user"]["offset"] == 1
+        room_msgs = [(m["room"], m["offset"], m["payload"]) for m in got if m["type"] == "room_message"]
+        assert sorted(room_msgs) == [("r1", 2, 0), ("r1", 3, 1), ("r1", 4, 2), ("r2", 1, "r2")]
+        assert [m["payload"] for m in got if m["type"] == "notification"] == ["while away"]
+        # live again in both rooms
+        await pub.send({"type": "room_message", "room": "r2", "payload": "live"})
+        assert (await room_messages(bob, 1))[0]["offset"] == 2
+        # a session is taken once
+        again = await connect(server, "user=bob")
+        await again.send({"type": "resume", "id": 2, "payload": {"token": first["session"]}})
+        reply = await again.expect("system", id=2)
+        assert reply["payload"]["resumed"] is False and reply["payload"]["reason"] == "expired"
+
+    run(scenario())
+
+
+def test_a_bad_session_token_is_refused_and_the_connection_starts_fresh(make_server: Any) -> None:
+    server = make_server(HubConfig(session_ttl=0.3))
+
+    async def scenario() -> None:
+        alice = await connect(server, "user=alice")
+        token = alice.hello["payload"]["session"]
+        await joined(alice, "r")
+        await alice.close()
+        mallory = await connect(server, "user=mallory")
+        await mallory.send({"type": "resume", "id": 1, "payload": {"token": token}})
+        err = await mallory.error("invalid_session")
+        assert err["id"] == 1 and "another user" in err["payload"]["message"]
+        forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+        for bad in (forged, "x.y", 42, None):
+            await mallory.send({"type": "resume", "id": 2, "payload": {"token": bad}})
+            assert (await mallory.error("invalid_session"))["id"] == 2
+        await asyncio.sleep(0.5)  # older than session_ttl
+        alice = await connect(server, "user=alice")
+        await alice.send({"type": "resume", "id": 3, "payload": {"token": token}})
+        reply = await alice.expect("system", id=3)
+        assert reply["payload"]["resumed"] is False and reply["payload"]["reason"] == "expired"
+        assert (await joined(alice, "r"))["members"] == 1  # and it carries on as a fresh connection
+
+    run(scenario())

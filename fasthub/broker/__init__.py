@@ -52,6 +52,9 @@ class Node(Protocol):
     def node_stats(self) -> dict[str, Any]:
         """This node's counters for the cluster view (connections, users, rooms, rates, memory)."""
 
+    def shared_secret(self, secret: bytes) -> None:
+        """A key every node of the cluster shares (from Redis): sign reconnect tokens with it."""
+
     def streams_reconnected(self) -> None:
         """The broker reconnected: live messages may have been missed; check every room served."""
 
@@ -98,6 +101,13 @@ class Broker(Protocol):
         deliver it with its offset to every node, this one included (``Node.deliver_room`` /
         ``deliver_user``), in offset order. Offset assignment, storing and publishing are one
         atomic step, so history and live delivery always agree."""
+
+    def save_session(self, session_id: str, record: bytes, ttl: float) -> None:
+        """Keep a closed connection's session (``sessions.record``) for ``ttl`` seconds, where
+        every node can take it."""
+
+    def take_session(self, session_id: str) -> bytes | Awaitable[bytes | None] | None:
+        """The kept session, removed (a session is resumed once); None when gone."""
 
     def stream_top(self, kind: str, name: str) -> Position | Awaitable[Position]:
         """The stream's position now (a join's starting point)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from ..sessions import MemorySessions
 from ..streams import ROOM, MemoryStreams, Position, Published, Recovery
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ class LocalBroker:
     def __init__(self, meta_ttl: float | None = None) -> None:
         self.node: Node | None = None
         self.streams = MemoryStreams(meta_ttl if meta_ttl is not None else 86400.0)
+        self.sessions = MemorySessions()
         self._sweeper: asyncio.TimerHandle | None = None
         self._sweep_every = 5.0
 
@@ -43,6 +45,7 @@ class LocalBroker:
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         self.streams.sweep()
+        self.sessions.sweep()
         self._sweeper = loop.call_later(self._sweep_every, self._sweep, loop)
 
     async def close(self) -> None:
@@ -77,6 +80,12 @@ class LocalBroker:
             else:
                 published.delivered = node.deliver_user(name, payload, published.offset, published.epoch)
         return published
+
+    def save_session(self, session_id: str, record: bytes, ttl: float) -> None:
+        self.sessions.save(session_id, record, ttl)
+
+    def take_session(self, session_id: str) -> bytes | None:
+        return self.sessions.take(session_id)
 
     def stream_top(self, kind: str, name: str) -> Position:
         return self.streams.top(f"{kind}:{name}")

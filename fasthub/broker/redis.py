@@ -154,6 +154,7 @@ class RedisBroker:
         self._barrier_seq = 0
         self.meta_ttl = 86400
         self._connected_once = False
+        self._secret: bytes | None = None
         self._outage_logged = False
         # counters for /ws/stats
         self.published = 0
@@ -586,6 +587,25 @@ class RedisBroker:
             if fut is not None and not fut.done():
                 fut.set_exception(ConnectionError(f"the message could not be stored: {exc}"))
 
+    def _session_key(self, session_id: str) -> str:
+        return f"{self.prefix}:{{{self._partition(session_id)}}}:session:{session_id}"
+
+    def save_session(self, session_id: str, record: bytes, ttl: float) -> None:
+        if not self.up:
+            return  # lost with the outage: that client's resume starts fresh
+        self._out.append((False, "SET", self._session_key(session_id), record, "PX", max(1, int(ttl * 1000))))
+        if len(self._out) == 1:
+            self._wake_writer()
+
+    async def take_session(self, session_id: str) -> bytes | None:
+        link = self._link
+        if not self.up or link is None:
+            raise ConnectionError("the broker is not connected to Redis")
+        (answer,) = await link.execute([("GETDEL", self._session_key(session_id))])
+        if isinstance(answer, Exception):
+            raise answer
+        return answer if answer is None or isinstance(answer, bytes) else str(answer).encode()
+
     def stream_top(self, kind: str, name: str) -> Awaitable[Position]:
         return self._read(kind, name, None, 0, None)  # type: ignore[return-value]
 
@@ -890,17 +910,24 @@ class RedisBroker:
         link = self._link
         assert link is not None
         info = orjson.dumps({"node": me, "at": time.time(), **stats})
-        previous, _, _, _, members = await link.execute(
+        secret_key = f"{self.prefix}:session-secret"
+        previous, _, _, _, members, _, secret = await link.execute(
             [
                 ("SET", self._node_key(me), info, "PX", ttl_ms, "GET"),
                 ("PEXPIRE", self._node_key(me, ":rooms"), ttl_ms),
                 ("PEXPIRE", self._node_key(me, ":users"), ttl_ms),
                 ("SADD", self._nodes_key, me),
                 ("SMEMBERS", self._nodes_key),
+                ("SET", secret_key, os.urandom(32).hex(), "NX"),
+                ("GET", secret_key),
             ]
         )
         if isinstance(members, Exception):
             raise members
+        if isinstance(secret, bytes) and secret != self._secret and self.node is not None:
+            # every node signs reconnect tokens with the same key, so a session resumes anywhere
+            self._secret = secret
+            self.node.shared_secret(secret)
         if previous is None and self.up:
             self._rewrite_state()  # our keys had expired
         live = await self._alive([m for m in members if m != self._node_b])

@@ -29,6 +29,7 @@ from ..dispatch import Dispatcher, MessageHandler, RoomHooks, UserHook, room_hoo
 from ..exceptions import Denied
 from ..hub import Hub
 from ..messages import system_envelope
+from ..streams import Position
 from .asgi_sink import AsgiSink
 from .handshake import UpgradeRequest, denial_body
 from .types import Receive, Scope, Send
@@ -201,6 +202,12 @@ class FasthubApp:
                         if refused is not None:
                             await self._deny(scope, send, refused.status, refused.reason)
                             return
+        stream = None
+        if user_id is not None:  # where the user's stream of direct messages is (``connected``)
+            try:
+                stream = await _resolve(hub.user_position(str(user_id)))
+            except Exception as exc:
+                log.debug("fasthub: reading the user's stream position failed: %s", exc)
         subprotocol = _subprotocol(scope.get("subprotocols") or ())
         fast = scope.get("extensions", {}).get("fasthub.transport")
         if fast is not None:
@@ -209,7 +216,7 @@ class FasthubApp:
             protocol = fast["protocol"]
             conn = hub.register(protocol, user_id, scope)
             protocol.open_hub(conn, self.dispatcher, self._on_lost, subprotocol)  # the 101 goes first
-            self.hello(conn, identity)
+            self.hello(conn, identity, stream)
             await self.connected(conn)
             return
         accept: dict[str, Any] = {"type": "websocket.accept"}
@@ -218,7 +225,7 @@ class FasthubApp:
         await send(accept)
         sink = AsgiSink(send, loop, asyncio.current_task())
         conn = hub.register(sink, user_id, scope)
-        self.hello(conn, identity)
+        self.hello(conn, identity, stream)
         writer = loop.create_task(sink.run_writer())
         try:
             await self.connected(conn)
@@ -291,11 +298,19 @@ class FasthubApp:
             return Denied(403, "origin not allowed")
         return self.hub.admit(scope)
 
-    def hello(self, conn: Connection, identity: Identity | None) -> None:
-        """The credential's expiry, then the ``connected`` message (after the 101 on the fast path)."""
+    def hello(self, conn: Connection, identity: Identity | None, stream: Position | None = None) -> None:
+        """The credential's expiry, then the ``connected`` message (after the 101 on the fast path):
+        the connection and user ids, the reconnect token (``session``) and, for a user with a
+        stream of direct messages, where it is (``stream``)."""
         if identity is not None and identity.expires_at is not None:
             self.hub.set_expiry(conn, identity.expires_at)
-        conn.send_json(system_envelope({"event": "connected", "connection_id": conn.id, "user_id": conn.user_id}))
+        hello: dict[str, Any] = {"event": "connected", "connection_id": conn.id, "user_id": conn.user_id}
+        token = self.hub.session_token(conn)
+        if token is not None:
+            hello["session"] = token
+        if stream is not None:
+            hello["stream"] = {"offset": stream.offset, "epoch": stream.epoch}
+        conn.send_json(system_envelope(hello))
 
     async def connected(self, conn: Connection) -> None:
         """Run ``on_connect``; then let go of the scope unless ``HubConfig.keep_scope``."""
