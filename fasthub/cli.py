@@ -41,6 +41,26 @@ def _parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-connections-per-user", type=int, help="connections per user, 429 above (default 100)")
     limits.add_argument("--connect-rate-per-ip", type=float, help="new connections/s per IP, 429 above (default 0)")
     limits.add_argument("--handshake-timeout", type=float, help="seconds to send the upgrade request (default 10)")
+    history = serve.add_argument_group("history and recovery (docs/recovery.md)")
+    history.add_argument(
+        "--history-size", type=int, help="messages kept per room and user stream (default 100; 0: off)"
+    )
+    history.add_argument("--history-ttl", type=float, help="seconds a stored message is kept (default 300)")
+    history.add_argument(
+        "--room-history",
+        action="append",
+        metavar="PATTERN=SIZE[,TTL]",
+        help="history of the rooms matching PATTERN (fnmatch; first match wins; SIZE 0: off); repeatable",
+    )
+    history.add_argument("--recovery-max", type=int, help="most messages one recovery sends (default 300)")
+    history.add_argument(
+        "--session-ttl", type=float, help="seconds a closed session can be resumed (default 120; 0: off)"
+    )
+    history.add_argument(
+        "--session-secret",
+        help="key that signs reconnect tokens (or env FASTHUB_SESSION_SECRET; default: shared through Redis, "
+        "else random per process)",
+    )
     auth = serve.add_argument_group("authentication and access")
     auth.add_argument("--jwt-secret", help="verify HS256 JWTs with this secret (or env FASTHUB_JWT_SECRET)")
     auth.add_argument("--jwt-public-key", metavar="FILE", help="verify RS256/ES256 JWTs with this PEM public key")
@@ -173,6 +193,18 @@ def _worker_argv(argv: Sequence[str]) -> list[str]:
     return [*out, "--workers", "1", "--reuse-port"]
 
 
+def _room_history(rule: str, default_ttl: float | None) -> tuple[str, int, float]:
+    """``PATTERN=SIZE[,TTL]`` of ``--room-history``."""
+    pattern, sep, value = rule.rpartition("=")
+    size, _, ttl = value.partition(",")
+    try:
+        if not sep or not pattern:
+            raise ValueError
+        return pattern, int(size), float(ttl) if ttl else (default_ttl if default_ttl is not None else 300.0)
+    except ValueError:
+        raise ValueError(f"--room-history {rule!r}: expected PATTERN=SIZE or PATTERN=SIZE,TTL") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
@@ -196,10 +228,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "max_connections_per_user": args.max_connections_per_user,
                 "connect_rate_per_ip": args.connect_rate_per_ip,
                 "handshake_timeout": args.handshake_timeout,
+                "history_size": args.history_size,
+                "history_ttl": args.history_ttl,
+                "recovery_max": args.recovery_max,
+                "session_ttl": args.session_ttl,
+                "session_secret": args.session_secret or os.environ.get("FASTHUB_SESSION_SECRET") or None,
             }.items()
             if value is not None
         }
         try:
+            if args.room_history:
+                overrides["room_history"] = tuple(_room_history(rule, args.history_ttl) for rule in args.room_history)
             config = HubConfig(**overrides)
         except ValueError as exc:
             print(f"fasthub: {exc}", file=sys.stderr)

@@ -96,6 +96,67 @@ def test_serve_refuses_invalid_settings() -> None:
     assert b"ping_interval" in out.stderr
 
 
+def test_serve_history_and_session_options() -> None:
+    """--history-size, --room-history, --recovery-max, --session-ttl and --session-secret do
+    what they say, seen from a client."""
+    args = ["--history-size", "3", "--room-history", "live:*=0", "--recovery-max", "2", "--session-ttl", "30"]
+
+    async def recv(ws: Any) -> Any:
+        return json.loads(await asyncio.wait_for(ws.recv(), 3))
+
+    async def until(ws: Any, rid: Any) -> Any:
+        while (msg := await recv(ws)).get("id") != rid:
+            pass
+        return msg
+
+    with fasthub_serve(*args, "--session-secret", "s3cret") as port, fasthub_serve("--session-secret", "s3cret") as other:
+
+        async def scenario() -> str:
+            async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:
+                token = (await recv(ws))["payload"]["session"]
+                await ws.send(json.dumps({"type": "join_room", "room": "live:1", "id": "live"}))
+                assert "epoch" not in (await until(ws, "live"))["payload"]  # no history there
+                await ws.send(json.dumps({"type": "join_room", "room": "r", "id": "j"}))
+                epoch = (await until(ws, "j"))["payload"]["epoch"]
+                for i in range(5):
+                    await ws.send(json.dumps({"type": "room_message", "room": "r", "payload": i, "id": i}))
+                await until(ws, 4)
+                # only 3 kept, at most 2 sent: 2 missed recover, 3 do not
+                for since, rid, recovered in ((3, "a", True), (2, "b", False), (0, "c", False)):
+                    await ws.send(json.dumps({"type": "leave_room", "room": "r", "id": f"l{rid}"}))
+                    await until(ws, f"l{rid}")
+                    join = {"type": "join_room", "room": "r", "id": rid, "since": {"offset": since, "epoch": epoch}}
+                    await ws.send(json.dumps(join))
+                    assert (await until(ws, rid))["payload"]["recovered"] is recovered
+            return str(token)
+
+        token = run(scenario())
+
+        async def elsewhere() -> None:
+            # the same --session-secret: the token verifies on another server (its session is not there)
+            async with websockets.connect(f"ws://127.0.0.1:{other}/ws") as ws:
+                await recv(ws)
+                await ws.send(json.dumps({"type": "resume", "id": 1, "payload": {"token": token}}))
+                reply = await until(ws, 1)
+                assert reply["type"] == "system" and reply["payload"]["reason"] == "expired"
+
+        run(elsewhere())
+    with fasthub_serve() as port:
+
+        async def unknown_key() -> None:
+            async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:
+                await recv(ws)
+                await ws.send(json.dumps({"type": "resume", "id": 1, "payload": {"token": token}}))
+                reply = await until(ws, 1)
+                assert reply["type"] == "error" and reply["payload"]["code"] == "invalid_session"
+
+        run(unknown_key())
+    out = subprocess.run(
+        [sys.executable, "-m", "fasthub", "serve", "--room-history", "nonsense"], capture_output=True, timeout=30
+    )
+    assert out.returncode == 2 and b"--room-history" in out.stderr
+
+
 # Distribution name -> the modules whose import (anywhere in the package) shows it is used.
 # httptools is imported through uvicorn's httptools protocol, which fasthub.server.http subclasses.
 DIST_MODULES = {
