@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from fasthub import HubConfig
-from tests.conftest import CLUSTER_KIND, Client, Server, connect, run
+from tests.conftest import CLUSTER_KIND, Client, connect, run
 
 
 @pytest.fixture(params=[pytest.param(("fasthub", False), id="local"), CLUSTER_KIND])
@@ -162,7 +162,7 @@ def test_what_cannot_be_recovered_says_so(make_server: Any) -> None:
             ({"offset": 11, "epoch": epoch}, "offset"),  # a position the stream never had
         ]
         for n, (since, reason) in enumerate(cases):
-            reply = await joined(b, f"r", since, rid=n)
+            reply = await joined(b, "r", since, rid=n)
             assert reply["recovered"] is False and reply["reason"] == reason, reply
             assert (reply["offset"], reply["epoch"]) == (10, epoch) and b.before == []
             await b.send({"type": "leave_room", "room": "r", "id": f"l{n}"})

@@ -24,8 +24,8 @@ from redisproc import RedisCluster, free_port, redis_binary
 
 from fasthub.broker.redis import RedisBroker
 from tests.conftest import Client, connect, run
-from tests.test_cluster_faults import EPHEMERAL
 from tests.test_cluster import cluster, get_stats, wait_for
+from tests.test_cluster_faults import EPHEMERAL
 
 
 @pytest.fixture(scope="module")
