@@ -109,7 +109,10 @@ def test_serve_history_and_session_options() -> None:
             pass
         return msg
 
-    with fasthub_serve(*args, "--session-secret", "s3cret") as port, fasthub_serve("--session-secret", "s3cret") as other:
+    with (
+        fasthub_serve(*args, "--session-secret", "s3cret") as port,
+        fasthub_serve("--session-secret", "s3cret") as other,
+    ):
 
         async def scenario() -> str:
             async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:

@@ -30,7 +30,8 @@ def test_room_message_reaches_every_member_encoded_once() -> None:
         a.send({"type": "room_message", "room": "r", "payload": {"n": 1}, "id": 7})
         got_a, got_b = a.received(), b.received()
         assert got_a[:1] == got_b and len(got_b) == 1
-        assert got_a[1] == {"type": "ack", "id": 7, "room": "r", "payload": {"offset": 1, "epoch": got_a[1]["payload"]["epoch"]}}
+        epoch = got_a[1]["payload"]["epoch"]
+        assert got_a[1] == {"type": "ack", "id": 7, "room": "r", "payload": {"offset": 1, "epoch": epoch}}
         msg = got_a[0]
         fields = (msg["type"], msg["from"], msg["payload"], msg["id"], msg["room"])
         assert fields == ("room_message", "a", {"n": 1}, 7, "r")
