@@ -353,6 +353,13 @@ class Hub:
         except Exception:  # never in the way of a close
             log.exception("fasthub: keeping the session of %s failed", conn.id)
 
+    def probe_connection(self, user_id: str | None, scope: Any = None) -> Connection:
+        """A connection object that is not registered (no socket), for asking access hooks about
+        an HTTP request (``/ws/history``)."""
+        conn = Connection(self.fanout, "http-" + _ids.next(), user_id, 1024, False, scope, user_id is None, 0.0)
+        conn.closing = True
+        return conn
+
     def shared_secret(self, secret: bytes) -> None:
         self.signer.share(secret)
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from fasthub import HubConfig
-from tests.conftest import CLUSTER_KIND, Client, connect, run
+from tests.conftest import CLUSTER_KIND, Client, connect, query_user, run
 
 
 @pytest.fixture(params=[pytest.param(("fasthub", False), id="local"), CLUSTER_KIND])
@@ -326,3 +326,48 @@ def test_a_bad_session_token_is_refused_and_the_connection_starts_fresh(make_ser
         assert (await joined(alice, "r"))["members"] == 1  # and it carries on as a fresh connection
 
     run(scenario())
+
+
+# -- GET /ws/history -------------------------------------------------------------------------------
+
+
+def test_the_history_endpoint_serves_what_a_join_would_recover(make_server: Any) -> None:
+    import httpx
+
+    from fasthub.exceptions import Denied
+
+    def auth(scope: Any) -> str:
+        user = query_user(scope)
+        if user is None:
+            raise Denied(401, "who are you?")
+        return user
+
+    server = make_server(HubConfig(history_size=10), authenticate=auth, can_join={"secret": False, "*": True})
+
+    async def scenario() -> None:
+        a = await connect(server, "user=a")
+        (await joined(a, "r"))["epoch"]
+        for i in range(15):
+            await a.send({"type": "room_message", "room": "r", "payload": i})
+        await room_messages(a, 15)
+
+    run(scenario())
+    base = f"{server.http}/ws/history"
+    got = httpx.get(base, params={"room": "r", "since": 12, "user": "a"}).json()
+    assert got["recovered"] is True and got["offset"] == 15
+    assert [(m["offset"], m["payload"]) for m in got["messages"]] == [(13, 12), (14, 13), (15, 14)]
+    epoch = got["epoch"]
+    # without since: the last `limit` that the history still holds
+    tail = httpx.get(base, params={"room": "r", "limit": 4, "user": "a"}).json()
+    assert [m["offset"] for m in tail["messages"]] == [12, 13, 14, 15]
+    whole = httpx.get(base, params={"room": "r", "user": "a"}).json()
+    assert [m["offset"] for m in whole["messages"]] == list(range(6, 16))  # 10 kept
+    old = httpx.get(base, params={"room": "r", "since": 2, "user": "a"}).json()
+    assert old["recovered"] is False and old["reason"] == "expired" and old["messages"] == []
+    other = httpx.get(base, params={"room": "r", "since": 2, "epoch": "other", "user": "a"}).json()
+    assert other["reason"] == "epoch" and other["epoch"] == epoch
+    assert httpx.get(base, params={"room": "r", "since": 12}).status_code == 401  # authenticated like /ws
+    assert httpx.get(base, params={"room": "secret", "user": "a"}).status_code == 403  # and can_join
+    assert httpx.get(base, params={"room": "", "user": "a"}).status_code == 400
+    assert httpx.get(base, params={"room": "r", "since": -1, "user": "a"}).status_code == 400
+    assert httpx.get(base, params={"room": "r", "limit": 100000, "user": "a"}).status_code == 400

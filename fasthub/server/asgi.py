@@ -20,6 +20,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from importlib import resources
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
 
@@ -103,6 +104,7 @@ class FasthubApp:
         demo: bool = True,
         allowed_origins: Iterable[str] | None = None,
         stats_token: str | None = None,
+        history_path: str | None = "/ws/history",
     ) -> None:
         self.hub = hub
         verify = getattr(authenticate, "verify", None)
@@ -123,6 +125,7 @@ class FasthubApp:
         self._ws_raw_path = ws_path.encode()
         self._on_lost = self.disconnected  # one bound method shared by every connection (64 bytes each)
         self.stats_path = stats_path
+        self.history_path = history_path
         self.demo = demo
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -398,6 +401,8 @@ class FasthubApp:
                 b"application/json",
                 [(b"cache-control", b"no-store")],
             )
+        elif self.history_path is not None and path == self.history_path:
+            await self._history(scope, send)
         elif self.demo and path in ("/", "/index.html"):
             root = html.escape(scope.get("root_path", ""), quote=True)
             page = (_static(_DEMO_PAGE) or b"").replace(b"{{FASTHUB_ROOT}}", root.encode())
@@ -407,6 +412,81 @@ class FasthubApp:
             await _respond(send, 200, data, content_type, [(b"cache-control", b"no-cache")])
         else:
             await _respond(send, 404, b"not found", b"text/plain")
+
+
+    async def _history(self, scope: Scope, send: Send) -> None:
+        """A room's stored messages over HTTP, for clients that load before they connect.
+
+        ``since`` (with ``epoch``, default the room's) returns what came after it, as a join with
+        that position would; without it, the last ``limit`` messages (default ``recovery_max``).
+        The answer: ``{room, epoch, offset, recovered, reason?, messages: [envelopes]}``.
+        """
+        hub = self.hub
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        room = (query.get("room") or [""])[0]
+        if not hub.config.valid_room_name(room):
+            await _respond(send, 400, b'{"error":"room: a valid room name is required"}', b"application/json")
+            return
+        try:
+            since = int(query["since"][0]) if "since" in query else None
+            limit = int(query["limit"][0]) if "limit" in query else hub.config.recovery_max
+            if (since is not None and since < 0) or not 0 < limit <= hub.config.recovery_max:
+                raise ValueError
+        except ValueError:
+            text = f'{{"error":"since: an offset >= 0; limit: 1-{hub.config.recovery_max}"}}'.encode()
+            await _respond(send, 400, text, b"application/json")
+            return
+        user_id: Any = None
+        if self.authenticate is not None:
+            try:
+                user_id = await _resolve(self.authenticate(scope))
+            except Denied as exc:
+                await _respond(send, exc.status, denial_body(exc.status, exc.reason), b"application/json")
+                return
+            if isinstance(user_id, Identity):
+                user_id = user_id.user_id
+        hook = self.dispatcher.can_join
+        if hook is not None:
+            probe = hub.probe_connection(None if user_id is None else str(user_id), scope)
+            if not await _resolve(hook(probe, room)):
+                await _respond(send, 403, b'{"error":"not allowed to read this room"}', b"application/json")
+                return
+        try:
+            answer = await _resolve(hub.room_position(room))
+            if answer is None:
+                await _respond(send, 404, b'{"error":"this room keeps no history"}', b"application/json")
+                return
+            epoch = (query.get("epoch") or [answer.epoch])[0]
+            if since is not None:
+                recovery = await _resolve(hub.room_history(room, Position(since, epoch), limit))
+            else:  # the last ``limit``, as far back as the history still reaches (a binary search)
+                top = answer.offset
+                want = min(limit, top)
+                recovery = await _resolve(hub.room_history(room, Position(top - want, epoch), limit))
+                if not recovery.recovered:
+                    low, high = 0, want  # ``low`` back is there (0: nothing), ``high`` back is not
+                    recovery = await _resolve(hub.room_history(room, Position(top, epoch), limit))
+                    while high - low > 1:
+                        mid = (low + high) // 2
+                        probe = await _resolve(hub.room_history(room, Position(top - mid, epoch), limit))
+                        if probe.recovered:
+                            low, recovery = mid, probe
+                        else:
+                            high = mid
+        except Exception as exc:
+            log.debug("fasthub: history of %r failed: %s", room, exc)
+            await _respond(send, 503, b'{"error":"the history cannot be read now"}', b"application/json")
+            return
+        head: dict[str, Any] = {
+            "room": room,
+            "epoch": recovery.position.epoch,
+            "offset": recovery.position.offset,
+            "recovered": recovery.recovered,
+        }
+        if not recovery.recovered:
+            head["reason"] = recovery.reason
+        body = orjson.dumps(head)[:-1] + b',"messages":[' + b",".join(p.data for _, p in recovery.payloads) + b"]}"
+        await _respond(send, 200, body, b"application/json", [(b"cache-control", b"no-store")])
 
 
 _static_cache: dict[str, bytes] = {}
@@ -460,6 +540,7 @@ def create_app(
     demo: bool = True,
     allowed_origins: Iterable[str] | None = None,
     stats_token: str | None = None,
+    history_path: str | None = "/ws/history",
 ) -> FasthubApp:
     """A raw ASGI app serving ``hub`` (a new one with default config if omitted).
 
@@ -481,6 +562,8 @@ def create_app(
         demo: serve the demo page at ``/``.
         allowed_origins: ``Origin`` allow-list (patterns); other origins get 403.
         stats_token: require ``Authorization: Bearer <token>`` (or ``?token=``) for the stats.
+        history_path: ``GET <history_path>?room=R[&since=N&epoch=E&limit=K]``: a room's stored
+            messages, authenticated like the socket and allowed by ``can_join`` (None disables).
     """
     return FasthubApp(
         hub if hub is not None else Hub(),
@@ -496,4 +579,5 @@ def create_app(
         demo=demo,
         allowed_origins=allowed_origins,
         stats_token=stats_token,
+        history_path=history_path,
     )
