@@ -71,6 +71,10 @@ class HubConfig:
     handshake_timeout: float = 10.0
     #: Largest request line plus headers of the upgrade request (HTTP 431 above it).
     max_request_size: int = 16 * 1024
+    #: Flow control: a client that publishes to a room whose members hold more than this
+    #: fraction of ``send_buffer_size`` is not read (TCP slows it) until they drain, so members
+    #: that read steadily keep up instead of being closed as slow consumers (0: off).
+    publish_watermark: float = 0.5
     #: Messages kept per room stream and per user stream, so clients can recover what they
     #: missed (0: no history; messages then carry no offset).
     history_size: int = 100
@@ -147,6 +151,8 @@ class HubConfig:
                 f"HubConfig.ping_interval ({self.ping_interval}) must be shorter than pong_timeout "
                 f"({self.pong_timeout}), or a healthy idle client would be dropped before it is pinged"
             )
+        if not isinstance(self.publish_watermark, (int, float)) or not 0 <= self.publish_watermark < 1:
+            raise ValueError(f"HubConfig.publish_watermark must be in [0, 1), got {self.publish_watermark!r}")
         if self.slow_consumer not in ("close", "drop"):
             raise ValueError(f"HubConfig.slow_consumer must be 'close' or 'drop', got {self.slow_consumer!r}")
         if self.send_buffer_size < self.max_message_size:

@@ -48,6 +48,14 @@ UserHook = Callable[[Connection, str], "Awaitable[bool] | bool"]
 RoomHooks = AccessHook | Mapping[str, "AccessHook | bool"]
 _Step = Callable[[], "Awaitable[None] | None"]
 
+class Pause(float):
+    """``Dispatcher.receive``'s answer "stop reading this connection this many seconds, then go
+    on" (flow control); the later messages of the same read wait too."""
+
+
+#: the flow-control pause: short, looked at again after it (a room drains in a few ticks)
+PAUSE = Pause(0.005)
+
 SERVER_ONLY = frozenset({MessageType.ERROR.value, MessageType.SYSTEM.value, MessageType.ACK.value})
 
 
@@ -93,7 +101,7 @@ class Dispatcher:
         self.can_join = can_join
         self.can_publish = can_publish
         self.can_message = can_message
-        self._builtins: dict[str, Callable[[Connection, Message], Awaitable[None] | None]] = {
+        self._builtins: dict[str, Callable[[Connection, Message], Awaitable[None] | Pause | None]] = {
             MessageType.PING.value: self._ping,
             MessageType.PONG.value: self._pong,
             MessageType.JOIN_ROOM.value: self._join_room,
@@ -159,14 +167,16 @@ class Dispatcher:
         if taken is True or msg.type not in self._builtins:
             return
         rest = self._builtin(conn, msg)
-        if rest is not None:
+        if isinstance(rest, Pause):
+            await asyncio.sleep(rest)  # flow control, inside the handler's turn
+        elif rest is not None:
             await rest
 
     def _handler_failed(self, conn: Connection, msg: Message) -> None:
         log.exception("fasthub: on_message raised for %r", msg.type)
         conn.send_json(error_envelope(ErrorCode.INTERNAL_ERROR, "the message handler failed", msg.id))
 
-    def _builtin(self, conn: Connection, msg: Message) -> Awaitable[None] | None:
+    def _builtin(self, conn: Connection, msg: Message) -> Awaitable[None] | Pause | None:
         builtin = self._builtins.get(msg.type)
         if builtin is None:
             if msg.type in SERVER_ONLY:
@@ -274,7 +284,7 @@ class Dispatcher:
         if not self.hub.leave_room(conn.id, room, reply_id=msg.id):
             raise EnvelopeError(ErrorCode.NOT_MEMBER, f"not a member of {room!r}")
 
-    def _room_message(self, conn: Connection, msg: Message) -> Awaitable[None] | None:
+    def _room_message(self, conn: Connection, msg: Message) -> Awaitable[None] | Pause | None:
         name = msg.room
         # the ingress hot path: one room lookup, which also spares validating a known name
         room = self.rooms.get(name) if name is not None else None
@@ -284,11 +294,16 @@ class Dispatcher:
             if room is None or conn.id not in room.member_map:
                 raise EnvelopeError(ErrorCode.NOT_MEMBER, f"join {name!r} before sending to it")
             self._store(conn, msg, ROOM, name)  # type: ignore[arg-type]
+            if room.congested and self.hub.room_congested(name):  # type: ignore[arg-type]
+                return PAUSE  # flow control: stop reading this publisher while the room drains
             return None
         assert name is not None
 
-        def publish() -> None:
+        def publish() -> Awaitable[None] | None:
             self._store(conn, msg, ROOM, name)
+            if self.hub.room_congested(name):
+                return self.hub.wait_room_drained(name, self.hub.config.write_timeout)  # type: ignore[return-value]
+            return None
 
         denied = EnvelopeError(ErrorCode.FORBIDDEN, f"not allowed to publish to {name!r}")
         return self._gate(conn, msg, self.can_publish(conn, name), publish, denied)

@@ -126,6 +126,7 @@ class Hub:
         #: name -> room, read only (the dispatcher's one lookup per room message); the hub changes it
         self.room_map: Mapping[str, Room] = self._rooms
         self.fanout = Fanout(None, self, self._slow_consumer)
+        self.fanout.soft_limit = int(self.config.send_buffer_size * self.config.publish_watermark)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._started_wall = time.time()
@@ -468,7 +469,11 @@ class Hub:
         if exclude is not None:
             exclude = _exclude_set(exclude)
         room = self._rooms.get(name)  # deliver_room, inline: this is every room message's path
-        count = self._deliver(room.member_map, payload, exclude) if room is not None and room.member_map else 0
+        count = 0
+        if room is not None and room.member_map:
+            before = self.fanout.congested
+            count = self._deliver(room.member_map, payload, exclude)
+            room.congested = self.fanout.congested != before
         if self._remote is not None:
             self._remote.publish_room(name, payload, exclude)
         return count
@@ -510,7 +515,33 @@ class Hub:
             room.epoch = epoch
             if room.syncing:
                 exclude = _hold_back(room.syncing, offset, payload, exclude)
-        return self._deliver(room.member_map, payload, exclude)
+        before = self.fanout.congested
+        count = self._deliver(room.member_map, payload, exclude)
+        room.congested = self.fanout.congested != before
+        return count
+
+    def room_congested(self, name: str) -> bool:
+        """Whether a member of ``name`` on this node holds more than the publish watermark
+        (``HubConfig.publish_watermark``): publishers to it are slowed until it drains."""
+        room = self._rooms.get(name)
+        if room is None or not room.congested:
+            return False
+        limit = self.fanout.soft_limit
+        for conn in room.member_map.values():  # only while the last delivery said so
+            if conn.size() > limit:
+                return True
+        room.congested = False
+        return False
+
+    async def wait_room_drained(self, name: str, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+        """Wait until no member of ``name`` here is over the publish watermark (False: timed out)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while self.room_congested(name):
+            if deadline is not None and loop.time() >= deadline:
+                return False
+            await asyncio.sleep(FLOW_PAUSE)
+        return True
 
     def deliver_user(self, user_id: str, payload: Payload, offset: int = 0, epoch: str | None = None) -> int:
         """Local delivery to this process's connections of a user."""
@@ -1049,16 +1080,19 @@ class Hub:
     async def publish_to_room(
         self, name: str, obj: dict[str, Any], *, exclude: Exclude = None, idempotency_key: str | None = None
     ) -> Published | None:
-        """Store ``obj`` in the room's history and send it to the members on every node.
+        """Store ``obj`` in the room's history and send it to the members on every node; first
+        wait while a member here is over the publish watermark (flow control: a loop of these
+        goes at the pace of the members that read, instead of closing them as slow consumers).
 
         Returns its position once stored (None when the room keeps no history). A repeated
         ``idempotency_key`` within the history window is not sent again and returns the first
         publish's position with ``duplicate=True``.
         """
+        await self.wait_room_drained(name)
         result = self.publish_stored(ROOM, name, _body(obj), exclude, idempotency_key)
-        if result is None or isinstance(result, Published):
-            return result
-        return await result
+        if result is not None and not isinstance(result, Published):
+            result = await result
+        return result
 
     def broadcast_to_room_bytes(self, name: str, data: bytes, exclude: Exclude = None) -> int:
         return self.publish_room(name, Payload(KIND_BINARY, bytes(data)), exclude)
@@ -1184,6 +1218,8 @@ class Hub:
 
 
 _background: set[asyncio.Future[Any]] = set()
+#: seconds a publisher to a congested room waits before it is looked at again
+FLOW_PAUSE = 0.005
 
 
 def _position_fields(position: Position | None) -> dict[str, Any] | None:

@@ -17,7 +17,7 @@ class Room:
     cannot grow the room table without bound.
     """
 
-    __slots__ = ("epoch", "member_map", "metadata", "name", "offset", "persistent", "syncing")
+    __slots__ = ("congested", "epoch", "member_map", "metadata", "name", "offset", "persistent", "syncing")
 
     def __init__(self, name: str, metadata: dict[str, Any] | None = None, persistent: bool = False) -> None:
         self.name = name
@@ -31,6 +31,8 @@ class Room:
         #: connection id -> stored messages held back from a member whose join is still reading
         #: the room's history (``Hub.join_room`` with a broker that answers later); else None
         self.syncing: dict[str, list[tuple[int, Any]]] | None = None
+        #: the last delivery left a member over the publish watermark (``Hub.room_congested``)
+        self.congested = False
 
     @property
     def members(self) -> list[str]:

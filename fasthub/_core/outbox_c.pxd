@@ -57,6 +57,8 @@ cdef class Fanout:
     cdef public long long delivered
     cdef public long long dropped
     cdef public long long bytes_out
+    cdef public Py_ssize_t soft_limit
+    cdef public long long congested
     cpdef mark(self, Outbox ob)
     cpdef int push(self, Outbox ob, Payload p)
     @cython.locals(count=Py_ssize_t, ob=Outbox, overflow=list)

@@ -233,6 +233,10 @@ class Fanout:
         self.delivered = 0
         self.dropped = 0
         self.bytes_out = 0  # payload bytes queued for delivery
+        # flow control: pushes that left an outbox holding more than ``soft_limit`` bytes
+        # (0: not counted); the hub slows the publisher of a room whose members are over it
+        self.soft_limit = 0
+        self.congested = 0
 
     def mark(self, ob: Outbox) -> None:
         ob.scheduled = True
@@ -279,6 +283,8 @@ class Fanout:
         if r == _QUEUED:
             if not ob.scheduled:
                 self.mark(ob)
+            if self.soft_limit and ob.pending + ob.inflight + ob.buffered > self.soft_limit:
+                self.congested += 1
             return 1
         if r == _DROPPED:
             self.dropped += 1

@@ -26,7 +26,7 @@ import orjson
 
 from ..auth import SUBPROTOCOL, Identity, OriginPolicy, token_from_scope
 from ..connection import Connection
-from ..dispatch import Dispatcher, MessageHandler, RoomHooks, UserHook, room_hook
+from ..dispatch import Dispatcher, MessageHandler, Pause, RoomHooks, UserHook, room_hook
 from ..exceptions import Denied
 from ..hub import Hub
 from ..messages import system_envelope
@@ -356,8 +356,12 @@ class FasthubApp:
                 else:
                     result = pipeline(conn, message.get("bytes") or b"", True, now)
                 # a rate-limit refusal (a float) needs no pause here: a client that stays over
-                # piles up strikes and is closed, as on the fast path
-                if result is not None and result.__class__ is not float:
+                # piles up strikes and is closed, as on the fast path; flow control pauses
+                if result is None or result.__class__ is float:
+                    continue
+                if result.__class__ is Pause:
+                    await asyncio.sleep(result)
+                else:
                     await result  # type: ignore[misc]
             elif kind == "websocket.disconnect":
                 if conn.close_code is None:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._core import KIND_CLOSE, KIND_RAW, Payload
 from .._wire import OP_BINARY, OP_CLOSE, OP_TEXT, OPEN, ServerProtocol, build_frame
+from ..dispatch import Pause
 from . import handshake
 from .uvicorn import Shared
 
@@ -438,6 +439,12 @@ class HubProtocol(asyncio.Protocol):
                 if result.__class__ is float:  # refused by the rate limit: stop reading a while
                     self._pause_for(result)
                     continue
+                if result.__class__ is Pause:  # flow control: the rest waits until the room drains
+                    self.backlog = collections.deque(events[i + 1 :])
+                    self.hold_reading()
+                    if self.rate_timer is None:
+                        self.rate_timer = self.loop.call_later(result, self._rate_resume)
+                    return
                 # an async handler: later messages wait for it, reading pauses meanwhile
                 self.backlog = collections.deque(events[i + 1 :])
                 self.busy = self.loop.create_task(self._finish(result))
@@ -482,7 +489,10 @@ class HubProtocol(asyncio.Protocol):
 
     def _rate_resume(self) -> None:
         self.rate_timer = None
-        self._maybe_resume_reading()
+        if self.backlog is not None and self.busy is None:
+            self._drain_backlog()  # a flow-control pause kept the rest of a read
+        else:
+            self._maybe_resume_reading()
 
     async def _finish(self, pending: Any) -> None:
         try:
