@@ -91,7 +91,8 @@ class Client:
             params["token"] = token
         parts = urlsplit(url)
         extra = urlencode(params)
-        self.url = urlunsplit(parts._replace(query="&".join(q for q in (parts.query, extra) if q)))
+        query_string = "&".join(q for q in (parts.query, extra) if q)
+        self.url = urlunsplit((parts.scheme, parts.netloc, parts.path, query_string, parts.fragment))
         self.reconnect = reconnect
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
