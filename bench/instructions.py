@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
+import os
 import sys
 from types import SimpleNamespace
 from typing import Any
@@ -73,7 +75,9 @@ REQUEST = (
 def main(what: str, n: int) -> None:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    app = create_app(Hub(HubConfig(rate_limit=0)))
+    # FASTHUB_BENCH_CONFIG: HubConfig fields as JSON (e.g. {"history_size": 0}), to compare
+    config_fields = json.loads(os.environ.get("FASTHUB_BENCH_CONFIG", "{}"))
+    app = create_app(Hub(HubConfig(**{"rate_limit": 0, **config_fields})))
     config = SimpleNamespace(
         loaded=True, loaded_app=app, root_path="", asgi_version="3.0", ws_max_size=1 << 20, load=lambda: None
     )

@@ -8,7 +8,8 @@
 
 What it does for the application:
 - **Positions**: the offset and epoch of every room it joined and of its user's stream, updated
-  from every stored message; a message at or below the known offset (a duplicate) is dropped.
+  from every stored message; a message at or below the known offset (a duplicate) is dropped,
+  and every stored message it yields gets ``epoch`` (its stream's, as the client knows it).
 - **Reconnect** with exponential backoff and full jitter (AWS's "Exponential Backoff And
   Jitter"), then ``resume`` with the session token and the positions; if the server no longer
   has the session, each room is joined again with its position. Either way the messages missed
@@ -103,6 +104,9 @@ class Client:
         self.user_position: dict[str, Any] | None = None
         #: (room or "user", reason) of every gap the server could not fill
         self.unrecovered: list[tuple[str, str]] = []
+        #: the same gaps with the positions around them: ``{room, reason, from, to}`` (what was
+        #: published after ``from`` and up to ``to`` may be missing)
+        self.gaps: list[dict[str, Any]] = []
         self.session: str | None = None
         self.connection_id: str | None = None
         self.user_id: str | None = None
@@ -256,16 +260,20 @@ class Client:
                 return
             if at is not None:
                 at["offset"] = offset
+                msg["epoch"] = at["epoch"]  # live messages carry no epoch: the stream's, as known
         self._inbox.put_nowait(msg)
 
     def _position_from(self, msg: dict[str, Any]) -> None:
         body = msg.get("payload") or {}
         event = body.get("event")
         room = body.get("room")
+        before = self.positions.get(room) if room is not None else None
         if event in ("joined", "resync") and room is not None and "epoch" in body:
             self.positions[room] = {"offset": body["offset"], "epoch": body["epoch"]}
         if body.get("recovered") is False:
             self.unrecovered.append((room or "user", str(body.get("reason"))))
+            self.gaps.append({"room": room, "reason": body.get("reason"), "from": before,
+                              "to": self.positions.get(room) if room is not None else None})
 
     # -- the socket under it -----------------------------------------------------------------------
 

@@ -340,7 +340,7 @@ class Hub:
         session resume is off."""
         if not self.config.session_ttl:
             return None
-        return self.signer.issue(conn.id, conn.user_id)
+        return self.signer.issue(conn.id, None if conn.anonymous else conn.user_id)
 
     def _save_session(self, conn: Connection) -> None:
         """Keep the rooms of a closing connection and where their streams were for it."""

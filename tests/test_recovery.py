@@ -313,7 +313,7 @@ def test_a_bad_session_token_is_refused_and_the_connection_starts_fresh(make_ser
         mallory = await connect(server, "user=mallory")
         await mallory.send({"type": "resume", "id": 1, "payload": {"token": token}})
         err = await mallory.error("invalid_session")
-        assert err["id"] == 1 and "another user" in err["payload"]["message"]
+        assert err["id"] == 1 and "not this user's" in err["payload"]["message"]
         forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
         for bad in (forged, "x.y", 42, None):
             await mallory.send({"type": "resume", "id": 2, "payload": {"token": bad}})

@@ -9,6 +9,13 @@
  *   hub.on("any", (env) => console.debug(env));
  *   hub.connect();
  *
+ * Recovery: the client keeps the position (offset, epoch) of every room it joined, drops
+ * duplicates, and after a reconnect resumes its session with the `connected` message's token
+ * (or rejoins each room with its position), so the messages missed meanwhile arrive first, in
+ * order. A gap the server cannot fill is reported with the "unrecovered" event. `publish(room,
+ * payload)` returns a Promise of the server's ack ({offset, epoch}); it is sent again after a
+ * reconnect with the same idempotency key, so it is stored once.
+ *
  * Events passed to `on(type, fn)`:
  *   - any envelope type sent by the server ("system", "pong", "room_message", "user_message",
  *     "broadcast", "error", ...): fn(envelope, extra)
@@ -16,6 +23,8 @@
  *   - "open": fn({reconnected: bool})
  *   - "close": fn({code, reason, wasClean, willReconnect, delay})
  *   - "reconnecting": fn({attempt, delay})  (just before a reconnect attempt is scheduled)
+ *   - "resumed": fn(payload)  (the server's answer to a session resume)
+ *   - "unrecovered": fn({room, reason, offset, epoch})  (a gap that could not be filled: reload)
  * For "pong" replies to `ping()`, extra is {rtt: milliseconds}.
  */
 (function (root, factory) {
@@ -95,6 +104,17 @@
       this._timer = null;
       this._manualClose = true;
       this._everOpened = false;
+      this._positions = new Map(); // room -> {offset, epoch} of the last stored message seen
+      this._publishes = new Map(); // id -> {env, resolve, reject} until acked
+      this.session = null; // the reconnect token of the current connection
+      this._resumeToken = null; // the previous connection's, sent once after a reconnect
+      this.duplicatesDropped = 0;
+    }
+
+    /** The position {offset, epoch} of a room (null before its first join reply). */
+    position(room) {
+      var at = this._positions.get(String(room));
+      return at ? { offset: at.offset, epoch: at.epoch } : null;
     }
 
     /** "connecting" | "open" | "closing" | "closed" | "reconnecting" */
@@ -175,7 +195,8 @@
         self._everOpened = true;
         self._attempt = 0;
         self._emit("open", { reconnected: reconnected });
-        self._rejoin();
+        if (!reconnected) self._rejoin();
+        // after a reconnect: wait for "connected" (its token), then resume (see _handleMessage)
       };
       ws.onmessage = function (ev) {
         if (self.ws !== ws) return;
@@ -189,12 +210,59 @@
       };
     }
 
-    _rejoin() {
+    _rejoin(only) {
       var self = this;
       this._pendingJoins.clear();
       this._rooms.forEach(function (room) {
-        self._sendJoin(room);
+        if (!only || only.has(room)) self._sendJoin(room);
       });
+      this._publishes.forEach(function (p) {
+        self.ws.send(JSON.stringify(p.env)); // not acked before the drop: again, same key
+      });
+    }
+
+    _resume() {
+      var token = this._resumeToken;
+      this._resumeToken = null;
+      if (!token) {
+        this._rejoin();
+        return;
+      }
+      var rooms = {};
+      var self = this;
+      this._rooms.forEach(function (room) {
+        var at = self._positions.get(room);
+        rooms[room] = at && at.epoch ? { offset: at.offset, epoch: at.epoch } : null;
+      });
+      this._resumeId = this.send({ type: "resume", payload: { token: token, rooms: rooms } });
+    }
+
+    _resumed(env) {
+      var payload = env.payload || {};
+      var joined = payload.resumed && payload.rooms ? payload.rooms : {};
+      var again = new Set();
+      this._rooms.forEach(function (room) {
+        if (!joined[room] || !joined[room].joined) again.add(room);
+      });
+      this._rejoin(again);
+      this._emit("resumed", payload);
+    }
+
+    _positionFrom(payload, room) {
+      if (room == null) return;
+      var before = this._positions.get(room) || null;
+      if ((payload.event === "joined" || payload.event === "resync") && payload.epoch != null) {
+        this._positions.set(room, { offset: payload.offset, epoch: payload.epoch });
+      }
+      if (payload.recovered === false) {
+        this._emit("unrecovered", {
+          room: room,
+          reason: payload.reason,
+          from: before,
+          offset: payload.offset,
+          epoch: payload.epoch,
+        });
+      }
     }
 
     _handleMessage(data) {
@@ -213,9 +281,32 @@
         if (payload.event === "connected") {
           this.connectionId = payload.connection_id != null ? String(payload.connection_id) : null;
           this.userId = payload.user_id != null ? String(payload.user_id) : null;
-        } else if (payload.event === "joined" && env.id != null) {
-          this._pendingJoins.delete(env.id);
+          if (this._everOpened && this.session && !this._resumeToken) this._resumeToken = this.session;
+          this.session = payload.session || null;
+          if (this._seenConnected) this._resume(); // a reconnect: take the session back
+          this._seenConnected = true;
+        } else if (payload.event === "resumed" && env.id != null && env.id === this._resumeId) {
+          this._resumed(env);
+        } else {
+          if (payload.event === "joined" && env.id != null) this._pendingJoins.delete(env.id);
+          this._positionFrom(payload, env.room != null ? env.room : payload.room);
         }
+      } else if ((env.type === "ack" || env.type === "error") && env.id != null && this._publishes.has(env.id)) {
+        var pending = this._publishes.get(env.id);
+        if (env.type === "ack") {
+          this._publishes.delete(env.id);
+          pending.resolve(env.payload || {});
+        } else if (env.payload && env.payload.code !== "unavailable") {
+          this._publishes.delete(env.id); // "unavailable": sent again after the next reconnect
+          pending.reject(env.payload);
+        }
+      } else if (env.type === "room_message" && typeof env.offset === "number" && env.room != null) {
+        var at = this._positions.get(env.room);
+        if (at && env.offset <= at.offset) {
+          this.duplicatesDropped += 1;
+          return; // seen already (a resume overlapping a live delivery)
+        }
+        if (at) at.offset = env.offset;
       } else if (env.type === "error" && env.id != null && this._pendingJoins.has(env.id)) {
         // The join was refused: do not keep retrying it on reconnect.
         this._rooms.delete(this._pendingJoins.get(env.id));
@@ -295,9 +386,25 @@
     }
 
     _sendJoin(room) {
-      var id = this.send({ type: "join_room", room: room });
+      var env = { type: "join_room", room: room };
+      var at = this._positions.get(room);
+      if (at && at.epoch) env.since = { offset: at.offset, epoch: at.epoch };
+      var id = this.send(env);
       this._pendingJoins.set(id, room);
       return id;
+    }
+
+    /**
+     * Send a room message and get a Promise of its ack ({offset, epoch}). Until acked it is sent
+     * again after every reconnect, with the same idempotency key (stored once).
+     */
+    publish(room, payload) {
+      var env = { type: "room_message", room: String(room), payload: payload, id: newId(), idempotency_key: newId() };
+      var self = this;
+      return new Promise(function (resolve, reject) {
+        self._publishes.set(env.id, { env: env, resolve: resolve, reject: reject });
+        if (self.connected) self.ws.send(JSON.stringify(env));
+      });
     }
 
     /** Join a room. While disconnected the room is remembered and joined on (re)connect (returns null). */
@@ -311,6 +418,7 @@
     leaveRoom(room) {
       room = String(room);
       this._rooms.delete(room);
+      this._positions.delete(room);
       return this.connected ? this.send({ type: "leave_room", room: room }) : null;
     }
 
