@@ -116,7 +116,7 @@ class Hub:
         # reply waits for the broker (``Broker.ready``)
         self._pending_joins: dict[tuple[str, str], tuple[object, Any, list[Any]]] = {}
         # user id -> {connection id -> stored direct messages held back while it recovers}
-        self._user_syncing: dict[str, dict[str, list[tuple[int, Payload]]]] = {}
+        self._user_syncing: dict[str, dict[str, list[Held]]] = {}
         # (connection id, room) -> called with the joined reply's payload (a session resume waits)
         self._join_done: dict[tuple[str, str], Callable[[dict[str, Any]], None]] = {}
         self.signer = Signer(self.config.session_secret)
@@ -404,19 +404,16 @@ class Hub:
         return self._user_recovered(conn, since, answer, held)
 
     def _user_recovered(
-        self, conn: Connection, since: Position, answer: Any, held: list[tuple[int, Payload]]
+        self, conn: Connection, since: Position, answer: Any, held: list[Held]
     ) -> dict[str, Any]:
-        last = since.offset
         if isinstance(answer, Recovery) and answer.recovered:
-            for offset, payload in answer.payloads:
+            reached, rest = self._merge(conn, since, answer.payloads, held)
+            for _, payload, _ in rest:  # another epoch or a gap: delivered, and said below
                 conn.send_payload(payload)
-                last = offset
-            for offset, payload in held:
-                if offset > last:
-                    conn.send_payload(payload)
-                    last = offset
-            return {"recovered": True, "offset": last, "epoch": answer.position.epoch}
-        for _, payload in held:
+            if not rest:
+                return {"recovered": True, "offset": reached.offset, "epoch": reached.epoch}
+            return {"recovered": False, "reason": "gap", "offset": rest[-1][0], "epoch": rest[-1][2]}
+        for _, payload, _ in held:
             conn.send_payload(payload)
         out: dict[str, Any] = {"recovered": False, "reason": answer.reason if answer is not None else "unavailable"}
         if answer is not None:
@@ -514,7 +511,7 @@ class Hub:
             room.offset = offset
             room.epoch = epoch
             if room.syncing:
-                exclude = _hold_back(room.syncing, offset, payload, exclude)
+                exclude = _hold_back(room.syncing, offset, payload, epoch, exclude)
         before = self.fanout.congested
         count = self._deliver(room.member_map, payload, exclude)
         room.congested = self.fanout.congested != before
@@ -551,7 +548,7 @@ class Hub:
         if offset and self._user_syncing:
             held = self._user_syncing.get(user_id)
             if held:
-                return self._deliver(members, payload, _hold_back(held, offset, payload, None))
+                return self._deliver(members, payload, _hold_back(held, offset, payload, epoch, None))
         return self._deliver(members, payload)
 
     def deliver_all(self, payload: Payload, exclude: Any = None) -> int:
@@ -899,45 +896,72 @@ class Hub:
                 continue
             self._send_recovered(conn, room, since, answer, held)
 
-    def _send_recovered(
-        self, conn: Connection, room: Room, since: Position, answer: Any, held: list[tuple[int, Payload]]
-    ) -> None:
+    def _send_recovered(self, conn: Connection, room: Room, since: Position, answer: Any, held: list[Held]) -> None:
         """A member that missed live messages: the missing ones and the held ones in order, or a
         ``resync`` event (``recovered: false`` and where the stream is) and the held ones after it."""
-        last = since.offset
         if isinstance(answer, Recovery) and answer.recovered:
-            for offset, payload in answer.payloads:
-                if offset > last:
-                    conn.send_payload(payload)
-                    last = offset
-            for offset, payload in held:
-                if offset == last + 1:
-                    conn.send_payload(payload)
-                    last = offset
-                elif offset > last + 1:
-                    break
-            else:
+            position, rest = self._merge(conn, since, answer.payloads, held)
+            if not rest:
                 self.recoveries += 1
                 return
-            answer = Recovery(Position(last, since.epoch), False, [], "gap")
-            held = [(o, p) for o, p in held if o > last]
+            self._send_after(conn, room, position, rest)  # tells the epoch change or gap in them
+            return
         self.recoveries_failed += 1
-        event: dict[str, Any] = {"event": "resync", "room": room.name, "recovered": False}
         if isinstance(answer, Recovery):
-            event["reason"] = answer.reason
-            position = answer.position
+            reason, position = answer.reason, answer.position
         else:
-            event["reason"] = "unavailable"
-            position = Position(max(room.offset, last), room.epoch or since.epoch)
-        if held and held[0][0] <= position.offset:
+            reason = "unavailable"
+            if held:
+                position = Position(held[0][0] - 1, held[0][2])
+            else:
+                position = Position(room.offset, room.epoch or since.epoch)
+        if held and held[0][2] == position.epoch and held[0][0] <= position.offset:
             position = Position(held[0][0] - 1, position.epoch)
+        self._tell_resync(conn, room, position, reason)
+        self._send_after(conn, room, position, held)
+
+    def _tell_resync(self, conn: Connection, room: Room, position: Position, reason: str) -> None:
+        event = {"event": "resync", "room": room.name, "recovered": False, "reason": reason}
         event["offset"], event["epoch"] = position.offset, position.epoch
         conn.send_payload(self._system(event, room=room.name))
-        for offset, payload in held:
-            if offset > position.offset:
-                conn.send_payload(payload)
 
-    def _end_sync(self, room: Room, conn_id: str) -> list[tuple[int, Payload]]:
+    @staticmethod
+    def _merge(
+        conn: Connection, start: Position, payloads: list[tuple[int, Payload]], held: list[Held]
+    ) -> tuple[Position, list[Held]]:
+        """Send recovered messages (after ``start``), then the held ones that follow them in the
+        same epoch without a gap (duplicates skipped); the position reached and the held ones left."""
+        last = start.offset
+        for offset, payload in payloads:
+            if offset > last:
+                conn.send_payload(payload)
+                last = offset
+        for i, (offset, payload, epoch) in enumerate(held):
+            if epoch == start.epoch and offset <= last:
+                continue
+            if epoch == start.epoch and offset == last + 1:
+                conn.send_payload(payload)
+                last = offset
+                continue
+            return Position(last, start.epoch), held[i:]
+        return Position(last, start.epoch), []
+
+    def _send_after(self, conn: Connection, room: Room, position: Position, held: list[Held]) -> None:
+        """Held messages after a reply or a resync event at ``position``: an epoch change or a
+        gap among them is told (``resync``) before the message that shows it."""
+        for offset, payload, epoch in held:
+            if epoch != position.epoch:
+                self.recoveries_failed += 1
+                self._tell_resync(conn, room, Position(offset - 1, epoch), "epoch")
+            elif offset <= position.offset:
+                continue
+            elif offset > position.offset + 1:
+                self.recoveries_failed += 1
+                self._tell_resync(conn, room, Position(offset - 1, epoch), "gap")
+            conn.send_payload(payload)
+            position = Position(offset, epoch)
+
+    def _end_sync(self, room: Room, conn_id: str) -> list[Held]:
         syncing = room.syncing
         if not syncing:
             return []
@@ -954,7 +978,7 @@ class Hub:
         again: Iterable[Any],
         since: Position | None,
         answer: Any,
-        held: list[tuple[int, Payload]],
+        held: list[Held],
     ) -> None:
         """Send what the joiner missed (``answer``: a ``Recovery``, a ``Position``, None when the
         broker could not answer, False when the room keeps no history), then the reply, then the
@@ -968,45 +992,32 @@ class Hub:
         position: Position | None = None
         if isinstance(answer, Recovery):
             position = answer.position
-            recovered = answer.recovered
-            if recovered:
-                last = since.offset if since is not None else 0
-                for offset, payload in answer.payloads:
-                    conn.send_payload(payload)
-                    last = offset
-                # held messages the history read did not include, in order, without a gap
-                for offset, payload in held:
-                    if offset == last + 1:
-                        conn.send_payload(payload)
-                        last = offset
-                    elif offset > last + 1:
-                        recovered = False
-                        extra["reason"] = "gap"
-                        break
-                position = Position(max(last, position.offset), position.epoch)
-                held = []
-            else:
-                extra["reason"] = answer.reason
-            extra["recovered"] = recovered
-            if recovered:
+            if answer.recovered and since is not None:
+                reached, held = self._merge(conn, since, answer.payloads, held)
+                position = Position(max(reached.offset, position.offset), position.epoch)
                 self.recoveries += 1
             else:
+                extra["reason"] = answer.reason
                 self.recoveries_failed += 1
+            extra["recovered"] = answer.recovered
         elif isinstance(answer, Position):
             position = answer
-        elif since is not None:  # the broker could not answer
-            extra["recovered"] = False
-            extra["reason"] = "unavailable"
-            self.recoveries_failed += 1
+        else:  # the broker could not answer: where the room's messages are, as far as known here
+            if since is not None:
+                extra["recovered"] = False
+                extra["reason"] = "unavailable"
+                self.recoveries_failed += 1
+            if held:
+                position = Position(held[0][0] - 1, held[0][2])
+            elif room.epoch is not None:
+                position = Position(room.offset, room.epoch)
         if position is not None:
             extra["offset"], extra["epoch"] = position.offset, position.epoch
             if room.epoch is None or room.offset < position.offset:
                 room.offset, room.epoch = position.offset, position.epoch
         self._announce_join(conn, room, reply_id, again, extra)
         if held and position is not None:
-            for offset, payload in held:
-                if offset > position.offset:
-                    conn.send_payload(payload)
+            self._send_after(conn, room, position, held)
 
     def _announce_join(
         self,
@@ -1218,6 +1229,8 @@ class Hub:
 
 
 _background: set[asyncio.Future[Any]] = set()
+#: a stored message held back from a recovering member: (offset, payload, epoch)
+Held = tuple[int, Payload, Any]
 #: seconds a publisher to a congested room waits before it is looked at again
 FLOW_PAUSE = 0.005
 
@@ -1241,11 +1254,11 @@ def _accepted(result: Any, members: Mapping[str, Any] | None) -> int:
     return len(members) if members else 0
 
 
-def _hold_back(held: dict[str, list[tuple[int, Payload]]], offset: int, payload: Payload, exclude: Any) -> Any:
+def _hold_back(held: dict[str, list[Held]], offset: int, payload: Payload, epoch: Any, exclude: Any) -> Any:
     """Keep a stored message for the members that are still recovering; exclude them from delivery."""
     for conn_id, buffer in held.items():
         if exclude is None or conn_id not in exclude:
-            buffer.append((offset, payload))
+            buffer.append((offset, payload, epoch))
     if exclude is None:
         return frozenset(held)
     return frozenset(held).union(exclude)

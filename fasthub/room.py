@@ -30,7 +30,7 @@ class Room:
         self.epoch: str | None = None
         #: connection id -> stored messages held back from a member whose join is still reading
         #: the room's history (``Hub.join_room`` with a broker that answers later); else None
-        self.syncing: dict[str, list[tuple[int, Any]]] | None = None
+        self.syncing: dict[str, list[tuple[int, Any, Any]]] | None = None
         #: the last delivery left a member over the publish watermark (``Hub.room_congested``)
         self.congested = False
 
