@@ -255,6 +255,9 @@ async def chaos(args: argparse.Namespace) -> dict[str, Any]:
                     lost += 1
                     if len(examples) < 10:
                         examples.append(f"client {i} room {room}: ({epoch}, {offset}) not received, no gap told")
+                    if len(examples) == 10 and not any(e.startswith("detail") for e in examples):
+                        examples.append(f"detail client {i} room {room}: gaps {gaps}, received {got[:3]}...{got[-3:]}, "
+                                        f"received epochs {sorted(set(e for e, _ in got))}")
     return {
         "mode": args.mode,
         "duration_s": args.duration,

@@ -154,7 +154,7 @@ class Client:
 
     async def join(self, room: str) -> dict[str, Any]:
         """Join ``room`` (with its known position if it had one); the ``joined`` payload."""
-        reply = await self._request({"type": "join_room", "room": room, **self._since(room)})
+        reply = await self._request({"type": "join_room", "room": room, **self._since(room)}, ("unavailable",))
         self._rooms.add(room)
         return reply["payload"]  # type: ignore[no-any-return]
 
@@ -317,12 +317,21 @@ class Client:
                 break
             self._on_message(msg)
         for i, room in enumerate(sorted(rejoin)):
-            rid = f"rejoin{i}"
-            await ws.send(orjson.dumps({"type": "join_room", "room": room, "id": rid, **self._since(room)}).decode())
-            while (msg := orjson.loads(await asyncio.wait_for(ws.recv(), self.request_timeout))).get("id") != rid:
-                self._on_message(msg)
-            if msg["type"] == "system":
-                self._position_from(msg)
+            delay = self.backoff_min
+            for attempt in range(50):  # "unavailable" (the server's broker is reconnecting): again
+                rid = f"rejoin{i}.{attempt}"
+                join = {"type": "join_room", "room": room, "id": rid, **self._since(room)}
+                await ws.send(orjson.dumps(join).decode())
+                while (msg := orjson.loads(await asyncio.wait_for(ws.recv(), self.request_timeout))).get("id") != rid:
+                    self._on_message(msg)
+                if msg["type"] == "system":
+                    self._position_from(msg)
+                    break
+                if (msg.get("payload") or {}).get("code") != "unavailable":
+                    log.warning("fasthub client: rejoining %r failed: %s", room, msg.get("payload"))
+                    break
+                await asyncio.sleep(random.uniform(0, delay))
+                delay = min(self.backoff_max, delay * 2)
 
     async def _run(self) -> None:
         delay = self.backoff_min

@@ -412,7 +412,8 @@ class Dispatcher:
                 hub.forget_join(conn.id, name)
                 rooms[name] = {"joined": False, "reason": "timeout"}
                 continue
-            rooms[name] = {"joined": True, **{k: reply[k] for k in _RESUMED_FIELDS if k in reply}}
+            joined = reply.get("event") == "joined"
+            rooms[name] = {"joined": joined, **{k: reply[k] for k in _RESUMED_FIELDS if k in reply}}
         if user_since is not None and not conn.anonymous:
             result = hub.recover_user(conn, Position(*user_since))
             out["user"] = await result if inspect.isawaitable(result) else result

@@ -27,7 +27,7 @@ from ._core import KIND_BINARY, KIND_TEXT, Connection, Fanout, Payload, RateLimi
 from .broker import Broker, LocalBroker
 from .config import HubConfig
 from .exceptions import Denied, HubError
-from .messages import encode, system_envelope
+from .messages import ErrorCode, encode, error_envelope, system_envelope
 from .room import Room
 from .sessions import Signer, record
 from .streams import ROOM, USER, Position, Published, Recovery
@@ -121,6 +121,7 @@ class Hub:
         self._join_done: dict[tuple[str, str], Callable[[dict[str, Any]], None]] = {}
         self.signer = Signer(self.config.session_secret)
         self.sessions_saved = 0
+        self.joins_unavailable = 0  # joins refused because the room's position could not be read
         self.recoveries = 0  # joins with a position that got every missed message
         self.recoveries_failed = 0  # ... that were told recovered: false
         #: name -> room, read only (the dispatcher's one lookup per room message); the hub changes it
@@ -1002,15 +1003,9 @@ class Hub:
             extra["recovered"] = answer.recovered
         elif isinstance(answer, Position):
             position = answer
-        else:  # the broker could not answer: where the room's messages are, as far as known here
-            if since is not None:
-                extra["recovered"] = False
-                extra["reason"] = "unavailable"
-                self.recoveries_failed += 1
-            if held:
-                position = Position(held[0][0] - 1, held[0][2])
-            elif room.epoch is not None:
-                position = Position(room.offset, room.epoch)
+        else:  # the broker could not answer: a member without a position could not tell a gap
+            self._join_failed(conn, room, [reply_id, *again])
+            return
         if position is not None:
             extra["offset"], extra["epoch"] = position.offset, position.epoch
             if room.epoch is None or room.offset < position.offset:
@@ -1018,6 +1013,28 @@ class Hub:
         self._announce_join(conn, room, reply_id, again, extra)
         if held and position is not None:
             self._send_after(conn, room, position, held)
+
+    def _join_failed(self, conn: Connection, room: Room, reply_ids: list[Any]) -> None:
+        """A join into a room with history whose position could not be read (the broker is
+        down): undone without a trace for the others, and answered ``unavailable`` (retry)."""
+        name = room.name
+        if room.member_map.pop(conn.id, None) is not None:
+            conn.drop_room(name)
+            remote = self._remote
+            if remote is not None:
+                remote.room_resized(name, len(room.member_map))
+            if not room.member_map:
+                if remote is not None:
+                    remote.room_closed(name)
+                if not room.persistent and self._rooms.get(name) is room:
+                    del self._rooms[name]
+        self.joins_unavailable += 1
+        text = f"joining {name!r} needs its stream position, which cannot be read now; retry"
+        for rid in reply_ids:
+            conn.send_json(error_envelope(ErrorCode.UNAVAILABLE, text, rid))
+        done = self._join_done.pop((conn.id, name), None)
+        if done is not None:
+            done({"event": "join_failed", "room": name, "reason": "unavailable"})
 
     def _announce_join(
         self,
@@ -1174,6 +1191,7 @@ class Hub:
             "slow_consumer_closes": self.slow_consumer_closes,
             "recoveries": self.recoveries,
             "sessions_saved": self.sessions_saved,
+            "joins_unavailable": self.joins_unavailable,
             "recoveries_failed": self.recoveries_failed,
             "rate_limited": self.rate_limited + sum(c.refused for c in self._connections.values()),
             "connections_opened": self.connections_opened,

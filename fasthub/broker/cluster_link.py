@@ -186,6 +186,9 @@ class ClusterLink:
         assert shard.conn is not None
         await shard.conn.send_packed_command(shard.conn.pack_command("PING", token), check_health=False)
 
+    def connection_of(self, channel: bytes) -> str:
+        return self._owner[_slot(channel)].name
+
     async def script_load(self, script: str) -> str:
         self._check()
         shas = await _all(shard.client.script_load(script) for shard in self.shards.values())

@@ -45,6 +45,9 @@ class Link(Protocol):
     async def script_load(self, script: str) -> str:
         """Load a Lua script (on every master) and return its SHA1."""
 
+    def connection_of(self, channel: bytes) -> str:
+        """Which pub/sub connection carries ``channel`` (barriers are per connection)."""
+
     async def close(self) -> None: ...
 
 
@@ -107,6 +110,9 @@ class SingleLink:
 
     async def barrier(self, channel: bytes, token: bytes) -> None:
         await self.pubsub.ping(token)
+
+    def connection_of(self, channel: bytes) -> str:
+        return ""  # one pub/sub connection
 
     async def script_load(self, script: str) -> str:
         sha = await self.client.script_load(script)

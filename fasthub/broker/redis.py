@@ -146,7 +146,11 @@ class RedisBroker:
         self._view: dict[str, Any] = {}
         # the writer: commands queued in one tick leave in one pipeline
         self._out: list[tuple[Any, ...]] = []
-        self._futures: dict[int, asyncio.Future[Published]] = {}  # id(out entry) -> its publish's answer
+        # id(out entry) -> (future, publish?): a publish's answer becomes a ``Published``, a
+        # read's stays the script's raw answer
+        self._futures: dict[int, tuple[asyncio.Future[Any], bool]] = {}
+        # barriers about to be sent, one per pub/sub connection, shared by the reads of a tick
+        self._barrier_soon: dict[str, asyncio.Future[None]] = {}
         self._wake: asyncio.Event | None = None
         # streams: script SHA1s (loaded at every connect), barriers waiting for their pong
         self._shas: dict[str, str] = {}
@@ -304,9 +308,10 @@ class RedisBroker:
         self._fail_futures(self._out, exc)
         self._out.clear()
         self._release_waiters()
-        for fut in self._barriers.values():
+        for fut in [*self._barriers.values(), *self._barrier_soon.values()]:
             _settle(fut)
         self._barriers.clear()
+        self._barrier_soon.clear()
 
     def _release_waiters(self) -> None:
         """Joins and opens waiting for a subscription go on now, with what is known."""
@@ -573,7 +578,7 @@ class RedisBroker:
             header,
         )
         self._out.append(entry)
-        self._futures[id(entry)] = fut
+        self._futures[id(entry)] = (fut, True)
         if len(self._out) == 1:
             self._wake_writer()
         return fut
@@ -583,9 +588,9 @@ class RedisBroker:
         if not futures:
             return
         for cmd in batch:
-            fut = futures.pop(id(cmd), None)
-            if fut is not None and not fut.done():
-                fut.set_exception(ConnectionError(f"the message could not be stored: {exc}"))
+            entry = futures.pop(id(cmd), None)
+            if entry is not None and not entry[0].done():
+                entry[0].set_exception(ConnectionError(f"Redis did not answer: {exc}"))
 
     def _session_key(self, session_id: str) -> str:
         return f"{self.prefix}:{{{self._partition(session_id)}}}:session:{session_id}"
@@ -626,10 +631,16 @@ class RedisBroker:
         stream, meta, _ = self._stream_keys(kind, name)
         ttl_ms = max(1, int(history[1] * 1000)) if history else 0
         start = since.offset if since is not None else -1
-        cmd = ("EVALSHA", self._shas["read"], 2, stream, meta, self.meta_ttl, new_epoch(), start, limit, ttl_ms)
-        (answer,) = await link.execute([cmd])
-        if isinstance(answer, Exception):
-            raise answer
+        # through the writer: the reads of a join storm leave in one pipeline per tick
+        assert self._loop is not None
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        entry = (False, "EVALSHA", self._shas["read"], 2, stream, meta, self.meta_ttl, new_epoch(), start, limit,
+                 ttl_ms)
+        self._out.append(entry)
+        self._futures[id(entry)] = (fut, False)
+        if len(self._out) == 1:
+            self._wake_writer()
+        answer = await fut
         top, epoch, entries = int(answer[0]), _text(answer[1]), answer[2]
         position = Position(top, epoch)
         await self._barrier(self.room_channel(name) if kind == ROOM else self.user_channel(name))
@@ -662,18 +673,36 @@ class RedisBroker:
         return Recovery(position, True, payloads)
 
     async def _barrier(self, channel: bytes) -> None:
+        """Wait for a ``PING`` sent after now on the pub/sub connection of ``channel``; the reads
+        that finish in one tick share one (sent on the next tick)."""
         link = self._link
         assert link is not None and self._loop is not None
-        self._barrier_seq += 1
-        token = b"fasthub-barrier-%d" % self._barrier_seq
-        fut = self._barriers[token] = self._loop.create_future()
+        key = link.connection_of(channel)
+        shared = self._barrier_soon.get(key)
+        if shared is None:
+            shared = self._barrier_soon[key] = self._loop.create_future()
+            self._loop.call_soon(self._spawn, self._send_barrier(key, channel, shared))
         try:
-            await link.barrier(channel, token)
-            await asyncio.wait_for(asyncio.shield(fut), READY_TIMEOUT)
+            await asyncio.wait_for(asyncio.shield(shared), READY_TIMEOUT)
         except TimeoutError:
             log.debug("fasthub: broker: no pong for a barrier within %s s", READY_TIMEOUT)
-        finally:
+
+    async def _send_barrier(self, key: str, channel: bytes, shared: asyncio.Future[None]) -> None:
+        assert self._loop is not None
+        if self._barrier_soon.get(key) is shared:
+            del self._barrier_soon[key]  # reads finishing from now on need a later barrier
+        self._barrier_seq += 1
+        token = b"fasthub-barrier-%d" % self._barrier_seq
+        self._barriers[token] = shared
+        try:
+            link = self._link
+            if link is None:
+                raise ConnectionError("the broker is not connected")
+            await link.barrier(channel, token)
+        except Exception:
             self._barriers.pop(token, None)
+            _settle(shared)  # the link is going down: the reads go on (a reconnect resyncs)
+            raise
 
     def _lost(self) -> None:
         self.broker_errors += 1
@@ -719,15 +748,18 @@ class RedisBroker:
         futures = self._futures
         noscript = None
         for cmd, result in zip(batch, results, strict=True):
-            fut = futures.pop(id(cmd), None)
-            if fut is None or fut.done():
+            entry = futures.pop(id(cmd), None)
+            if entry is None or entry[0].done():
                 continue
+            fut, publish = entry
             if isinstance(result, Exception):
                 if "NOSCRIPT" in str(result):
                     noscript = result
-                fut.set_exception(ConnectionError(f"the message could not be stored: {result}"))
-            else:
+                fut.set_exception(ConnectionError(f"Redis refused the script: {result}"))
+            elif publish:
                 fut.set_result(Published(int(result[0]), _text(result[1]), bool(int(result[2]))))
+            else:
+                fut.set_result(result)
         if noscript is not None:  # the scripts were flushed: reconnect (which loads them again)
             raise ConnectionError(f"Redis lost the broker's scripts: {noscript}")
 
@@ -787,7 +819,7 @@ class RedisBroker:
             if kind == b"message":
                 self._on_message(channel, data)
             elif kind == b"pong":
-                _settle(self._barriers.get(data))
+                _settle(self._barriers.pop(data, None))
             else:
                 self._on_subscribed(channel)
 
