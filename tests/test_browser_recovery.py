@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 
 import pytest
@@ -51,6 +52,8 @@ def test_the_page_keeps_every_message_across_a_server_side_drop(browser: object,
         joined = page.evaluate(PAGE_SCRIPT, [ws_url])
         assert joined["offset"] == 0 and joined["epoch"]
 
+        page_drop = threading.Event()
+
         async def publish() -> None:
             async with websockets.connect(ws_url) as pub:
                 await pub.recv()
@@ -59,23 +62,19 @@ def test_the_page_keeps_every_message_across_a_server_side_drop(browser: object,
                     await pub.send(json.dumps({"type": "room_message", "room": "rec", "payload": {"n": n}}))
                     await asyncio.sleep(0.003)
                     if n == TOTAL // 3:
-                        # the server closes the page's connection: an oversize frame (1009)
                         page_drop.set()
                 await asyncio.sleep(0.5)
 
-        page_drop = asyncio.Event()
-
-        async def run() -> None:
-            task = asyncio.ensure_future(publish())
-            await page_drop.wait()
-            await asyncio.to_thread(
-                page.evaluate,
-                "() => { window.__hub.publish('rec', {n: -1}).then((a) => { window.__ack = a; });"
-                " window.__hub.ws.send('x'.repeat(600 * 1024)); }",
-            )
-            await task
-
-        asyncio.run(run())
+        # Playwright's sync API owns this thread's event loop: the publisher runs in another
+        publisher = threading.Thread(target=asyncio.run, args=(publish(),))
+        publisher.start()
+        assert page_drop.wait(20)
+        # a publish in flight, then the server closes the page's connection (oversize frame: 1009)
+        page.evaluate(
+            "() => { window.__hub.publish('rec', {n: -1}).then((a) => { window.__ack = a; });"
+            " window.__hub.ws.send('x'.repeat(600 * 1024)); }"
+        )
+        publisher.join(30)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             got = page.evaluate("window.__got")
