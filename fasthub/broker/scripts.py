@@ -13,11 +13,24 @@ Redis Cluster master.
 
 from __future__ import annotations
 
+
+def _epoch(new: str) -> str:
+    """Lua: the stream's epoch; a missing meta hash gets ``new`` and the stale stream is deleted."""
+    return f"""local epoch = redis.call('hget', KEYS[2], 'e')
+if not epoch then
+  epoch = {new}
+  redis.call('hset', KEYS[2], 'e', epoch)
+  redis.call('del', KEYS[1])
+end
+"""
+
+
 #: KEYS: stream, meta, and the idempotency key if there is one
 #: ARGV: body, maxlen, ttl ms, channel, publish command, meta ttl s, new epoch, message header
 #: Returns {offset, epoch, duplicate (0/1)}. The live message is
 #: ``header .. offset .. " " .. epoch .. " " .. body``.
-PUBLISH = """
+PUBLISH = (
+    """
 if KEYS[3] then
   local seen = redis.call('get', KEYS[3])
   if seen then
@@ -25,13 +38,9 @@ if KEYS[3] then
     return {tonumber(string.sub(seen, 1, sp - 1)), string.sub(seen, sp + 1), 1}
   end
 end
-local epoch = redis.call('hget', KEYS[2], 'e')
-if not epoch then
-  epoch = ARGV[7]
-  redis.call('hset', KEYS[2], 'e', epoch)
-  redis.call('del', KEYS[1])
-end
-local offset = redis.call('hincrby', KEYS[2], 's', 1)
+"""
+    + _epoch("ARGV[7]")
+    + """local offset = redis.call('hincrby', KEYS[2], 's', 1)
 redis.call('expire', KEYS[2], ARGV[6])
 local now = redis.call('time')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -43,19 +52,15 @@ if KEYS[3] then
 end
 return {offset, epoch, 0}
 """
+)
 
 #: KEYS: stream, meta. ARGV: meta ttl s, new epoch, since offset (-1: position only),
 #: limit, ttl ms (entries older are gone). Returns {top, epoch, entries or 0}: entries are
 #: XRANGE's answer after ``since`` (at most limit + 1), or 0 when the oldest one needed is older
 #: than the ttl (expired).
-READ = """
-local epoch = redis.call('hget', KEYS[2], 'e')
-if not epoch then
-  epoch = ARGV[2]
-  redis.call('hset', KEYS[2], 'e', epoch)
-  redis.call('del', KEYS[1])
-end
-redis.call('expire', KEYS[2], ARGV[1])
+READ = (
+    _epoch("ARGV[2]")
+    + """redis.call('expire', KEYS[2], ARGV[1])
 local top = tonumber(redis.call('hget', KEYS[2], 's') or '0')
 local since = tonumber(ARGV[3])
 if since < 0 or since >= top then
@@ -74,3 +79,4 @@ if #entries > 0 then
 end
 return {top, epoch, entries}
 """
+)
