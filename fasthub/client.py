@@ -290,7 +290,8 @@ class Client:
         if self.user_position is None and body.get("stream") is not None:
             self.user_position = dict(body["stream"])
         self._ws = ws
-        if self._rooms or previous is not None:  # a reconnect: take the session back
+        if self._runner is not None:  # a reconnect: take the session back
+            self.reconnects += 1
             await self._resume(ws, previous)
         self.session = body.get("session")
         self._connected.set()
@@ -355,7 +356,6 @@ class Client:
                 delay = min(self.backoff_max, delay * 2)
                 try:
                     await self._open()
-                    self.reconnects += 1
                     break
                 except (OSError, TimeoutError, websockets.WebSocketException) as exc:
                     log.debug("fasthub client: reconnect failed: %s", exc)
