@@ -440,9 +440,9 @@ class Dispatcher:
         if msg.timestamp is None:
             msg.timestamp = utc_timestamp()
         result = self.hub.publish_stored(kind, name, encode(msg.to_dict()), None, msg.idempotency_key)
-        if result is None or isinstance(result, Published):
+        if isinstance(result, (int, Published)):  # an int: not stored (no history), sent
             if msg.id is not None:
-                conn.send_payload(_ack(msg, kind, name, result))
+                conn.send_payload(_ack(msg, kind, name, result if isinstance(result, Published) else None))
             return
         future = asyncio.ensure_future(result)
         future.add_done_callback(lambda done: self._stored(conn, msg, kind, name, done))

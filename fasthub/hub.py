@@ -621,10 +621,8 @@ class Hub:
         A JSON object is stored in the user's stream (see ``publish_to_user``)."""
         user = str(user_id)
         if isinstance(obj, dict):
-            history = self._stream_history(USER, user)
-            if history is not None:
-                result = self.broker.publish_stream(USER, user, _body(obj), None, history, None)
-                return _accepted(result, self._user_members(user))
+            body = _body(obj) if self._stream_history(USER, user) else encode(obj)  # stored: offset is ours
+            return _accepted(self.publish_stored(USER, user, body), self._user_members(user))
         return self.publish_user(user, Payload(KIND_TEXT, encode(obj)))
 
     async def publish_to_user(
@@ -636,9 +634,9 @@ class Hub:
         users, whose messages are not stored).
         """
         result = self.publish_stored(USER, str(user_id), _body(obj), None, idempotency_key)
-        if result is None or isinstance(result, Published):
-            return result
-        return await result
+        if isinstance(result, int):
+            return None
+        return result if isinstance(result, Published) else await result
 
     # -- streams ---------------------------------------------------------------------------------
 
@@ -649,22 +647,20 @@ class Hub:
         body: bytes,
         exclude: Exclude = None,
         idempotency_key: str | None = None,
-    ) -> Published | Awaitable[Published] | None:
+    ) -> Published | Awaitable[Published] | int:
         """Publish an encoded JSON object to a room (``ROOM``) or user (``USER``) stream.
 
         Where the stream keeps history, the broker stores it with the next offset and delivers
         it with that offset on every node, this one included; the answer is its position
         (awaitable with a broker that answers later). Without history it is an ordinary
-        publish and the answer is None.
+        publish and the answer is how many connections of this process accepted it.
         """
         history = self._stream_history(kind, name)
         if history is None:
             payload = Payload(KIND_TEXT, body)
             if kind == ROOM:
-                self.publish_room(name, payload, exclude)
-            else:
-                self.publish_user(name, payload)
-            return None
+                return self.publish_room(name, payload, exclude)
+            return self.publish_user(name, payload)
         if exclude is not None:
             exclude = _exclude_set(exclude)
         return self.broker.publish_stream(kind, name, body, exclude, history, idempotency_key)
@@ -1096,13 +1092,9 @@ class Hub:
         ``publish_to_room``); other values are sent as they are, not stored.
         """
         if isinstance(obj, dict):
-            history = self.config.history_for(name)
-            if history is not None:
-                result = self.broker.publish_stream(
-                    ROOM, name, _body(obj), None if exclude is None else _exclude_set(exclude), history, None
-                )
-                room = self._rooms.get(name)
-                return _accepted(result, room.member_map if room else None)
+            room = self._rooms.get(name)
+            body = _body(obj) if self.config.history_for(name) else encode(obj)  # stored: offset is ours
+            return _accepted(self.publish_stored(ROOM, name, body, exclude), room.member_map if room else None)
         return self.publish_room(name, Payload(KIND_TEXT, encode(obj)), exclude)
 
     async def publish_to_room(
@@ -1118,9 +1110,9 @@ class Hub:
         """
         await self.wait_room_drained(name)
         result = self.publish_stored(ROOM, name, _body(obj), exclude, idempotency_key)
-        if result is not None and not isinstance(result, Published):
-            result = await result
-        return result
+        if isinstance(result, int):
+            return None
+        return result if isinstance(result, Published) else await result
 
     def broadcast_to_room_bytes(self, name: str, data: bytes, exclude: Exclude = None) -> int:
         return self.publish_room(name, Payload(KIND_BINARY, bytes(data)), exclude)
@@ -1267,6 +1259,8 @@ def _body(obj: dict[str, Any]) -> bytes:
 def _accepted(result: Any, members: Mapping[str, Any] | None) -> int:
     """What a non-awaiting send returns: connections that accepted it here (for a broker that
     stores first, the local members it is on its way to)."""
+    if isinstance(result, int):  # not stored: delivered here already
+        return result
     if isinstance(result, Published):
         return result.delivered
     return len(members) if members else 0

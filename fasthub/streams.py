@@ -196,10 +196,7 @@ class MemoryStreams:
         idle = []
         for key, stream in self.streams.items():
             entries = stream.entries
-            while entries and entries[0][1] <= now:
-                _, _, _, ikey = entries.popleft()
-                if ikey is not None and stream.keys is not None:
-                    stream.keys.pop(ikey, None)
+            stream.prune(now, len(entries))  # by age only
             if not entries and now - stream.last_publish > self.meta_ttl:
                 idle.append(key)
         for key in idle:

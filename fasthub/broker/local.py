@@ -75,7 +75,7 @@ class LocalBroker:
         published, payload = self.streams.append(f"{kind}:{name}", body, history[0], history[1], idempotency_key)
         node = self.node
         if payload is not None and node is not None:
-            if kind is ROOM or kind == ROOM:
+            if kind == ROOM:
                 published.delivered = node.deliver_room(name, payload, exclude, published.offset, published.epoch)
             else:
                 published.delivered = node.deliver_user(name, payload, published.offset, published.epoch)
