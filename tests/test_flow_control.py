@@ -43,6 +43,9 @@ async def burst(server: Server) -> dict[str, Any]:
     for ws in [*readers, pub]:
         await ws.recv()  # connected
         await ws.send(json.dumps({"type": "join_room", "room": "r", "id": "j"}))
+    for ws in [*readers, pub]:  # every member in before the burst starts
+        while json.loads(await ws.recv()).get("id") != "j":
+            pass
     got: list[list[int]] = [[] for _ in readers]
     closed: list[int | None] = [None] * READERS
 
