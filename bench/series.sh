@@ -8,12 +8,12 @@
 # Then: python3 bench/series_ratios.py $RESULTS
 set -euo pipefail
 cd "$(dirname "$0")/.."
-S=${LOADGEN:-../shared/loadgen}
+S=${LOADGEN:-bench/loadgen}   # LOADGEN=../shared/loadgen: the referee's own copy
 export RESULTS=${RESULTS:-/tmp/fasthub-loadgen/series.jsonl}
 ROUNDS=${ROUNDS:-3}
 ROWS=${ROWS:-"fanout_w1 fanout_w8 fanout1k_w8 ingress idle latency scale"}
 FASTHUB="${FASTHUB_CMD:-.venv/bin/python -m fasthub}"
-LIMIT=/tmp/fasthub-loadgen/limit_server
+LIMIT=${LOADGEN_BUILD:-${TMPDIR:-/tmp}/fasthub-loadgen}/limit_server   # where run.sh builds it
 
 one() {  # one NAME ROW SERVER-COMMAND...
   local name=$1 row=$2; shift 2

@@ -1,6 +1,6 @@
 """``fasthub bench``: a load generator for capacity planning against any server of the protocol.
 
-Scenarios (after the C loadgen in ``../shared/loadgen``, same metric names):
+Scenarios (after the C loadgen in ``bench/loadgen``, same metric names):
 
 * ``idle``: N connections join one room and wait; handshakes/s, server RSS per connection
   (``--pid``), then a probe must reach every member.

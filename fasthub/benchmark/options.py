@@ -27,7 +27,7 @@ __all__ = [
 
 SCENARIOS = ("idle", "fanout", "ingress", "latency")
 
-# Defaults follow the C loadgen's workloads (../shared/loadgen/run.sh) where they exist:
+# Defaults follow the C loadgen's workloads (bench/loadgen/run.sh) where they exist:
 # idle = "idle", fanout = "fanout1k_w8", ingress = "ingress"; latency is fanout at a fixed rate
 # kept below what one room of 1,000 usually sustains, so it measures delay rather than backlog.
 SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {

@@ -1,6 +1,6 @@
 """The coordinator: spreads connections over worker processes, runs the phases, sums the figures.
 
-Phases follow the C loadgen (``../shared/loadgen/loadgen.c``) and its metric names, so a
+Phases follow the C loadgen (``bench/loadgen/loadgen.c``) and its metric names, so a
 figure from here can sit beside one from there: connect (every connection joins its room on
 open), then per scenario a hold, a probe barrier, the measured phase and a drain that ends on
 completion, after ``drain`` seconds without progress, or at the deadline. Every wait has a

@@ -6,7 +6,7 @@ switch, so a Python client built on it saturates long before a fast server does.
 (like the C loadgen's ``trecv`` per read) and counts what it finds in a shared :class:`Tally`.
 Sends are pre-framed, masked bytes written straight to the transport.
 
-What is counted mirrors the C loadgen (``../shared/loadgen/loadgen.c``): frames whose JSON holds a payload
+What is counted mirrors the C loadgen (``bench/loadgen/loadgen.c``): frames whose JSON holds a payload
 with ``"seq" >= 0`` are measured deliveries (order checked per connection: ``gaps``,
 ``dup_or_ooo``), ``"seq" < 0`` is a probe, anything else is ``other_frames``.
 """
