@@ -19,6 +19,7 @@ from pathlib import Path
 from types import ModuleType
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 # (extension module name, source file)
 COMPILED = [
@@ -64,7 +65,7 @@ def extensions() -> list[Extension]:
         Extension(name, [src], extra_compile_args=["-O3", "-g0"], optional=OPTIONAL)
         for name, src in COMPILED
     ]
-    return cythonize(
+    cythonized = cythonize(
         exts,
         language_level=3,
         compiler_directives={
@@ -77,6 +78,39 @@ def extensions() -> list[Extension]:
         },
         quiet=True,
     )
+    # cythonize builds new Extension objects and drops ``optional`` (Cython 3.3.1): set it again,
+    # or a failed compile fails the install instead of falling back to the pure twins
+    for ext in cythonized:
+        ext.optional = OPTIONAL
+    return cythonized
 
 
-setup(ext_modules=extensions())
+class BuildExt(build_ext):
+    """setuptools' build_ext, which says once, at the end, what a failed optional compile means."""
+
+    def initialize_options(self) -> None:
+        super().initialize_options()
+        self.fasthub_failed: list[str] = []
+
+    def run(self) -> None:
+        super().run()
+        if self.fasthub_failed:
+            names = ", ".join(self.fasthub_failed)
+            bar = "*" * 78
+            self.warn(
+                f"\n{bar}\nfasthub: {len(self.fasthub_failed)} of {len(self.extensions)} compiled modules could not be"
+                f" built ({names}): no working C compiler?\nfasthub: installing the pure-Python twins instead;"
+                " fasthub works, slower (fasthub.compiled() is False).\nfasthub: install a C compiler"
+                " and reinstall for the compiled hot path; FASTHUB_REQUIRE_EXTENSIONS=1 makes this an error."
+                f"\n{bar}"
+            )
+
+    def build_extension(self, ext: Extension) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception:
+            self.fasthub_failed.append(ext.name)
+            raise
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})
