@@ -10,7 +10,9 @@
 idempotency key, each acknowledged. Meanwhile a fault loop, every ``--fault-every`` seconds:
 aborts a client's socket (client side), makes the server close one (an oversize frame: 1009),
 and in cluster mode kills a worker with SIGKILL (the supervisor starts another), restarts
-redis-server, and once flushes it (every epoch changes).
+redis-server, and once flushes it (every epoch changes). ``--faults`` picks other kinds, e.g.
+``rolling-restart``: SIGHUP to the supervisor, which replaces its workers one at a time, each
+drained (1012) so its clients resume on the other.
 
 At the end, for every client and each of its rooms, every acknowledged message is either
 received exactly once, in offset order, or covered by a gap the client was told about
@@ -200,6 +202,10 @@ async def chaos(args: argparse.Namespace) -> dict[str, Any]:
         if args.mode == "cluster":
             kinds += ["kill-worker", "redis-restart"]
         flushed = args.mode != "cluster"
+        if args.faults:
+            kinds = args.faults.split(",")
+            flushed = "redis-flush" not in kinds
+            kinds = [k for k in kinds if k != "redis-flush"] or ["client-drop"]
         deadline = time.monotonic() + args.duration
         while time.monotonic() < deadline:
             await asyncio.sleep(args.fault_every)
@@ -223,6 +229,8 @@ async def chaos(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.to_thread(redis.stop)
                 await asyncio.sleep(0.3)
                 await asyncio.to_thread(redis.start)
+            elif kind == "rolling-restart":  # the supervisor replaces its workers one by one
+                os.kill(server.proc.pid, signal.SIGHUP)
             elif kind == "redis-flush":
                 assert redis is not None
                 await asyncio.to_thread(redis.command, "FLUSHALL")
@@ -305,6 +313,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fault-every", type=float, default=1.0, help="seconds between faults (default 1)")
     p.add_argument("--settle", type=float, default=5.0, help="seconds to catch up after the faults")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--faults",
+        help="comma-separated fault kinds instead of the mode's mix: client-drop, server-close, kill-worker, "
+        "redis-restart, redis-flush (once, half-way), rolling-restart (SIGHUP: workers drained and replaced)",
+    )
     p.add_argument("--report", help="write the JSON report here too")
     return p.parse_args(argv)
 

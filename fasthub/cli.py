@@ -77,6 +77,19 @@ def _parser() -> argparse.ArgumentParser:
     auth.add_argument("--stats-token", help="require this bearer token for /ws/stats (or env FASTHUB_STATS_TOKEN)")
     auth.add_argument("--no-stats", action="store_true", help="do not serve /ws/stats")
     serve.add_argument("--no-demo", action="store_true", help="do not serve the demo page at /")
+    ops = serve.add_argument_group("operations (docs/operations.md)")
+    ops.add_argument(
+        "--drain-timeout",
+        type=float,
+        help="on SIGTERM, seconds to close every connection with 1012 before exiting (default 30)",
+    )
+    ops.add_argument(
+        "--drain-rate",
+        type=float,
+        help="connections closed per second while draining (default 2000; raised to fit the timeout; 0: at once)",
+    )
+    ops.add_argument("--no-metrics", action="store_true", help="do not serve /metrics (Prometheus)")
+    ops.add_argument("--no-health", action="store_true", help="do not serve /healthz and /readyz")
     cluster = serve.add_argument_group("cluster (several processes or machines as one hub)")
     cluster.add_argument(
         "--redis",
@@ -233,6 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "recovery_max": args.recovery_max,
                 "session_ttl": args.session_ttl,
                 "session_secret": args.session_secret or os.environ.get("FASTHUB_SESSION_SECRET") or None,
+                "drain_timeout": args.drain_timeout,
+                "drain_rate": args.drain_rate,
             }.items()
             if value is not None
         }
@@ -280,7 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 2
             from .server.workers import supervise
 
-            return supervise(workers, _worker_argv(argv if argv is not None else sys.argv[1:]))
+            argv_ = _worker_argv(argv if argv is not None else sys.argv[1:])
+            return supervise(workers, argv_, config.drain_timeout)
         from .server.run import fit_open_files
 
         config, note = fit_open_files(config)
@@ -308,6 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             stats_path=None if args.no_stats else "/ws/stats",
             stats_token=args.stats_token or os.environ.get("FASTHUB_STATS_TOKEN") or None,
             allowed_origins=args.allowed_origin,
+            metrics_path=None if args.no_metrics else "/metrics",
+            health_path=None if args.no_health else "/healthz",
+            ready_path=None if args.no_health else "/readyz",
         )
         try:
             run(app, args.host, args.port, args.log_level, ws=args.ws, reuse_port=args.reuse_port)

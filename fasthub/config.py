@@ -94,6 +94,14 @@ class HubConfig:
     #: Key that signs session tokens. None: a random key of this process (set one shared key
     #: when several processes serve one hub, or a resume on another process is refused).
     session_secret: str | None = None
+    #: Graceful drain (SIGTERM, ``Hub.drain``): connections closed per second with 1012, in
+    #: batches every 100 ms, so their clients do not all reconnect at once (0: all at once).
+    #: Raised when needed to close every connection within 80% of ``drain_timeout``.
+    drain_rate: float = 2000.0
+    #: Seconds a drain may take before the process exits anyway.
+    drain_timeout: float = 30.0
+    #: ``/healthz`` fails (503) while the event loop was this many seconds late in the last 10 s.
+    health_max_lag: float = 2.0
     # compiled room_name_pattern, set in __post_init__
     _compiled_room_pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
     # room name -> history (size, ttl) or None, filled by history_for
@@ -105,6 +113,7 @@ class HubConfig:
             "pong_timeout": self.pong_timeout,
             "write_timeout": self.write_timeout,
             "cleanup_interval": self.cleanup_interval,
+            "health_max_lag": self.health_max_lag,
         }
         for name, value in positive.items():
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
@@ -137,6 +146,8 @@ class HubConfig:
             "history_ttl": self.history_ttl,
             "history_meta_ttl": self.history_meta_ttl,
             "session_ttl": self.session_ttl,
+            "drain_rate": self.drain_rate,
+            "drain_timeout": self.drain_timeout,
         }
         for name, value in non_negative.items():
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:

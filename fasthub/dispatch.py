@@ -351,6 +351,7 @@ class Dispatcher:
         try:  # an anonymous connection may take an anonymous session (it keeps its new id)
             session_id = self.hub.signer.verify(payload.get("token"), None if conn.anonymous else conn.user_id)
         except SessionError as exc:
+            self.hub.resumed("invalid")
             raise EnvelopeError(ErrorCode.INVALID_SESSION, str(exc)) from None
         rooms = payload.get("rooms") or {}
         if not isinstance(rooms, dict):
@@ -375,9 +376,11 @@ class Dispatcher:
             if inspect.isawaitable(kept):
                 kept = await kept
         except Exception:
+            hub.resumed("unavailable")
             conn.send_json(error_envelope(ErrorCode.UNAVAILABLE, "sessions cannot be read now; retry", msg.id))
             return
         if kept is None:
+            hub.resumed("expired")
             out["resumed"] = False
             out["reason"] = "expired"  # older than session_ttl, resumed already, or never kept
             conn.send_json(system_envelope(out, reply_id=msg.id))
@@ -419,6 +422,7 @@ class Dispatcher:
             out["user"] = await result if inspect.isawaitable(result) else result
         out["resumed"] = True
         out["rooms"] = rooms
+        hub.resumed("resumed")
         if hub.is_registered(conn):
             conn.send_json(system_envelope(out, reply_id=msg.id))
 

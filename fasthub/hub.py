@@ -23,11 +23,12 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMappi
 from typing import Any, Protocol
 
 from . import _ext
-from ._core import KIND_BINARY, KIND_TEXT, Connection, Fanout, Payload, RateLimiter
+from ._core import FLUSH_BUCKETS, KIND_BINARY, KIND_TEXT, Connection, Fanout, Payload, RateLimiter
 from .broker import Broker, LocalBroker
 from .config import HubConfig
 from .exceptions import Denied, HubError
 from .messages import ErrorCode, encode, error_envelope, system_envelope
+from .metrics import LoopMonitor
 from .room import Room
 from .sessions import Signer, record
 from .streams import ROOM, USER, Position, Published, Recovery
@@ -139,6 +140,14 @@ class Hub:
         self.connections_closed = 0
         self.slow_consumer_closes = 0
         self.rate_limited = 0  # messages refused by the rate limits of connections now closed
+        # for /metrics: closes by close code, refused upgrades by HTTP status, resumes by outcome
+        self.close_codes: dict[int, int] = {}
+        self.handshake_failures: dict[int, int] = {}
+        self.resumes: dict[str, int] = {}
+        self.flush_buckets = FLUSH_BUCKETS
+        self.loop_monitor = LoopMonitor()
+        #: set by ``drain``: new connections are refused (503) and /readyz says so
+        self.draining = False
         self._ip_counts: dict[str, int] = {}
         self._last_sample: tuple[float, tuple[int, int, int, int]] = (0.0, (0, 0, 0, 0))
         self._rates: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0)
@@ -175,6 +184,7 @@ class Hub:
             fanout.flush_scheduled = True
             loop.call_soon(fanout.flush)
         self._sweeper = loop.call_later(self._sweep_period(), self._sweep)
+        self.loop_monitor.start(loop)
         self.broker.start(loop)
 
     def _sweep_period(self) -> float:
@@ -247,6 +257,8 @@ class Hub:
         ``scope`` is the ASGI scope (for the client address), or None when no per-IP cap is on.
         """
         c = self.config
+        if self.draining:
+            return Denied(503, "server draining")
         if c.max_connections and len(self._connections) >= c.max_connections:
             return Denied(503, "server at its connection limit")
         if not (c.max_connections_per_ip or c.connect_rate_per_ip):
@@ -333,6 +345,8 @@ class Hub:
             conn.expiry = None
         self.rate_limited += conn.refused
         self.connections_closed += 1
+        code = conn.close_code or 1006
+        self.close_codes[code] = self.close_codes.get(code, 0) + 1
 
     # -- sessions --------------------------------------------------------------------------------
 
@@ -1156,6 +1170,61 @@ class Hub:
         for conn in list(self._connections.values()):
             conn.close(code, reason)
 
+    def handshake_failed(self, status: int) -> None:
+        """Count an upgrade request answered with HTTP ``status`` (for /metrics)."""
+        self.handshake_failures[status] = self.handshake_failures.get(status, 0) + 1
+
+    def resumed(self, outcome: str) -> None:
+        """Count a session resume by outcome: resumed, expired, invalid or unavailable."""
+        self.resumes[outcome] = self.resumes.get(outcome, 0) + 1
+
+    def ready(self) -> tuple[bool, str]:
+        """Whether this process accepts connections now, and why not (what /readyz answers)."""
+        if self.draining:
+            return False, "draining"
+        if self._loop is None:
+            return False, "not started"
+        if getattr(self.broker, "up", True) is False:
+            return False, "broker unreachable"
+        c = self.config
+        if c.max_connections and len(self._connections) >= c.max_connections:
+            return False, "at max_connections"
+        return True, "ready"
+
+    async def drain(self, rate: float | None = None, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+        """Close every connection with 1012, ``rate`` per second, and refuse new ones meanwhile.
+
+        Each connection's queued messages go out before its close frame, and its session (rooms
+        and stream positions) is kept as at any close, so a client resumes on another node
+        without loss. Connections are closed in batches every 100 ms (``rate``, default
+        ``HubConfig.drain_rate``; 0: all at once) so their clients do not reconnect to the
+        neighbours all in the same instant. Returns True when every connection was gone within
+        ``timeout`` (default ``HubConfig.drain_timeout``) and the broker had written what it held.
+        """
+        c = self.config
+        rate = c.drain_rate if rate is None else rate
+        timeout = c.drain_timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self.draining = True
+        log.info("fasthub: draining %d connections (%s per second)", len(self._connections), rate or "all")
+        step = 0.1
+        if rate:  # fast enough to reach every connection within 80% of the timeout
+            rate = max(rate, len(self._connections) / max(step, 0.8 * timeout))
+        batch = max(1, int(rate * step)) if rate else 0
+        while self._connections and loop.time() < deadline:
+            open_ = [conn for conn in self._connections.values() if not conn.closing]
+            for conn in open_ if not batch else open_[:batch]:
+                conn.close(1012, "server restarting")
+            await asyncio.sleep(step)
+        # a peer that does not answer its close frame is cut by the protocol's close timeout
+        while self._connections and loop.time() < deadline:  # noqa: ASYNC110 (a bounded poll)
+            await asyncio.sleep(0.02)
+        done = not self._connections
+        left = max(0.1, deadline - loop.time())
+        flushed = await self.broker.flush(min(left, 5.0))
+        return done and flushed
+
     def stats(self) -> dict[str, Any]:
         """Counters for ``/ws/stats``: the original's four keys plus traffic and uptime."""
         buffered = 0
@@ -1201,18 +1270,24 @@ class Hub:
         return out
 
     def node_stats(self) -> dict[str, Any]:
-        """What this node tells the cluster view (``RedisBroker``'s heartbeat)."""
+        """What this node tells the cluster view (``RedisBroker``'s heartbeat); ``bytes_buffered``,
+        ``slow_consumer_closes`` and ``memory_per_connection_bytes`` as in ``stats()``."""
         msgs_in_s, msgs_out_s, _, _ = self._rates
+        conns = len(self._connections)
+        rss = _rss_bytes()
         return {
             "pid": os.getpid(),
             "host": _HOSTNAME,
-            "connections": len(self._connections),
+            "connections": conns,
             "users": len(self._users),
             "anonymous": self._anonymous,
             "rooms": len(self._rooms),
             "messages_in_per_s": msgs_in_s,
             "messages_out_per_s": msgs_out_s,
-            "rss_bytes": _rss_bytes(),
+            "bytes_buffered": sum(conn.size() for conn in self._connections.values()),
+            "slow_consumer_closes": self.slow_consumer_closes,
+            "rss_bytes": rss,
+            "memory_per_connection_bytes": round((rss - self._rss_at_start) / conns) if conns else None,
             "uptime_s": round(time.monotonic() - self._started, 1),
         }
 

@@ -33,12 +33,14 @@ CLOSED = _outbox.CLOSED
 Payload = _outbox.Payload
 Outbox = _outbox.Outbox
 Fanout = _outbox.Fanout
+FLUSH_BUCKETS: tuple[int, ...] = _outbox.FLUSH_BUCKETS
 Connection = _conn.Connection
 RateLimiter = _limits.RateLimiter
 
 __all__ = [
     "CLOSED",
     "DROPPED",
+    "FLUSH_BUCKETS",
     "KIND_BINARY",
     "KIND_CLOSE",
     "KIND_RAW",

@@ -59,12 +59,14 @@ cdef class Fanout:
     cdef public long long bytes_out
     cdef public Py_ssize_t soft_limit
     cdef public long long congested
+    cdef public list flush_counts
+    cdef public long long flush_total
     cpdef mark(self, Outbox ob)
     cpdef int push(self, Outbox ob, Payload p)
     @cython.locals(count=Py_ssize_t, ob=Outbox, overflow=list)
     cpdef tuple push_many(self, dict members, Payload p, object exclude=*)
     cdef inline int _push_one(self, Outbox ob, Payload p, list overflow) except -1
-    @cython.locals(ob=Outbox, dirty=list, error=object, last=list, joined=bytes, items=list, q=object, data=bytes, transport=object, first=Payload, n=Py_ssize_t, i=Py_ssize_t, count=Py_ssize_t)
+    @cython.locals(ob=Outbox, dirty=list, error=object, last=list, joined=bytes, items=list, q=object, data=bytes, transport=object, first=Payload, n=Py_ssize_t, i=Py_ssize_t, count=Py_ssize_t, b=Py_ssize_t)
     cpdef flush(self)
 
 cdef list _NO_ITEMS

@@ -237,6 +237,10 @@ class Fanout:
         # (0: not counted); the hub slows the publisher of a room whose members are over it
         self.soft_limit = 0
         self.congested = 0
+        # the flush-size histogram (``fasthub.metrics``): flushes by connections written, one
+        # count per bucket of ``FLUSH_BUCKETS`` (the last: more), and the connections in all
+        self.flush_counts = [0] * (len(FLUSH_BUCKETS) + 1)
+        self.flush_total = 0
 
     def mark(self, ob: Outbox) -> None:
         ob.scheduled = True
@@ -316,6 +320,11 @@ class Fanout:
         last: list[Payload] = _NO_ITEMS
         joined = b""
         count = len(dirty)
+        self.flush_total += count
+        b = 0
+        while b < _N_FLUSH_BUCKETS and count > FLUSH_BUCKETS[b]:
+            b += 1
+        self.flush_counts[b] += 1
         for i in range(count):
             ob = dirty[i]
             _prefetch(dirty, i + 1)
@@ -364,6 +373,9 @@ class Fanout:
 
 
 _NO_ITEMS: list[Payload] = []
+#: upper bounds of the flush-size histogram (connections written by one flush)
+FLUSH_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384)
+_N_FLUSH_BUCKETS = len(FLUSH_BUCKETS)
 
 if not cython.compiled:
 

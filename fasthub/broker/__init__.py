@@ -81,6 +81,10 @@ class Broker(Protocol):
     async def close(self) -> None:
         """Leave the cluster and release connections (server shutdown)."""
 
+    async def flush(self, timeout: float) -> bool:  # noqa: ASYNC109
+        """Wait until what was handed over (publishes, saved sessions) is written; False when
+        ``timeout`` seconds were not enough (a drain calls it before the process exits)."""
+
     def publish_room(self, room: str, payload: Payload, exclude: Any) -> None: ...
 
     def publish_user(self, user_id: str, payload: Payload) -> None: ...

@@ -167,6 +167,8 @@ class RedisBroker:
         self.bad_messages = 0
         self.outages = 0
         self._bad_logged_at = 0.0
+        self.lag = 0.0  # seconds: the last probe's round trip through a pub/sub connection
+        self._writing = False  # the writer has a pipeline in flight
 
     # -- names ------------------------------------------------------------------------------------
 
@@ -209,8 +211,22 @@ class RedisBroker:
         self._wake = asyncio.Event()
         self._main = loop.create_task(self._run())
 
+    async def flush(self, timeout: float) -> bool:  # noqa: ASYNC109
+        """Wait until the writer has sent every queued command (publishes, saved sessions)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self._wake_writer()
+        while (self._out or self._writing) and loop.time() < deadline:  # noqa: ASYNC110 (a bounded poll)
+            await asyncio.sleep(0.005)
+        return not (self._out or self._writing)
+
     async def close(self) -> None:
-        """Leave the cluster: stop the tasks, remove this node's keys, close the connections."""
+        """Leave the cluster: stop the tasks, remove this node's keys, close the connections.
+
+        What the writer holds (a closing connection's saved session, the last publishes) is
+        written first, for at most a second."""
+        if self.up and self._main is not None:
+            await self.flush(1.0)
         main, self._main = self._main, None
         if main is not None:
             main.cancel()
@@ -731,12 +747,15 @@ class RedisBroker:
                 for cmd in batch:
                     messages += cmd[0]
                 assert self._link is not None
+                self._writing = True
                 try:
                     results = await self._link.execute([cmd[1:] for cmd in batch])
                 except Exception as exc:
                     self.broker_errors += messages
                     self._fail_futures(batch, exc)
                     raise
+                finally:
+                    self._writing = False
                 failed = sum(1 for cmd, r in zip(batch, results, strict=True) if cmd[0] and isinstance(r, Exception))
                 self.broker_errors += failed
                 self.published += messages - failed
@@ -928,6 +947,16 @@ class RedisBroker:
         while True:
             await asyncio.sleep(self.ttl / 3)
             await self._heartbeat_once()
+            self._spawn(self._measure_lag())
+
+    async def _measure_lag(self) -> None:
+        """The broker's lag for /metrics: how long a ``PING`` on this node's pub/sub connection
+        takes to come back (a message published now reaches the node no sooner)."""
+        assert self._loop is not None
+        start = self._loop.time()
+        with contextlib.suppress(Exception):
+            await self._barrier(self.user_channel(self.node_id))
+            self.lag = self._loop.time() - start
 
     async def _heartbeat_once(self) -> None:
         """Refresh this node's keys and read who else is alive.
@@ -1059,6 +1088,7 @@ class RedisBroker:
             "outages": self.outages,
             "subscriptions": len(self._confirmed),
             "nodes_alive": len(self._live) + 1 if self.up else None,
+            "lag_s": round(self.lag, 6),
         }
 
 

@@ -17,6 +17,7 @@ import hmac
 import html
 import inspect
 import logging
+import os
 from collections.abc import Awaitable, Callable, Iterable
 from importlib import resources
 from typing import Any
@@ -30,6 +31,7 @@ from ..dispatch import Dispatcher, MessageHandler, Pause, RoomHooks, UserHook, r
 from ..exceptions import Denied
 from ..hub import Hub
 from ..messages import system_envelope
+from ..metrics import CONTENT_TYPE, Exporter
 from ..streams import Position
 from .asgi_sink import AsgiSink
 from .handshake import UpgradeRequest, denial_body
@@ -41,6 +43,7 @@ Authenticate = Callable[[Scope], "Awaitable[str | int | Identity | None] | str |
 ConnectionCallback = Callable[[Connection], "Awaitable[None] | None"]
 
 _DEMO_PAGE = "demo.html"  # served at / only
+_DASHBOARD_PAGE = "dashboard.html"  # served at /ws/dashboard only (live charts of the stats)
 _STATIC_FILES = {
     "fasthub.js": "text/javascript; charset=utf-8",
     "demo.js": "text/javascript; charset=utf-8",
@@ -105,8 +108,16 @@ class FasthubApp:
         allowed_origins: Iterable[str] | None = None,
         stats_token: str | None = None,
         history_path: str | None = "/ws/history",
+        metrics_path: str | None = "/metrics",
+        health_path: str | None = "/healthz",
+        ready_path: str | None = "/readyz",
+        metrics_dir: str | None = None,
     ) -> None:
         self.hub = hub
+        self.metrics_path = metrics_path
+        self.health_path = health_path
+        self.ready_path = ready_path
+        self.exporter = Exporter(hub, metrics_dir or os.environ.get("FASTHUB_METRICS_DIR") or None)
         verify = getattr(authenticate, "verify", None)
         self.dispatcher = Dispatcher(
             hub,
@@ -148,11 +159,20 @@ class FasthubApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self.hub.attach(asyncio.get_running_loop())
+                self.exporter.start(asyncio.get_running_loop())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.shutdown()
+                self.exporter.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def drain(self, rate: float | None = None, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+        """``Hub.drain`` (1012 to every connection, new ones refused, the broker flushed): what
+        the first SIGTERM of ``fasthub serve`` runs before the server stops."""
+        done = await self.hub.drain(rate, timeout)
+        log.info("fasthub: drained (%s)", "every connection closed" if done else "timeout")
+        return done
 
     async def shutdown(self, grace: float = 2.0) -> None:
         """Close every connection with 1001 and give their handlers ``grace`` seconds to finish."""
@@ -370,7 +390,10 @@ class FasthubApp:
                 return
 
     async def _deny(self, scope: Scope, send: Send, status: int, reason: str) -> None:
-        if "websocket.http.response" in scope.get("extensions", {}):
+        extensions = scope.get("extensions", {})
+        if "fasthub.transport" not in extensions:  # the fast path counts its answers itself
+            self.hub.handshake_failed(status)
+        if "websocket.http.response" in extensions:
             body = denial_body(status, reason)
             await send(
                 {
@@ -394,7 +417,18 @@ class FasthubApp:
         if method not in ("GET", "HEAD"):
             await _respond(send, 405, b"method not allowed", b"text/plain", [(b"allow", b"GET, HEAD")])
             return
-        if self.stats_path is not None and path == self.stats_path:
+        if path == self.health_path and path is not None:
+            await self._health(send)
+        elif path == self.ready_path and path is not None:
+            ready, why = self.hub.ready()
+            body = orjson.dumps({"ready": ready, "reason": why, "connections": len(self.hub.connections)})
+            await _respond(send, 200 if ready else 503, body, b"application/json", [(b"cache-control", b"no-store")])
+        elif self.metrics_path is not None and path == self.metrics_path:
+            if self.stats_token is not None and not _token_matches(scope, self.stats_token):
+                await _respond(send, 401, b"metrics need a token\n", b"text/plain", [(b"www-authenticate", b"Bearer")])
+                return
+            await _respond(send, 200, self.exporter.render(), CONTENT_TYPE, [(b"cache-control", b"no-store")])
+        elif self.stats_path is not None and path == self.stats_path:
             if self.stats_token is not None and not _token_matches(scope, self.stats_token):
                 await _respond(send, 401, b"stats need a token\n", b"text/plain", [(b"www-authenticate", b"Bearer")])
                 return
@@ -407,6 +441,8 @@ class FasthubApp:
             )
         elif self.history_path is not None and path == self.history_path:
             await self._history(scope, send)
+        elif self.demo and path == "/ws/dashboard":
+            await self._dashboard(scope, send)
         elif self.demo and path in ("/", "/index.html"):
             root = html.escape(scope.get("root_path", ""), quote=True)
             page = (_static(_DEMO_PAGE) or b"").replace(b"{{FASTHUB_ROOT}}", root.encode())
@@ -417,6 +453,23 @@ class FasthubApp:
         else:
             await _respond(send, 404, b"not found", b"text/plain")
 
+
+    async def _dashboard(self, scope: Scope, send: Send) -> None:
+        """The live stats page, with the mount point and the stats path filled in (it polls them)."""
+        root = html.escape(scope.get("root_path", ""), quote=True).encode()
+        stats = html.escape(self.stats_path or "", quote=True).encode()
+        page = (_static(_DASHBOARD_PAGE) or b"").replace(b"{{FASTHUB_ROOT}}", root)
+        page = page.replace(b"{{FASTHUB_STATS_PATH}}", stats)
+        await _respond(send, 200, page, b"text/html; charset=utf-8", [(b"cache-control", b"no-cache")])
+
+    async def _health(self, send: Send) -> None:
+        """Alive: answering at all means the loop runs; late timers in the last 10 s mean it
+        is blocked for too long at times (``HubConfig.health_max_lag``)."""
+        hub = self.hub
+        lag = hub.loop_monitor.worst()
+        ok = lag < hub.config.health_max_lag
+        body = orjson.dumps({"ok": ok, "loop_lag_s": round(lag, 6), "pid": os.getpid()})
+        await _respond(send, 200 if ok else 503, body, b"application/json", [(b"cache-control", b"no-store")])
 
     async def _history(self, scope: Scope, send: Send) -> None:
         """A room's stored messages over HTTP, for clients that load before they connect.
@@ -500,7 +553,7 @@ def _static(name: str) -> bytes | None:
     """A file of ``fasthub/static`` listed in ``_STATIC_FILES``; None for any other name or a missing file."""
     data = _static_cache.get(name)
     if data is None:
-        if name not in _STATIC_FILES and name != _DEMO_PAGE:
+        if name not in _STATIC_FILES and name not in (_DEMO_PAGE, _DASHBOARD_PAGE):
             return None
         try:
             data = resources.files("fasthub").joinpath("static", name).read_bytes()
@@ -545,6 +598,10 @@ def create_app(
     allowed_origins: Iterable[str] | None = None,
     stats_token: str | None = None,
     history_path: str | None = "/ws/history",
+    metrics_path: str | None = "/metrics",
+    health_path: str | None = "/healthz",
+    ready_path: str | None = "/readyz",
+    metrics_dir: str | None = None,
 ) -> FasthubApp:
     """A raw ASGI app serving ``hub`` (a new one with default config if omitted).
 
@@ -568,6 +625,12 @@ def create_app(
         stats_token: require ``Authorization: Bearer <token>`` (or ``?token=``) for the stats.
         history_path: ``GET <history_path>?room=R[&since=N&epoch=E&limit=K]``: a room's stored
             messages, authenticated like the socket and allowed by ``can_join`` (None disables).
+        metrics_path: Prometheus metrics (``stats_token`` protects them too; None disables).
+        health_path, ready_path: liveness (the event loop answers in time) and readiness (not
+            draining, broker connected, below ``max_connections``) as 200 or 503 with a JSON
+            body; never behind the token (None disables).
+        metrics_dir: a folder shared by the processes of one port, whose metrics ``/metrics``
+            then adds up (default: env ``FASTHUB_METRICS_DIR``; ``--workers`` sets it).
     """
     return FasthubApp(
         hub if hub is not None else Hub(),
@@ -584,4 +647,8 @@ def create_app(
         allowed_origins=allowed_origins,
         stats_token=stats_token,
         history_path=history_path,
+        metrics_path=metrics_path,
+        health_path=health_path,
+        ready_path=ready_path,
+        metrics_dir=metrics_dir,
     )

@@ -302,6 +302,7 @@ class HubProtocol(asyncio.Protocol):
 
     def refuse(self, exc: handshake.HandshakeError) -> None:
         """A malformed upgrade request: 400 or 426, then close."""
+        self._count_refusal(exc.status)
         self.phase = RESPONDED
         self.transport.write(handshake.error_response(exc))
         self.transport.close()
@@ -340,9 +341,15 @@ class HubProtocol(asyncio.Protocol):
 
     def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         """Answer the upgrade request with an HTTP response, then close."""
+        self._count_refusal(status)
         self.phase = RESPONDED
         self.transport.write(handshake.http_response(status, [*self.shared.default_headers, *headers], body))
         self.transport.close()
+
+    def _count_refusal(self, status: int) -> None:
+        hub_app = self.shared.hub_app
+        if hub_app is not None:
+            hub_app.hub.handshake_failed(status)
 
     def accept(self, extra_headers: list[tuple[bytes, bytes]]) -> None:
         """Complete a generic ASGI app's upgrade: the 101 now, frames from the engine from here on."""

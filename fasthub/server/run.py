@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import importlib
 import logging
 import socket
+from types import FrameType
 from typing import Any
 
 from ..config import HubConfig
@@ -137,7 +139,6 @@ def run(
 
     ``reuse_port``: bind with ``SO_REUSEPORT`` (several processes on one port, as ``--workers``).
     """
-    import uvicorn
 
     if not isinstance(app, FasthubApp):
         app = create_app(app)
@@ -151,5 +152,56 @@ def run(
     # generation less often, and move everything alive at start-up out of the collector's way.
     gc.set_threshold(20_000, 50, 100)
     gc.freeze()
-    server = uvicorn.Server(uvicorn_config(app, host, port, log_level, **uvicorn_options))
+    server = draining_server(uvicorn_config(app, host, port, log_level, **uvicorn_options), app, reuse_port)
     server.run(sockets=[reuse_port_socket(host, port)] if reuse_port else None)
+
+
+def draining_server(config: Any, app: FasthubApp, stop_listening: bool) -> Any:
+    """A ``uvicorn.Server`` whose first SIGTERM drains ``app`` before the usual shutdown.
+
+    The drain (``FasthubApp.drain``) refuses new connections with 503 (``/readyz`` says
+    "draining") and closes open ones with 1012 at ``HubConfig.drain_rate`` per second; the
+    server then shuts down as on SIGINT. ``stop_listening`` (``--reuse-port``, every worker of
+    ``--workers``): the listening socket closes at once, so the kernel sends new connections to
+    the processes still serving the port. A second SIGTERM, or SIGINT, exits at once.
+    """
+    import signal
+
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        drain_task: asyncio.Task[None] | None = None
+        loop: asyncio.AbstractEventLoop | None = None
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            self.loop = asyncio.get_running_loop()
+            await super().startup(sockets)
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            loop = self.loop
+            if self.drain_task is not None or self.should_exit:
+                if sig in (signal.SIGTERM, signal.SIGINT):
+                    logging.getLogger("fasthub").warning("fasthub: exiting now (signal %d while stopping)", sig)
+                    self.should_exit = self.force_exit = True
+                return
+            if sig != signal.SIGTERM or loop is None or not self.started:
+                super().handle_exit(sig, frame)
+                return
+            self._captured_signals.append(sig)
+            loop.call_soon_threadsafe(self._start_drain)
+
+        def _start_drain(self) -> None:
+            assert self.loop is not None
+            self.drain_task = self.loop.create_task(self._drain())
+
+        async def _drain(self) -> None:
+            try:
+                if stop_listening:
+                    for server in self.servers:
+                        server.close()
+                await app.drain()
+            except Exception:
+                logging.getLogger("fasthub").exception("fasthub: drain failed")
+            self.should_exit = True
+
+    return DrainingServer(config)
