@@ -137,6 +137,7 @@ def _parser() -> argparse.ArgumentParser:
         help="conformance/debug mode: echo every message back unchanged (no hub); for Autobahn runs",
     )
     _add_bench_parser(sub)
+    _add_top_parser(sub)
     return parser
 
 
@@ -152,6 +153,29 @@ def _add_bench_parser(sub: Any) -> None:
         "fasthub bench --compare fanout ingress --pin",
     )
     add_arguments(bench)
+
+
+def _positive(value: str) -> float:
+    seconds = float(value)
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return seconds
+
+
+def _add_top_parser(sub: Any) -> None:
+    """``fasthub top``: a server's stats as a live table (``fasthub.top``)."""
+    top = sub.add_parser(
+        "top",
+        help="watch a server's stats: a live table per node and for the cluster, with sparklines",
+        description="Polls the stats endpoint and shows connections, messages in/out per second, bytes buffered, "
+        "slow-consumer closes and memory per connection, per node and for the cluster.",
+        epilog="examples: fasthub top http://127.0.0.1:8080 | fasthub top https://hub.example/ws/stats --token T "
+        "--once",
+    )
+    top.add_argument("url", help="the server (http://host:port) or its stats URL (http://host:port/ws/stats)")
+    top.add_argument("--token", help="bearer token for the stats (or env FASTHUB_STATS_TOKEN)")
+    top.add_argument("--interval", type=_positive, default=1.0, help="seconds between polls (default 1)")
+    top.add_argument("--once", action="store_true", help="print one table and exit")
 
 
 def _authenticator(args: argparse.Namespace) -> Any:
@@ -340,6 +364,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .benchmark import main as bench_main
 
         return bench_main(args)
+    elif args.command == "top":
+        from .top import main as top_main
+
+        return top_main(args)
     return 0
 
 
