@@ -359,6 +359,9 @@ def test_dashboard_plots_one_process(browser: Any) -> None:
 
         d = wait_for(page, settled)
         assert d["mode"] == "process" and d["errors"] == 0 and d["statsUrl"] == "/ws/stats"
+        assert (d["intervalMs"], d["windowMs"]) == (1000, 300_000)  # a poll a second, 5 minutes kept
+        gaps = [b["t"] - a["t"] for a, b in zip(d["samples"], d["samples"][1:], strict=False)]
+        assert all(900 <= g <= 2500 for g in gaps), gaps
         assert list(d["series"]) == ["process"]
         last = d["last"]  # the server's last answer, as the page received it
         for metric in METRICS:

@@ -3,9 +3,11 @@ a two-node cluster on a real redis-server, with real ``websockets`` traffic) and
 
 from __future__ import annotations
 
+import http.server
 import json
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from typing import Any
@@ -178,6 +180,32 @@ def test_errors_are_one_line_and_exit_1(capsys: pytest.CaptureFixture[str], monk
         assert "did not answer with JSON" in one_error_line(capsys.readouterr().err)
         assert cli_main(["top", server.http + "/ws/nothing-here", "--once"]) == 1
         assert "HTTP 404" in one_error_line(capsys.readouterr().err)
+
+
+def test_json_that_is_not_stats(capsys: pytest.CaptureFixture[str]) -> None:
+    """A server that answers JSON, but not stats (a plain http.server here)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"status": "ok"}'
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler) as httpd:
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        try:
+            url = f"http://127.0.0.1:{httpd.server_address[1]}/healthz"
+            assert cli_main(["top", url, "--once"]) == 1
+            assert "answered JSON without stats" in one_error_line(capsys.readouterr().err)
+        finally:
+            httpd.shutdown()
 
 
 def test_the_command_exits_1_on_error() -> None:
