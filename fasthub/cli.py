@@ -88,6 +88,21 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         help="connections closed per second while draining (default 2000; raised to fit the timeout; 0: at once)",
     )
+    ops.add_argument("--ssl-certfile", metavar="FILE", help="serve wss:// and https:// with this PEM certificate")
+    ops.add_argument("--ssl-keyfile", metavar="FILE", help="the certificate's PEM private key")
+    ops.add_argument("--ssl-keyfile-password", help="password of an encrypted key file")
+    ops.add_argument(
+        "--proxy-headers",
+        action="store_true",
+        help="take the client address from X-Forwarded-For (and the scheme from X-Forwarded-Proto) sent by a "
+        "trusted proxy (--forwarded-allow-ips)",
+    )
+    ops.add_argument(
+        "--forwarded-allow-ips",
+        metavar="IPS",
+        help="comma-separated proxy addresses or networks trusted with --proxy-headers, '*' for all "
+        "(or env FORWARDED_ALLOW_IPS; default 127.0.0.1,::1)",
+    )
     ops.add_argument("--no-metrics", action="store_true", help="do not serve /metrics (Prometheus)")
     ops.add_argument("--no-health", action="store_true", help="do not serve /healthz and /readyz")
     cluster = serve.add_argument_group("cluster (several processes or machines as one hub)")
@@ -353,7 +368,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             ready_path=None if args.no_health else "/readyz",
         )
         try:
-            run(app, args.host, args.port, args.log_level, ws=args.ws, reuse_port=args.reuse_port)
+            server_options: dict[str, Any] = {}
+            if args.ssl_certfile or args.ssl_keyfile:
+                if not (args.ssl_certfile and args.ssl_keyfile):
+                    print("fasthub: --ssl-certfile and --ssl-keyfile go together", file=sys.stderr)
+                    return 2
+                for path in (args.ssl_certfile, args.ssl_keyfile):
+                    if not os.path.isfile(path):
+                        print(f"fasthub: {path}: no such file", file=sys.stderr)
+                        return 2
+                server_options.update(
+                    ssl_certfile=args.ssl_certfile,
+                    ssl_keyfile=args.ssl_keyfile,
+                    ssl_keyfile_password=args.ssl_keyfile_password,
+                )
+            if args.proxy_headers:
+                server_options["proxy_headers"] = True
+                if args.forwarded_allow_ips is not None:
+                    server_options["forwarded_allow_ips"] = args.forwarded_allow_ips
+            run(app, args.host, args.port, args.log_level, ws=args.ws, reuse_port=args.reuse_port, **server_options)
         except OSError as exc:  # the port (with --reuse-port: bound here, not by uvicorn)
             print(f"fasthub: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
             return 2

@@ -263,7 +263,7 @@ class Hub:
             return Denied(503, "server at its connection limit")
         if not (c.max_connections_per_ip or c.connect_rate_per_ip):
             return None
-        ip = _client_ip(scope)
+        ip = client_ip(scope)
         if c.max_connections_per_ip and self._ip_counts.get(ip, 0) >= c.max_connections_per_ip:
             return Denied(429, "too many connections from this address")
         if c.connect_rate_per_ip:
@@ -306,7 +306,7 @@ class Hub:
         if c.rate_limit or c.rate_limit_bytes:
             conn.limit(c.rate_limit, c.rate_limit_bytes, now)
         if c.max_connections_per_ip:
-            conn.ip = _client_ip(scope)
+            conn.ip = client_ip(scope)
             self._ip_counts[conn.ip] = self._ip_counts.get(conn.ip, 0) + 1
         self.connections_opened += 1
         return conn
@@ -1351,7 +1351,9 @@ def _hold_back(held: dict[str, list[Held]], offset: int, payload: Payload, epoch
     return frozenset(held).union(exclude)
 
 
-def _client_ip(scope: Any) -> str:
+def client_ip(scope: Any) -> str:
+    """The client address of an ASGI scope (forwarded by a trusted proxy when
+    ``--proxy-headers`` is on), or "?" when the server gave none."""
     client = scope.get("client") if scope is not None else None
     return str(client[0]) if client else "?"
 

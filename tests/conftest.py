@@ -108,6 +108,7 @@ def serve(
         "ws_per_message_deflate": False,
         "lifespan": "on" if not mount else "auto",
         "timeout_graceful_shutdown": 2,
+        "proxy_headers": False,  # as ``fasthub serve`` (uvicorn's default trusts 127.0.0.1)
     }
     if ws == "fasthub":  # what ``fasthub serve`` runs: our listener in front, HubProtocol
         options["ws"] = HubProtocol

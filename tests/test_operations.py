@@ -219,16 +219,19 @@ def _port() -> int:
 
 
 @contextlib.contextmanager
-def fasthub_serve(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def fasthub_serve(
+    *args: str, env: dict[str, str] | None = None, https: Any = None
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``fasthub serve ARGS`` on a free port, ready; ``https``: the client SSL context to wait with."""
     port = _port()
     cmd = [sys.executable, "-m", "fasthub", "serve", "--port", str(port), "--log-level", "warning", *args]
     proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, env={**os.environ, **(env or {})})
-    base = f"http://127.0.0.1:{port}"
+    base = f"{'https' if https else 'http'}://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20
         while True:
             try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{base}/readyz", timeout=1, verify=https or True).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass

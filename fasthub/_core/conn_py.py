@@ -151,7 +151,7 @@ class Connection(Outbox):
 
     @property
     def ip(self) -> str | None:
-        """The client address; set when per-IP caps are on."""
+        """The client address; set when per-IP caps or proxy headers (``--proxy-headers``) are on."""
         rare = self._rare
         return None if rare is None else rare.ip
 

@@ -29,7 +29,7 @@ from ..auth import SUBPROTOCOL, Identity, OriginPolicy, token_from_scope
 from ..connection import Connection
 from ..dispatch import Dispatcher, MessageHandler, Pause, RoomHooks, UserHook, room_hook
 from ..exceptions import Denied
-from ..hub import Hub
+from ..hub import Hub, client_ip
 from ..messages import system_envelope
 from ..metrics import CONTENT_TYPE, Exporter
 from ..streams import Position
@@ -128,6 +128,9 @@ class FasthubApp:
             verify_token=verify if callable(verify) else None,
         )
         self.origins = OriginPolicy(allowed_origins) if allowed_origins is not None else None
+        #: set when uvicorn's proxy-headers middleware wraps the app (``find_hub_app``): the client's
+        #: address is then the forwarded one, and ``Connection.ip`` records it
+        self.proxied = False
         self.stats_token = stats_token
         self.on_connect = on_connect
         self.on_disconnect = on_disconnect
@@ -238,6 +241,8 @@ class FasthubApp:
             # callbacks; this coroutine returns once it is set up (no task waits per connection)
             protocol = fast["protocol"]
             conn = hub.register(protocol, user_id, scope)
+            if self.proxied and conn.ip is None:
+                conn.ip = client_ip(scope)
             protocol.open_hub(conn, self.dispatcher, self._on_lost, subprotocol)  # the 101 goes first
             self.hello(conn, identity, stream)
             await self.connected(conn)
@@ -248,6 +253,8 @@ class FasthubApp:
         await send(accept)
         sink = AsgiSink(send, loop, asyncio.current_task())
         conn = hub.register(sink, user_id, scope)
+        if self.proxied and conn.ip is None:
+            conn.ip = client_ip(scope)
         self.hello(conn, identity, stream)
         writer = loop.create_task(sink.run_writer())
         try:
@@ -278,7 +285,8 @@ class FasthubApp:
         """Whether opening a connection needs its ASGI scope (else ``open_direct`` may skip it).
 
         The steps that read it: ``authenticate`` and ``on_connect`` get it, the Origin check
-        and the per-IP caps read its headers and client address, and ``keep_scope`` keeps it.
+        and the per-IP caps read its headers and client address, ``keep_scope`` keeps it, and
+        behind a trusted proxy ``Connection.ip`` takes the forwarded address from it.
         """
         c = self.hub.config
         return bool(
@@ -288,6 +296,7 @@ class FasthubApp:
             or c.keep_scope
             or c.max_connections_per_ip
             or c.connect_rate_per_ip
+            or self.proxied
         )
 
     def open_direct(self, protocol: Any, request: UpgradeRequest) -> bool:

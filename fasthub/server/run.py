@@ -50,6 +50,9 @@ def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8080, log_leve
     implementation. Raises ``MissingWebSocketImplementation`` when its package is missing.
 
     Limits and timers come from the app's ``HubConfig`` (the defaults for a non-hub app).
+    Other keywords are uvicorn's: ``ssl_certfile``/``ssl_keyfile`` serve ``wss://`` (the fast
+    path included), ``proxy_headers=True`` with ``forwarded_allow_ips`` takes the client's
+    address from ``X-Forwarded-For`` sent by those peers only (off by default).
     """
     import uvicorn
 
@@ -78,6 +81,8 @@ def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8080, log_leve
         "access_log": False,
         "backlog": 4096,
         "timeout_graceful_shutdown": 5,
+        # X-Forwarded-For is believed only when asked for (uvicorn's default trusts 127.0.0.1)
+        "proxy_headers": False,
     }
     options.update(kw)
     return uvicorn.Config(app, **options)

@@ -39,6 +39,10 @@ _WRAPPERS = ("ProxyHeadersMiddleware", "MessageLoggerMiddleware")
 def find_hub_app(config: Any) -> FasthubApp | None:
     """The ``FasthubApp`` behind uvicorn's own wrappers, or None (found once per server).
 
+    Behind uvicorn's ``ProxyHeadersMiddleware`` (``--proxy-headers``) the app is marked
+    ``proxied``: its connections then open through the middleware, which rewrites the scope's
+    ``client`` from ``X-Forwarded-For`` when the peer is in ``--forwarded-allow-ips``.
+
     Only a fasthub app is opened without an ASGI task (``FasthubApp.open_direct``) or run up to
     its first suspension inside ``data_received``; other apps may expect
     ``asyncio.current_task()`` (anyio does), so they always start in a task.
@@ -46,9 +50,15 @@ def find_hub_app(config: Any) -> FasthubApp | None:
     from .asgi import FasthubApp
 
     app = config.loaded_app
+    proxied = False
     while type(app).__name__ in _WRAPPERS and hasattr(app, "app"):
+        proxied = proxied or type(app).__name__ == "ProxyHeadersMiddleware"
         app = app.app
-    return app if isinstance(app, FasthubApp) else None
+    if not isinstance(app, FasthubApp):
+        return None
+    if proxied:  # the client's address comes from X-Forwarded-For: every open needs the scope
+        app.proxied = True
+    return app
 
 
 def client_disconnected() -> Exception:
