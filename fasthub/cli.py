@@ -153,6 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_bench_parser(sub)
     _add_top_parser(sub)
+    _add_plan_parser(sub)
     return parser
 
 
@@ -191,6 +192,21 @@ def _add_top_parser(sub: Any) -> None:
     top.add_argument("--token", help="bearer token for the stats (or env FASTHUB_STATS_TOKEN)")
     top.add_argument("--interval", type=_positive, default=1.0, help="seconds between polls (default 1)")
     top.add_argument("--once", action="store_true", help="print one table and exit")
+
+
+def _add_plan_parser(sub: Any) -> None:
+    """``fasthub plan``: capacity for a workload from costs measured here (``fasthub.plan``)."""
+    from .plan import add_arguments
+
+    plan = sub.add_parser(
+        "plan",
+        help="workers, cores, memory, bandwidth and Redis throughput for a workload, from measured costs",
+        description="Plans capacity from unit costs measured on this machine: a calibration run (--calibrate), "
+        "a fasthub bench JSON file, or a running hub's /ws/stats (--from).",
+        epilog="example: fasthub plan --connections 200000 --rooms 5000 --room-size 40 --msgs-per-s 2000 "
+        "--msg-bytes 300 --calibrate --save costs.json",
+    )
+    add_arguments(plan)
 
 
 def _authenticator(args: argparse.Namespace) -> Any:
@@ -401,6 +417,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .top import main as top_main
 
         return top_main(args)
+    elif args.command == "plan":
+        from .plan import main as plan_main
+
+        return plan_main(args)
     return 0
 
 

@@ -26,6 +26,7 @@ from . import _ext
 from ._core import FLUSH_BUCKETS, KIND_BINARY, KIND_TEXT, Connection, Fanout, Payload, RateLimiter
 from .broker import Broker, LocalBroker
 from .config import HubConfig
+from .costs import CostMeter, cpu_seconds
 from .exceptions import Denied, HubError
 from .messages import ErrorCode, encode, error_envelope, system_envelope
 from .metrics import LoopMonitor
@@ -146,6 +147,7 @@ class Hub:
         self.resumes: dict[str, int] = {}
         self.flush_buckets = FLUSH_BUCKETS
         self.loop_monitor = LoopMonitor()
+        self.cost_meter = CostMeter()  # CPU against the counters, sampled by the sweep (stats' costs)
         #: set by ``drain``: new connections are refused (503) and /readyz says so
         self.draining = False
         self._ip_counts: dict[str, int] = {}
@@ -225,6 +227,16 @@ class Hub:
             dt = now - last_at
             self._rates = tuple(round((c - p) / dt, 1) for c, p in zip(counters, last, strict=True))
         self._last_sample = (now, counters)
+        self.cost_meter.sample(
+            now,
+            {
+                "cpu_s": cpu_seconds(),
+                "connects": self.connections_opened,
+                "messages_in": counters[0],
+                "deliveries": counters[1],
+                "broker_published": (self.broker.stats() or {}).get("published", 0) if self._remote else 0,
+            },
+        )
 
     def run_threadsafe(self, func: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
         """Run ``func(*args)`` on the hub's event loop from any thread; the one thread-safe entry.
@@ -1263,6 +1275,9 @@ class Hub:
             "uptime_s": round(time.monotonic() - self._started, 3),
             "started_at": self._started_wall,
             "compiled": all(_ext.LIVE.values()) if _ext.LIVE else False,
+            "cpu_s": round(cpu_seconds(), 3),
+            # unit costs fitted over the last sweeps (None: the traffic did not tell them apart)
+            "costs": self.cost_meter.costs(),
         }
         broker = self.broker.stats()
         if broker:

@@ -38,6 +38,48 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+#: the ``/ws/stats`` fields a run keeps (``fasthub plan`` fits unit costs on their deltas)
+STATS_KEYS = (
+    "cpu_s", "connections", "connections_opened", "messages_in", "messages_out", "bytes_in", "bytes_out",
+    "rss_bytes", "uptime_s", "compiled",
+)
+
+
+def stats_url(ws_url: str) -> str:
+    """``/ws/stats`` beside a ``.../ws`` endpoint (``http`` for ``ws``)."""
+    base = ws_url.split("?", 1)[0]
+    base = "http" + base[2:] if base.startswith("ws") else base
+    return (base[: -len("/ws")] if base.endswith("/ws") else base.rstrip("/")) + "/ws/stats"
+
+
+def server_stats(ws_url: str, settle: dict[str, Any] | None = None, timeout: float = 5.0) -> dict[str, Any] | None:
+    """The server's ``/ws/stats`` (token from ``FASTHUB_STATS_TOKEN``), or None if it has none.
+
+    ``settle``: a snapshot from before a run; waits (at most ``timeout`` s) until the run's
+    connections are gone again, so their closing is counted in this run.
+    """
+    import json
+    import time
+    import urllib.request
+
+    token = os.environ.get("FASTHUB_STATS_TOKEN")
+    request = urllib.request.Request(stats_url(ws_url), headers={"authorization": f"Bearer {token}"} if token else {})
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=2) as r:
+                data = json.loads(r.read())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or "cpu_s" not in data:
+            return None
+        node = data.get("node") or {}
+        out = {key: node.get(key, data.get(key)) for key in STATS_KEYS}
+        if settle is None or out["connections"] <= settle["connections"] or time.monotonic() > deadline:
+            return out
+        time.sleep(0.1)
+
+
 def main(args: argparse.Namespace) -> int:
     """Run what ``fasthub bench`` was asked; 0 when every result is ok, 1 if any failed, 2 on misuse."""
     from rich.console import Console
@@ -67,11 +109,13 @@ def main(args: argparse.Namespace) -> int:
             client_cpus = tuple(range(1, cpus)) if args.pin and cpus >= 2 else ()
             for scenario in scenarios:
                 cfg = config_for(args, url, scenario, client_cpus)
+                before = server_stats(url)
                 with progress(scenario) as prog:
                     result = run_bench(cfg, prog)
-                records.append(
-                    {"server": None, "scenario": scenario, "params": cfg.resolved().params(), "result": result}
-                )
+                record = {"server": None, "scenario": scenario, "params": cfg.resolved().params(), "result": result}
+                if before is not None:  # a fasthub server: its counters and CPU around the run
+                    record["server_stats"] = {"before": before, "after": server_stats(url, settle=before)}
+                records.append(record)
         else:
             specs = discover_servers(args.peers_dir, tuple(args.fasthub_arg or ()))
             if args.servers:
