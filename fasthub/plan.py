@@ -256,12 +256,17 @@ def _server(extra: list[str]) -> Iterator[tuple[int, int]]:
             proc.wait()
 
 
-def _bench(port: int, pid: int, quiet: bool) -> list[dict[str, Any]]:
+def _scaled(params: dict[str, Any], scale: float) -> dict[str, Any]:
+    return {k: (max(2, int(v * scale)) if k in ("connections", "messages") else v) for k, v in params.items()}
+
+
+def _bench(port: int, pid: int, quiet: bool, scale: float = 1.0) -> list[dict[str, Any]]:
     from .benchmark import BenchConfig, run_bench, server_stats
 
     url = f"ws://127.0.0.1:{port}/ws"
     records = []
-    for scenario, params in CALIBRATION:
+    for scenario, full in CALIBRATION:
+        params = _scaled(full, scale)
         cfg = BenchConfig(url, scenario, pid=pid, **params)
         before = server_stats(url)
         if not quiet:
@@ -275,14 +280,16 @@ def _bench(port: int, pid: int, quiet: bool) -> list[dict[str, Any]]:
     return records
 
 
-def calibrate(redis: str | None = None, quiet: bool = False) -> dict[str, Any]:
-    """Measure this machine: the runs (and, with ``redis``, the broker's cost per publish)."""
+def calibrate(redis: str | None = None, quiet: bool = False, scale: float = 1.0) -> dict[str, Any]:
+    """Measure this machine: the runs (and, with ``redis``, the broker's cost per publish).
+
+    ``scale`` shrinks the runs' connections and messages (tests); noisier below 1."""
     with _server([]) as (port, pid):
-        runs = _bench(port, pid, quiet)
+        runs = _bench(port, pid, quiet, scale)
     doc: dict[str, Any] = {"tool": "fasthub plan --calibrate", "created": time.time(), "runs": runs}
     if redis is not None:
         with _server(["--redis", redis, "--redis-prefix", f"plan{os.getpid()}"]) as (port, pid):
-            broker_runs = _bench(port, pid, quiet)
+            broker_runs = _bench(port, pid, quiet, scale)
         local = costs_from_bench({"runs": runs})
         fanout = next(r for r in broker_runs if r["scenario"] == "fanout")
         b, a = fanout["server_stats"]["before"], fanout["server_stats"]["after"]
