@@ -19,7 +19,7 @@ import websockets
 
 from tests import test_demo_browser as demo
 
-browser = demo.browser  # the same Chromium and ``fasthub serve`` fixtures as the demo test
+# the browser fixture is conftest's; the ``fasthub serve`` fixtures are the demo test's
 server = demo.server
 
 pytestmark = pytest.mark.browser

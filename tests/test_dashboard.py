@@ -29,7 +29,7 @@ import time
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,6 @@ import websockets
 from fasthub import HubConfig
 from tests.conftest import query_user, serve, serve_cluster
 
-CHROMIUM = "/usr/bin/chromium"
 PAGE = Path(__file__).resolve().parent.parent / "fasthub" / "static" / "dashboard.html"
 METRICS = [
     "connections",
@@ -279,20 +278,6 @@ class Traffic:
 # -- the browser ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def open_page(browser: Any, url: str) -> tuple[Any, list[str]]:
