@@ -11,7 +11,8 @@ The answer comes from unit costs measured on this machine, never from constants:
 * ``--from URL``: a running hub's ``/ws/stats`` ``costs``, fitted over its recent traffic.
 
 The model (``plan``): each inbound message costs ``cpu_per_message_in_s`` and reaches every
-member of its room, ``room_size`` deliveries at ``cpu_per_delivery_s`` each; with several
+member of its room, ``room_size`` deliveries at ``Costs.delivery_cost(room_size)`` each (measured
+by fixed-rate fanout runs of 100, 1,000 and 5,000 members, interpolated between them); with several
 workers each message also crosses Redis once per worker that holds members of the room.
 Workers are sized so that each stays under ``1 - headroom`` of a core, and so that none holds
 more connections than its open-file limit allows.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -55,6 +57,23 @@ class Costs:
     frame_overhead_bytes: float | None = None  # a delivery's bytes beyond its payload (envelope, frame)
     cpu_per_broker_publish_s: float | None = None  # extra CPU per message crossing Redis, per node
     source: str = ""
+    #: ``[[room size, cpu per delivery], ...]`` measured by fanout runs of different sizes: a
+    #: delivery costs more in a big room (its members' objects no longer fit the CPU caches)
+    delivery_by_room_size: list[list[float]] | None = None
+
+    def delivery_cost(self, room_size: int) -> float:
+        """The CPU of one delivery in a room of ``room_size``: interpolated in log(size) between
+        the measured sizes, the nearest measured one outside them."""
+        points = sorted(self.delivery_by_room_size or [])
+        if not points:
+            return self.cpu_per_delivery_s
+        if room_size <= points[0][0]:
+            return points[0][1]
+        for (s0, c0), (s1, c1) in itertools.pairwise(points):
+            if room_size <= s1:
+                f = (math.log(room_size) - math.log(s0)) / (math.log(s1) - math.log(s0))
+                return c0 + f * (c1 - c0)
+        return points[-1][1]
 
 
 @dataclass
@@ -72,6 +91,7 @@ def plan(costs: Costs, load: Workload, files_per_worker: int | None = None) -> d
     if files_per_worker is None:
         files_per_worker = _file_limit()
     deliveries = load.msgs_per_s * load.room_size
+    per_delivery = costs.delivery_cost(load.room_size)
     usable = 1.0 - load.headroom
     by_files = math.ceil(load.connections / max(1, files_per_worker - FILE_RESERVE))
     workers = max(1, by_files)
@@ -82,7 +102,7 @@ def plan(costs: Costs, load: Workload, files_per_worker: int | None = None) -> d
         cpu = (
             workers * costs.cpu_idle_per_s
             + load.msgs_per_s * costs.cpu_per_message_in_s
-            + deliveries * costs.cpu_per_delivery_s
+            + deliveries * per_delivery
             + load.msgs_per_s * nodes_per_message * (broker_cost or 0.0)
         )
         needed = max(1, by_files, math.ceil(cpu / usable))
@@ -99,6 +119,10 @@ def plan(costs: Costs, load: Workload, files_per_worker: int | None = None) -> d
     overhead = costs.frame_overhead_bytes or 0.0
     wire = load.msg_bytes + overhead
     nodes_per_message = _nodes_holding(workers, load.room_size) if workers > 1 else 0.0
+    sizes = [size for size, _ in costs.delivery_by_room_size or []]
+    if sizes and load.room_size > max(sizes):
+        notes.append(f"rooms of {load.room_size} are bigger than the largest measured ({max(sizes):.0f}): "
+                     "its delivery cost is used, which may be low")
     if load.rooms * load.room_size < load.connections:
         notes.append(f"{load.rooms} rooms of {load.room_size} hold fewer members than {load.connections} connections")
     return {
@@ -106,6 +130,7 @@ def plan(costs: Costs, load: Workload, files_per_worker: int | None = None) -> d
         "cores": workers,
         "cpu_core_seconds_per_s": round(cpu, 3),
         "cpu_per_worker": round(cpu / workers, 3),
+        "cpu_per_delivery_s": per_delivery,
         "headroom": load.headroom,
         "memory_bytes": None if memory is None else round(memory / usable),
         "memory_used_bytes": None if memory is None else round(memory),
@@ -143,10 +168,9 @@ def costs_from_bench(doc: dict[str, Any], source: str = "") -> Costs:
     base_rss: list[float] = []
     overhead: list[float] = []
     for run in doc.get("runs", []):
-        stats = run.get("server_stats")
-        if not stats or not stats.get("before") or not stats.get("after"):
+        if not _has_stats(run):
             continue
-        before, after = stats["before"], stats["after"]
+        before, after = run["server_stats"]["before"], run["server_stats"]["after"]
         intervals.append(
             {
                 "cpu_s": after["cpu_s"] - before["cpu_s"],
@@ -161,12 +185,14 @@ def costs_from_bench(doc: dict[str, Any], source: str = "") -> Costs:
             if result.get("rss_per_conn_bytes"):
                 per_conn.append(float(result["rss_per_conn_bytes"]))
             base_rss.append(float(before["rss_bytes"]))
-        if run.get("scenario") == "fanout":
+        if run.get("scenario") in _FANOUT:
             delivered = after["messages_out"] - before["messages_out"]
             payload = float((run.get("params") or {}).get("payload") or 0)
             if delivered:
                 overhead.append((after["bytes_out"] - before["bytes_out"]) / delivered - payload)
     scenarios = {run.get("scenario") for run in doc.get("runs", []) if run.get("server_stats")}
+    if scenarios & _FANOUT:
+        scenarios.add("fanout")
     missing = {"idle", "ingress", "fanout"} - scenarios
     if missing:
         raise ValueError(f"{source or 'the file'} lacks runs with server stats of: {', '.join(sorted(missing))}")
@@ -174,6 +200,32 @@ def costs_from_bench(doc: dict[str, Any], source: str = "") -> Costs:
     fitted = fit(intervals, terms=[t for t in _TERMS if t[0] != "cpu_idle_per_s"])
     if any(fitted[name] is None for name in ("cpu_per_connect_s", "cpu_per_message_in_s", "cpu_per_delivery_s")):
         raise ValueError("the runs do not separate the costs (idle, ingress and fanout runs are needed)")
+    measured = _measured_phases(doc.get("runs", []))
+    if measured is not None:  # the server's CPU over the runs' measured phases (bench --pid)
+        c_in, by_size = measured
+        # a connect from the idle runs: handshake, hello, the join (its message less) and the
+        # member events it sends, the close
+        idle = [i for i, r in zip(intervals, [r for r in doc["runs"] if _has_stats(r)], strict=True)
+                if r.get("scenario") == "idle" and i["connects"]]
+        connect = [max(0.0, i["cpu_s"] - i["messages_in"] * c_in) / i["connects"] for i in idle]
+        return Costs(
+            cpu_per_connect_s=sum(connect) / len(connect) if connect else float(fitted["cpu_per_connect_s"] or 0.0),
+            cpu_per_message_in_s=c_in,
+            cpu_per_delivery_s=by_size[0][1],
+            bytes_per_connection=max(per_conn) if per_conn else None,
+            base_rss_bytes=min(base_rss) if base_rss else None,
+            frame_overhead_bytes=sum(overhead) / len(overhead) if overhead else None,
+            cpu_per_broker_publish_s=doc.get("broker_cost_per_publish_s"),
+            source=source,
+            delivery_by_room_size=by_size if len(by_size) > 1 else None,
+        )
+    by_size = []
+    for interval, run in zip(intervals, [r for r in doc.get("runs", []) if _has_stats(r)], strict=True):
+        if run.get("scenario") in _FANOUT and interval["deliveries"]:
+            rest = (interval["cpu_s"] - interval["connects"] * float(fitted["cpu_per_connect_s"] or 0.0)
+                    - interval["messages_in"] * float(fitted["cpu_per_message_in_s"] or 0.0))
+            size = float((run.get("params") or {}).get("connections") or 0) + 1  # the publisher is a member
+            by_size.append([size, max(0.0, rest / interval["deliveries"])])
     return Costs(
         cpu_per_connect_s=float(fitted["cpu_per_connect_s"] or 0.0),
         cpu_per_message_in_s=float(fitted["cpu_per_message_in_s"] or 0.0),
@@ -183,7 +235,54 @@ def costs_from_bench(doc: dict[str, Any], source: str = "") -> Costs:
         frame_overhead_bytes=sum(overhead) / len(overhead) if overhead else None,
         cpu_per_broker_publish_s=doc.get("broker_cost_per_publish_s"),
         source=source,
+        delivery_by_room_size=by_size if len(by_size) > 1 else None,
     )
+
+
+#: scenarios of one room and its members (``latency`` is fanout at a fixed rate)
+_FANOUT = {"fanout", "latency"}
+
+
+def _measured_phases(runs: list[dict[str, Any]]) -> tuple[float, list[list[float]]] | None:
+    """Message and delivery costs from the server CPU of the runs' measured phases, which hold
+    no connect or join (``server_cpu_s``: the run had ``--pid``). None without an ingress run
+    and a fanout run that have it.
+
+    Ingress: every message and its one delivery (an echo). The smallest fanout room: each
+    message and its members' deliveries. Taking a delivery to cost the same in both gives the
+    two costs; each bigger room then gives its own delivery cost.
+    """
+    ingress = [r["result"] for r in runs if r.get("scenario") == "ingress" and (r.get("result") or {}).get(
+        "server_cpu_s")]
+    rooms = sorted(
+        (float((r.get("params") or {}).get("connections") or 0) + 1, r["result"])
+        for r in runs
+        if r.get("scenario") in _FANOUT and (r.get("result") or {}).get("server_cpu_s")
+    )
+    if not ingress or not rooms:
+        return None
+    i = ingress[-1]
+    size0, f0 = rooms[0]
+    m_i, cpu_i = float(i["received"]), float(i["server_cpu_s"])
+    m_f, d_f, cpu_f = float(f0["sent"]), float(f0["received"] + f0["pub_echo"]), float(f0["server_cpu_s"])
+    det = m_i * d_f - m_i * m_f  # | m_i m_i ; m_f d_f | for (c_in, d)
+    if m_i <= 0 or d_f <= m_f or det <= 0:
+        return None
+    d = (m_i * cpu_f - m_f * cpu_i) / det
+    c_in = cpu_i / m_i - d
+    if d <= 0 or c_in <= 0:
+        return None
+    by_size = [[size0, d]]
+    for size, f in rooms[1:]:
+        deliveries = float(f["received"] + f["pub_echo"])
+        if deliveries:
+            by_size.append([size, max(0.0, (float(f["server_cpu_s"]) - float(f["sent"]) * c_in) / deliveries)])
+    return c_in, by_size
+
+
+def _has_stats(run: dict[str, Any]) -> bool:
+    stats = run.get("server_stats")
+    return bool(stats and stats.get("before") and stats.get("after"))
 
 
 def costs_from_url(url: str, token: str | None = None) -> Costs:
@@ -217,10 +316,17 @@ def costs_from_url(url: str, token: str | None = None) -> Costs:
 # -- calibration ------------------------------------------------------------------------------------
 
 #: the calibration's scenarios: small enough for a laptop, long enough to dwarf the noise
+#: Every inbound message is its own read (one in flight per sender) and every message its own
+#: write to each member (a fixed rate), as at moderate load. Under heavy load the hub coalesces
+#: (several messages per read and per write), so a plan from these costs errs on the safe side.
 CALIBRATION = (
     ("idle", {"connections": 5000, "duration": 2.0}),
-    ("ingress", {"connections": 50, "messages": 300_000, "window": 16, "duration": 10.0}),
-    ("fanout", {"connections": 500, "messages": 6000, "window": 8}),
+    ("ingress", {"connections": 50, "messages": 100_000, "window": 1, "duration": 10.0}),
+    # fan-out at a fixed rate (``latency``), about 100,000 deliveries a second in rooms of three
+    # sizes: the loop idles between messages as in real traffic, not back to back
+    ("latency", {"connections": 100, "rate": 1000.0, "duration": 3.0}),
+    ("latency", {"connections": 1000, "rate": 100.0, "duration": 4.0}),
+    ("latency", {"connections": 5000, "rate": 20.0, "duration": 5.0}),
 )
 
 
@@ -291,13 +397,13 @@ def calibrate(redis: str | None = None, quiet: bool = False, scale: float = 1.0)
         with _server(["--redis", redis, "--redis-prefix", f"plan{os.getpid()}"]) as (port, pid):
             broker_runs = _bench(port, pid, quiet, scale)
         local = costs_from_bench({"runs": runs})
-        fanout = next(r for r in broker_runs if r["scenario"] == "fanout")
+        fanout = [r for r in broker_runs if r["scenario"] in _FANOUT][-1]
         b, a = fanout["server_stats"]["before"], fanout["server_stats"]["after"]
         messages = a["messages_in"] - b["messages_in"]
         expected = (
             (a["connections_opened"] - b["connections_opened"]) * local.cpu_per_connect_s
             + messages * local.cpu_per_message_in_s
-            + (a["messages_out"] - b["messages_out"]) * local.cpu_per_delivery_s
+            + (a["messages_out"] - b["messages_out"]) * local.delivery_cost(fanout["params"]["connections"] + 1)
         )
         doc["broker_cost_per_publish_s"] = max(0.0, (a["cpu_s"] - b["cpu_s"] - expected) / max(1, messages))
         doc["broker_runs"] = broker_runs

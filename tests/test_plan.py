@@ -180,3 +180,44 @@ async def _drain(clients: list[Any]) -> None:
                 await asyncio.wait_for(c.ws.recv(), 0.001)
             except TimeoutError:
                 break
+
+
+def test_delivery_cost_by_room_size() -> None:
+    c = Costs(0.0, 0.0, 3e-6, delivery_by_room_size=[[1000, 4e-6], [100, 3e-6], [10_000, 6e-6]])
+    assert c.delivery_cost(50) == 3e-6  # below the smallest measured room: its cost
+    assert c.delivery_cost(100) == pytest.approx(3e-6)
+    assert c.delivery_cost(316) == pytest.approx(3.5e-6, rel=0.01)  # half-way in log(size)
+    assert c.delivery_cost(20_000) == 6e-6
+    p = plan(c, Workload(20_000, 1, 20_000, 1, 60), files_per_worker=100_000)
+    assert any("bigger than the largest measured" in n for n in p["notes"])
+
+
+def test_costs_from_measured_phases() -> None:
+    """Ingress (1 delivery a message) and rooms of 101 and 1,001: the 2x2 solve, then per size."""
+    c_in, d101, d1001 = 15e-6, 3e-6, 4e-6
+
+    def stats(cpu: float, connects: int, msgs: int, out: int) -> dict[str, Any]:
+        zero = {"cpu_s": 0.0, "uptime_s": 0.0, "connections_opened": 0, "messages_in": 0, "messages_out": 0,
+                "rss_bytes": 40e6, "bytes_out": 0}
+        return {"before": zero, "after": {**zero, "cpu_s": cpu, "uptime_s": 5.0, "connections_opened": connects,
+                                          "messages_in": msgs, "messages_out": out, "bytes_out": out * 200}}
+
+    runs = [
+        {"scenario": "idle", "params": {}, "result": {"rss_per_conn_bytes": 2000},
+         "server_stats": stats(5000 * 100e-6 + 5000 * c_in, 5000, 5000, 30_000)},
+        {"scenario": "ingress", "params": {}, "result": {"server_cpu_s": 1000 * (c_in + d101), "received": 1000},
+         "server_stats": stats(1.0, 50, 1050, 1050)},
+        {"scenario": "latency", "params": {"connections": 100, "payload": 60},
+         "result": {"server_cpu_s": 3000 * c_in + 3000 * 101 * d101, "sent": 3000, "received": 3000 * 100,
+                    "pub_echo": 3000},
+         "server_stats": stats(2.0, 101, 3101, 303_000)},
+        {"scenario": "latency", "params": {"connections": 1000, "payload": 60},
+         "result": {"server_cpu_s": 400 * c_in + 400 * 1001 * d1001, "sent": 400, "received": 400 * 1000,
+                    "pub_echo": 400},
+         "server_stats": stats(2.0, 1001, 1401, 400_400)},
+    ]
+    costs = costs_from_bench({"runs": runs})
+    assert costs.cpu_per_message_in_s == pytest.approx(c_in)
+    assert costs.delivery_by_room_size == [[101.0, pytest.approx(d101)], [1001.0, pytest.approx(d1001)]]
+    assert costs.cpu_per_connect_s == pytest.approx(100e-6)
+    assert costs.bytes_per_connection == 2000 and costs.frame_overhead_bytes == pytest.approx(140)
