@@ -22,6 +22,23 @@ nearest non-blank line above the opening fence is a marker comment (invisible on
 
 Unmarked blocks are not run (install commands, benchmarks, fragments); `--list` shows them.
 
+**Walkthrough pages.** A page with the line ``<!-- doccheck: walkthrough PORT... -->`` is one
+check that follows it from top to bottom, as a reader in a shell would (``--list`` names it
+``page:walkthrough``); each listed port number is replaced by a free port in every block of the page:
+
+    <!-- doccheck: serve [PORT] -->  start the block in the background ("in another terminal") and
+                                     wait until PORT (default: as for serve above) accepts; it keeps
+                                     running until the page ends or a `stop PORT` line
+    <!-- doccheck: run -->           run the block (60 s at most); what it leaves running in the
+                                     background (`cmd &`) keeps running until the page ends
+    <!-- doccheck: file PATH -->     write the block (any language) to PATH in the work directory
+    <!-- doccheck: stop PORT -->     (a line of its own) Ctrl-C the server of PORT: SIGINT to its
+                                     process group, SIGKILL after 10 s
+
+When the page ends or a block fails, whatever still runs gets SIGTERM (SIGKILL after 10 s), the
+last started first. ``<!-- doccheck: needs CMD... -->`` (any page): its checks are skipped when a
+command is not installed, and fail instead when ``FASTHUB_REQUIRE_TOOLS`` is set (``ci/test``).
+
 **Where they run.** In a scratch copy of the repository (the files git tracks plus untracked files
 not ignored, as a fresh clone would have them, with ``.venv`` linked to the real one), with the
 directory of the Python running this script first on PATH (so ``fasthub`` is the installed
@@ -54,7 +71,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT = 60.0
 SERVE_WAIT = 30.0
-MARKER = re.compile(r"^<!--\s*doccheck:\s*(\w+)\s*-->$")
+MARKER = re.compile(r"^<!--\s*doccheck:\s*(\w+)((?:\s+[^\s>]+)*)\s*-->$")
+#: markers that stand on a line of their own (not above a block)
+DIRECTIVES = {"walkthrough", "needs", "stop"}
+#: the Debian package of a command a page may need (the hint when it is missing)
+PACKAGES = {"nginx": "nginx-light", "prometheus": "prometheus", "promtool": "prometheus",
+            "redis-server": "redis-server", "openssl": "openssl"}
 FENCE = re.compile(r"^ {0,3}(`{3,})\s*([\w+-]*)")
 RUNNABLE = {"bash", "sh", "python"}
 
@@ -75,8 +97,9 @@ class Block:
     path: Path
     line: int  # 1-based line of the opening fence
     lang: str
-    mark: str | None  # run, serve, or None (not run)
+    mark: str | None  # run, serve, file, or None (not run)
     text: str
+    args: list[str] = field(default_factory=list)  # the marker's words after its name
 
     @property
     def where(self) -> str:
@@ -101,9 +124,37 @@ def parse_blocks(path: Path) -> list[Block]:
         while k >= 0 and not lines[k].strip():
             k -= 1
         mm = MARKER.match(lines[k].strip()) if k >= 0 else None
-        blocks.append(Block(path, i + 1, lang, mm.group(1) if mm else None, "\n".join(lines[i + 1 : j]) + "\n"))
+        if mm and mm.group(1) in DIRECTIVES:
+            mm = None
+        text = "\n".join(lines[i + 1 : j]) + "\n"
+        blocks.append(Block(path, i + 1, lang, mm.group(1) if mm else None, text, mm.group(2).split() if mm else []))
         i = j + 1
     return blocks
+
+
+@dataclass
+class Directive:
+    """A marker on a line of its own: ``walkthrough``, ``needs`` or ``stop``."""
+
+    path: Path
+    line: int
+    name: str
+    args: list[str]
+
+    @property
+    def where(self) -> str:
+        return f"{self.path.relative_to(ROOT) if self.path.is_relative_to(ROOT) else self.path}:{self.line}"
+
+
+def parse_directives(path: Path) -> list[Directive]:
+    """The page's directive markers (outside fenced blocks), in order."""
+    out = []
+    prose = re.sub(r"(?ms)^ {0,3}```.*?^ {0,3}```", lambda m: "\n" * m.group(0).count("\n"), path.read_text())
+    for n, line in enumerate(prose.splitlines(), 1):
+        m = MARKER.match(line.strip())
+        if m and m.group(1) in DIRECTIVES:
+            out.append(Directive(path, n, m.group(1), m.group(2).split()))
+    return out
 
 
 @dataclass
@@ -113,10 +164,66 @@ class Step:
     run: Block
     serve: Block | None = None
     errors: list[str] = field(default_factory=list)
+    needs: list[str] = field(default_factory=list)  # commands that must be installed
+    #: a walkthrough page: its marked blocks and ``stop`` lines in order, and its port numbers
+    walk: list[Block | Directive] | None = None
+    ports: list[int] = field(default_factory=list)
 
     @property
     def name(self) -> str:
+        if self.walk is not None:
+            return f"{self.run.where.rpartition(':')[0]}:walkthrough"
         return self.run.where if self.serve is None else f"{self.serve.where}+{self.run.line}"
+
+
+def plan_page(path: Path) -> list[Step]:
+    """The checks of one page: its steps, or one walkthrough; its ``needs`` apply to each."""
+    blocks = parse_blocks(path)
+    directives = parse_directives(path)
+    needs = [name for d in directives if d.name == "needs" for name in d.args]
+    walk = [d for d in directives if d.name == "walkthrough"]
+    steps = plan_walkthrough(blocks, directives, walk[0]) if walk else plan(blocks)
+    for d in directives:
+        if d.name == "stop" and not walk:
+            steps.append(Step(Block(path, d.line, "", None, ""), None,
+                              [f"{d.where}: 'stop' is for walkthrough pages"]))
+    for step in steps:
+        step.needs = needs
+    return steps
+
+
+def plan_walkthrough(blocks: list[Block], directives: list[Directive], head: Directive) -> list[Step]:
+    """A walkthrough page as one step (see the module doc); marking mistakes fail it."""
+    items: list[Block | Directive] = [b for b in blocks if b.mark is not None]
+    items += [d for d in directives if d.name == "stop"]
+    items.sort(key=lambda item: item.line)
+    errors = []
+    ports = []
+    for word in head.args:
+        if word.isdigit():
+            ports.append(int(word))
+        else:
+            errors.append(f"{head.where}: 'walkthrough' takes port numbers, not {word!r}")
+    for item in items:
+        if isinstance(item, Directive):
+            if len(item.args) != 1 or not item.args[0].isdigit():
+                errors.append(f"{item.where}: 'stop' takes one port number")
+            continue
+        if item.mark not in ("run", "serve", "file"):
+            errors.append(f"{item.where}: unknown marker 'doccheck: {item.mark}' (run, serve or file)")
+        elif item.mark == "file":
+            if len(item.args) != 1 or item.args[0].startswith("/") or ".." in item.args[0].split("/"):
+                errors.append(f"{item.where}: 'file' takes one relative path inside the work directory")
+        elif item.lang not in RUNNABLE:
+            errors.append(f"{item.where}: a ```{item.lang or '(no language)'} block cannot run (bash, sh or python)")
+        elif item.mark == "serve" and (len(item.args) > 1 or (item.args and not item.args[0].isdigit())):
+            errors.append(f"{item.where}: 'serve' takes at most a port number")
+        elif item.mark == "run" and item.args:
+            errors.append(f"{item.where}: 'run' takes no argument in a walkthrough")
+    if not any(isinstance(i, Block) and i.mark == "run" for i in items):
+        errors.append(f"{head.where}: a walkthrough without a 'run' block")
+    first = Block(head.path, head.line, "", None, "")
+    return [Step(first, None, errors, walk=items, ports=ports)]
 
 
 def plan(blocks: list[Block]) -> list[Step]:
@@ -127,7 +234,9 @@ def plan(blocks: list[Block]) -> list[Step]:
     while i < len(marked):
         b = marked[i]
         bad = []
-        if b.mark not in ("run", "serve"):
+        if b.mark == "file":
+            bad.append(f"{b.where}: 'file' is for walkthrough pages")
+        elif b.mark not in ("run", "serve"):
             bad.append(f"{b.where}: unknown marker 'doccheck: {b.mark}' (run or serve)")
         elif b.lang not in RUNNABLE:
             bad.append(f"{b.where}: a ```{b.lang or '(no language)'} block cannot run (bash, sh or python)")
@@ -172,6 +281,21 @@ def with_port(step: Step, port: int) -> tuple[str, str]:
 
 class CheckError(Exception):
     pass
+
+
+class CheckSkipped(Exception):
+    """A check that cannot run here: a command it needs is not installed."""
+
+
+def check_needs(step: Step, env: dict[str, str]) -> None:
+    missing = [name for name in step.needs if shutil.which(name, path=env.get("PATH")) is None]
+    if not missing:
+        return
+    install = " ".join(sorted({PACKAGES.get(name, name) for name in missing}))
+    msg = f"{step.name}: needs {', '.join(missing)}, not installed (as root: apt-get install {install}; ci/test does)"
+    if os.environ.get("FASTHUB_REQUIRE_TOOLS"):
+        raise CheckError(f"{msg}; FASTHUB_REQUIRE_TOOLS is set, so this fails instead of skipping")
+    raise CheckSkipped(msg)
 
 
 def scratch_copy(dest: Path, root: Path = ROOT) -> Path:
@@ -220,14 +344,18 @@ def command(block: Block, text: str, work: Path, tag: str) -> list[str]:
     return ["bash", str(script)]
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """End the block's process group (what it left in the background too)."""
-    with_group(proc, signal.SIGTERM)
-    try:
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """End the block's process group (what it left in the background too): ``sig``, then
+    SIGKILL to what is left after 10 s."""
+    with_group(proc, sig)
+    deadline = time.monotonic() + 10
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(10)
-    except subprocess.TimeoutExpired:
+    while group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if group_alive(proc.pid):
         with_group(proc, signal.SIGKILL)
-        proc.wait(5)
+    proc.wait(5)
 
 
 def with_group(proc: subprocess.Popen[bytes], sig: int) -> None:
@@ -235,22 +363,53 @@ def with_group(proc: subprocess.Popen[bytes], sig: int) -> None:
         os.killpg(proc.pid, sig)  # the block's process group only (it was started in a new session)
 
 
-def run_block(block: Block, text: str, work: Path, env: dict[str, str]) -> None:
-    proc = subprocess.Popen(
-        command(block, text, work, "run"), cwd=work, env=env, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
+def group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs (zombies, which nothing may reap, do not count)."""
     try:
-        out, _ = proc.communicate(timeout=RUN_TIMEOUT)
+        names = os.listdir("/proc")
+    except OSError:  # no /proc: ask the kernel (a zombie counts then)
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
+            return True
+    return False
+
+
+def run_block(block: Block, text: str, work: Path, env: dict[str, str],
+              keep: bool = False) -> subprocess.Popen[bytes] | None:
+    """Run one block to its end; its output goes to a log file (so a command it leaves in the
+    background does not hold it open). ``keep``: return the block's process when something it
+    started still runs (a walkthrough stops it later), else end that at once."""
+    log = work.parent / f"doccheck-run-{block.line}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            command(block, text, work, "run"), cwd=work, env=env, start_new_session=True,
+            stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        proc.wait(timeout=RUN_TIMEOUT)
     except subprocess.TimeoutExpired:
         stop(proc)
-        out, _ = proc.communicate()
-        msg = f"{block.where}: still running after {RUN_TIMEOUT:.0f} s\n{out.decode(errors='replace')}"
+        msg = f"{block.where}: still running after {RUN_TIMEOUT:.0f} s\n{log.read_text(errors='replace')}"
         raise CheckError(msg) from None
     finally:
-        stop(proc)
+        if proc.returncode is None or not keep:
+            stop(proc)
     if proc.returncode != 0:
-        raise CheckError(f"{block.where}: exit status {proc.returncode}\n{out.decode(errors='replace')}")
+        stop(proc)
+        raise CheckError(f"{block.where}: exit status {proc.returncode}\n{log.read_text(errors='replace')}")
+    return proc if keep and group_alive(proc.pid) else None
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, where: str) -> None:
@@ -267,9 +426,14 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, where: str) -
 
 
 def run_step(step: Step, work: Path, env: dict[str, str]) -> None:
-    """Run one step in the scratch copy ``work``; raises CheckError with the output on failure."""
+    """Run one step in the scratch copy ``work``; raises CheckError with the output on failure
+    (CheckSkipped when a command it needs is missing)."""
     if step.errors:
         raise CheckError("\n".join(step.errors))
+    check_needs(step, env)
+    if step.walk is not None:
+        run_walkthrough(step, work, env)
+        return
     if step.serve is None:
         run_block(step.run, step.run.text, work, env)
         return
@@ -289,6 +453,72 @@ def run_step(step: Step, work: Path, env: dict[str, str]) -> None:
             raise CheckError(f"{e}\n-- server output ({step.serve.where}):\n{log.read_text()}") from None
     finally:
         stop(proc)
+
+
+def serve_port(block: Block) -> tuple[int, str]:
+    """The port a ``serve`` block listens on, and its text (``--port 8080`` appended to a bash
+    block that names none)."""
+    if block.args:
+        return int(block.args[0]), block.text
+    m = PORT_IN_TEXT.search(block.text)
+    if m:
+        return int(m.group(1) or m.group(2)), block.text
+    if block.lang == "python":
+        raise CheckError(f"{block.where}: a 'serve' python block must name its port (port=N)")
+    return 8080, block.text.rstrip("\n") + " --port 8080\n"
+
+
+def run_walkthrough(step: Step, work: Path, env: dict[str, str]) -> None:
+    """Follow a walkthrough page (see the module doc)."""
+    assert step.walk is not None
+    ports = {old: free_port() for old in step.ports}
+    running: list[tuple[int, subprocess.Popen[bytes], Path, str]] = []  # port (0: none), process, log, where
+
+    def sub(text: str) -> str:
+        if not ports:
+            return text
+        pat = re.compile(r"(?<![\d.])(" + "|".join(str(p) for p in ports) + r")(?!\d)")
+        return pat.sub(lambda m: str(ports[int(m.group(1))]), text)
+
+    def logs() -> str:
+        return "".join(f"\n-- output of {where}:\n{log.read_text(errors='replace')}" for _, _, log, where in running)
+
+    try:
+        for item in step.walk:
+            if isinstance(item, Directive):  # stop PORT: Ctrl-C
+                port = int(item.args[0])
+                for entry in running:
+                    if entry[0] == port:
+                        stop(entry[1], signal.SIGINT)
+                        running.remove(entry)
+                        break
+                else:
+                    raise CheckError(f"{item.where}: no server of port {port} is running")
+            elif item.mark == "file":
+                dest = work / item.args[0]
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_text(sub(item.text))
+            elif item.mark == "serve":
+                port, text = serve_port(item)
+                if port not in ports:
+                    ports[port] = free_port()
+                log = work.parent / f"doccheck-serve-{item.line}.log"
+                with log.open("wb") as out:
+                    proc = subprocess.Popen(
+                        command(item, sub(text), work, "serve"), cwd=work, env=env, start_new_session=True,
+                        stdout=out, stderr=subprocess.STDOUT,
+                    )
+                running.append((port, proc, log, item.where))
+                wait_port(ports[port], proc, log, item.where)
+            else:
+                left = run_block(item, sub(item.text), work, env, keep=True)
+                if left is not None:
+                    running.append((0, left, work.parent / f"doccheck-run-{item.line}.log", item.where))
+    except CheckError as e:
+        raise CheckError(f"{e}{logs()}") from None
+    finally:
+        for _, proc, _, _ in reversed(running):
+            stop(proc)
 
 
 GITHUB_DROP = re.compile(r"[^\w\- ]")
@@ -345,7 +575,7 @@ def link_errors(paths: list[Path] | None = None, root: Path = ROOT) -> list[str]
 
 
 def all_steps(root: Path = ROOT) -> list[Step]:
-    return plan([b for p in block_files(root) for b in parse_blocks(p)])
+    return [step for p in block_files(root) for step in plan_page(p)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -355,9 +585,17 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.list:
         for p in link_files():
-            for b in parse_blocks(p):
-                state = b.mark or ("not run" if p in block_files() else "not run (links only)")
-                print(f"{b.where:28} {b.lang or '-':8} {state}")
+            directives = parse_directives(p)
+            for d in directives:
+                if d.name in ("walkthrough", "needs"):
+                    print(f"{d.where:28} {'-':8} {d.name} {' '.join(d.args)}")
+            items: list[Block | Directive] = [*parse_blocks(p), *(d for d in directives if d.name == "stop")]
+            for item in sorted(items, key=lambda i: i.line):
+                if isinstance(item, Directive):
+                    print(f"{item.where:28} {'-':8} stop {' '.join(item.args)}")
+                    continue
+                state = item.mark or ("not run" if p in block_files() else "not run (links only)")
+                print(f"{item.where:28} {item.lang or '-':8} {' '.join([state, *item.args])}")
         return 0
     failed = 0
     for e in link_errors():
@@ -372,6 +610,8 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     run_step(step, work, env)
                     print(f"ok   {step.name}")
+                except CheckSkipped as e:
+                    print(f"skip {e}")
                 except CheckError as e:
                     print(f"FAIL {e}")
                     failed += 1
