@@ -1223,12 +1223,15 @@ class Hub:
         step = 0.1
         if rate:  # fast enough to reach every connection within 80% of the timeout
             rate = max(rate, len(self._connections) / max(step, 0.8 * timeout))
-        batch = max(1, int(rate * step)) if rate else 0
+        credit = 1.0  # connections the rate allows by now (the first goes at once)
         while self._connections and loop.time() < deadline:
             open_ = [conn for conn in self._connections.values() if not conn.closing]
-            for conn in open_ if not batch else open_[:batch]:
+            batch = len(open_) if not rate else int(credit)
+            credit -= batch
+            for conn in open_[:batch]:
                 conn.close(1012, "server restarting")
             await asyncio.sleep(step)
+            credit += rate * step
         # a peer that does not answer its close frame is cut by the protocol's close timeout
         while self._connections and loop.time() < deadline:  # noqa: ASYNC110 (a bounded poll)
             await asyncio.sleep(0.02)

@@ -410,3 +410,26 @@ def test_snapshot_has_every_family() -> None:
     values = snapshot(Hub())["values"]
     assert set(values) == set(FAMILIES)
     assert b"# TYPE fasthub_deliveries_total counter" in render(values)
+
+
+def test_drain_rate_below_ten_per_second() -> None:
+    """2 per second: one close at once, then one every half second (not a batch every 100 ms)."""
+    with serve({}, HubConfig(), ws="fasthub") as server:
+
+        async def scenario() -> None:
+            clients = [await connect(server) for _ in range(4)]
+            loop = server.hub.loop
+            assert loop is not None
+            drained = asyncio.run_coroutine_threadsafe(server.app.drain(rate=2, timeout=30), loop)
+            start = time.monotonic()
+            closed_at = []
+            for c in clients:
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    async for _ in c.ws:
+                        pass
+                closed_at.append(time.monotonic() - start)
+            assert await asyncio.wrap_future(drained) is True
+            closed_at.sort()
+            assert closed_at[0] < 0.3 and 1.2 < closed_at[-1] < 2.5, closed_at
+
+        run(scenario())
