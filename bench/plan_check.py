@@ -23,9 +23,9 @@ from fasthub.plan import Costs, Workload, _server, calibrate, costs_from_bench, 
 
 #: (name, members of the room, messages per second, seconds)
 WORKLOADS = (
-    ("chat room, 300 members, 400 msg/s", 300, 400.0, 8.0),
-    ("big room, 2,500 members, 40 msg/s", 2500, 40.0, 8.0),
-    ("busy small room, 50 members, 2,000 msg/s", 50, 2000.0, 8.0),
+    ("chat room, 300 members, 400 msg/s", 300, 400.0, 10.0),
+    ("big room, 2,500 members, 40 msg/s", 2500, 40.0, 10.0),
+    ("busy small room, 50 members, 2,000 msg/s", 50, 2000.0, 10.0),
 )
 
 

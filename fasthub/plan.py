@@ -193,23 +193,19 @@ def costs_from_bench(doc: dict[str, Any], source: str = "") -> Costs:
     scenarios = {run.get("scenario") for run in doc.get("runs", []) if run.get("server_stats")}
     if scenarios & _FANOUT:
         scenarios.add("fanout")
-    missing = {"idle", "ingress", "fanout"} - scenarios
+    measured = _measured_phases(doc.get("runs", []))
+    missing = ({"idle", "fanout"} if measured is not None else {"idle", "ingress", "fanout"}) - scenarios
     if missing:
         raise ValueError(f"{source or 'the file'} lacks runs with server stats of: {', '.join(sorted(missing))}")
-    # the idle CPU of a hub (timers) is below what these runs can see: fitted without it
-    fitted = fit(intervals, terms=[t for t in _TERMS if t[0] != "cpu_idle_per_s"])
-    if any(fitted[name] is None for name in ("cpu_per_connect_s", "cpu_per_message_in_s", "cpu_per_delivery_s")):
-        raise ValueError("the runs do not separate the costs (idle, ingress and fanout runs are needed)")
-    measured = _measured_phases(doc.get("runs", []))
     if measured is not None:  # the server's CPU over the runs' measured phases (bench --pid)
         c_in, by_size = measured
-        # a connect from the idle runs: handshake, hello, the join (its message less) and the
-        # member events it sends, the close
+        # a connect from the idle runs, all of it: handshake, hello, the join and the member
+        # events it sends, the close (joins come in a burst there: not at a message's paced cost)
         idle = [i for i, r in zip(intervals, [r for r in doc["runs"] if _has_stats(r)], strict=True)
                 if r.get("scenario") == "idle" and i["connects"]]
-        connect = [max(0.0, i["cpu_s"] - i["messages_in"] * c_in) / i["connects"] for i in idle]
+        connect = [i["cpu_s"] / i["connects"] for i in idle]
         return Costs(
-            cpu_per_connect_s=sum(connect) / len(connect) if connect else float(fitted["cpu_per_connect_s"] or 0.0),
+            cpu_per_connect_s=sum(connect) / len(connect),
             cpu_per_message_in_s=c_in,
             cpu_per_delivery_s=by_size[0][1],
             bytes_per_connection=max(per_conn) if per_conn else None,
@@ -217,8 +213,13 @@ def costs_from_bench(doc: dict[str, Any], source: str = "") -> Costs:
             frame_overhead_bytes=sum(overhead) / len(overhead) if overhead else None,
             cpu_per_broker_publish_s=doc.get("broker_cost_per_publish_s"),
             source=source,
-            delivery_by_room_size=by_size if len(by_size) > 1 else None,
+            delivery_by_room_size=by_size,
         )
+    # no measured phases: the whole runs' CPU, fitted (the idle CPU of timers is below what
+    # these runs can see: fitted without it)
+    fitted = fit(intervals, terms=[t for t in _TERMS if t[0] != "cpu_idle_per_s"])
+    if any(fitted[name] is None for name in ("cpu_per_connect_s", "cpu_per_message_in_s", "cpu_per_delivery_s")):
+        raise ValueError("the runs do not separate the costs (idle, ingress and fanout runs are needed)")
     by_size = []
     for interval, run in zip(intervals, [r for r in doc.get("runs", []) if _has_stats(r)], strict=True):
         if run.get("scenario") in _FANOUT and interval["deliveries"]:
@@ -245,38 +246,38 @@ _FANOUT = {"fanout", "latency"}
 
 def _measured_phases(runs: list[dict[str, Any]]) -> tuple[float, list[list[float]]] | None:
     """Message and delivery costs from the server CPU of the runs' measured phases, which hold
-    no connect or join (``server_cpu_s``: the run had ``--pid``). None without an ingress run
-    and a fanout run that have it.
+    no connect or join (``server_cpu_s``: the run had ``--pid``); None when the runs lack it.
 
-    Ingress: every message and its one delivery (an echo). The smallest fanout room: each
-    message and its members' deliveries. Taking a delivery to cost the same in both gives the
-    two costs; each bigger room then gives its own delivery cost.
+    Two rooms of different sizes (the two smallest; or an ingress run, a room of one, and the
+    smallest room): ``messages * c_in + deliveries * d = cpu`` for each, solved for both with
+    one ``d`` (a delivery costs the same in small rooms). Each bigger room then gives its own
+    delivery cost.
     """
-    ingress = [r["result"] for r in runs if r.get("scenario") == "ingress" and (r.get("result") or {}).get(
-        "server_cpu_s")]
     rooms = sorted(
-        (float((r.get("params") or {}).get("connections") or 0) + 1, r["result"])
+        (float((r.get("params") or {}).get("connections") or 0) + 1, float(r["result"]["sent"]),
+         float(r["result"]["received"] + r["result"]["pub_echo"]), float(r["result"]["server_cpu_s"]))
         for r in runs
         if r.get("scenario") in _FANOUT and (r.get("result") or {}).get("server_cpu_s")
     )
-    if not ingress or not rooms:
+    ingress = [r["result"] for r in runs if r.get("scenario") == "ingress" and (r.get("result") or {}).get(
+        "server_cpu_s")]
+    if len(rooms) < 2 and ingress and rooms:
+        i = ingress[-1]
+        rooms.insert(0, (1.0, float(i["received"]), float(i["received"]), float(i["server_cpu_s"])))
+    if len(rooms) < 2:
         return None
-    i = ingress[-1]
-    size0, f0 = rooms[0]
-    m_i, cpu_i = float(i["received"]), float(i["server_cpu_s"])
-    m_f, d_f, cpu_f = float(f0["sent"]), float(f0["received"] + f0["pub_echo"]), float(f0["server_cpu_s"])
-    det = m_i * d_f - m_i * m_f  # | m_i m_i ; m_f d_f | for (c_in, d)
-    if m_i <= 0 or d_f <= m_f or det <= 0:
+    (_, m0, d0, cpu0), (_, m1, d1, cpu1) = rooms[0], rooms[1]
+    det = m0 * d1 - m1 * d0
+    if det <= 0 or m0 <= 0 or m1 <= 0:
         return None
-    d = (m_i * cpu_f - m_f * cpu_i) / det
-    c_in = cpu_i / m_i - d
+    c_in = (cpu0 * d1 - cpu1 * d0) / det
+    d = (m0 * cpu1 - m1 * cpu0) / det
     if d <= 0 or c_in <= 0:
         return None
-    by_size = [[size0, d]]
-    for size, f in rooms[1:]:
-        deliveries = float(f["received"] + f["pub_echo"])
+    by_size = [[rooms[0][0], d], [rooms[1][0], d]]
+    for size, m, deliveries, cpu in rooms[2:]:
         if deliveries:
-            by_size.append([size, max(0.0, (float(f["server_cpu_s"]) - float(f["sent"]) * c_in) / deliveries)])
+            by_size.append([size, max(0.0, (cpu - m * c_in) / deliveries)])
     return c_in, by_size
 
 
@@ -316,17 +317,17 @@ def costs_from_url(url: str, token: str | None = None) -> Costs:
 # -- calibration ------------------------------------------------------------------------------------
 
 #: the calibration's scenarios: small enough for a laptop, long enough to dwarf the noise
-#: Every inbound message is its own read (one in flight per sender) and every message its own
-#: write to each member (a fixed rate), as at moderate load. Under heavy load the hub coalesces
+#: Every message is its own read and its own write to each member (a fixed rate), as at
+#: moderate load. Under heavy load the hub coalesces
 #: (several messages per read and per write), so a plan from these costs errs on the safe side.
 CALIBRATION = (
     ("idle", {"connections": 5000, "duration": 2.0}),
-    ("ingress", {"connections": 50, "messages": 100_000, "window": 1, "duration": 10.0}),
-    # fan-out at a fixed rate (``latency``), about 100,000 deliveries a second in rooms of three
-    # sizes: the loop idles between messages as in real traffic, not back to back
-    ("latency", {"connections": 100, "rate": 1000.0, "duration": 3.0}),
-    ("latency", {"connections": 1000, "rate": 100.0, "duration": 4.0}),
-    ("latency", {"connections": 5000, "rate": 20.0, "duration": 5.0}),
+    # fan-out at fixed rates (``latency``) in rooms of four sizes, the loop idle between messages
+    # as in real traffic: the two small rooms separate a message's cost from a delivery's
+    ("latency", {"connections": 10, "rate": 2000.0, "duration": 5.0}),
+    ("latency", {"connections": 100, "rate": 1000.0, "duration": 5.0}),
+    ("latency", {"connections": 1000, "rate": 100.0, "duration": 5.0}),
+    ("latency", {"connections": 5000, "rate": 20.0, "duration": 6.0}),
 )
 
 
@@ -423,7 +424,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--from", dest="source", metavar="URL|FILE",
                      help="a running hub (http://host:port) or a fasthub bench / plan --save JSON file")
-    src.add_argument("--calibrate", action="store_true", help="measure this machine now (about half a minute)")
+    src.add_argument("--calibrate", action="store_true", help="measure this machine now (about a minute)")
     parser.add_argument("--redis", metavar="URL", help="with --calibrate: also measure the broker's cost")
     parser.add_argument("--save", metavar="FILE", help="with --calibrate: keep the measurements for --from FILE")
     parser.add_argument("--token", help="stats token of --from URL (or env FASTHUB_STATS_TOKEN)")

@@ -193,8 +193,8 @@ def test_delivery_cost_by_room_size() -> None:
 
 
 def test_costs_from_measured_phases() -> None:
-    """Ingress (1 delivery a message) and rooms of 101 and 1,001: the 2x2 solve, then per size."""
-    c_in, d101, d1001 = 15e-6, 3e-6, 4e-6
+    """Rooms of 11 and 101 (one delivery cost) give both costs; 1,001 its own delivery cost."""
+    c_in, d_small, d1001 = 100e-6, 2e-6, 4e-6
 
     def stats(cpu: float, connects: int, msgs: int, out: int) -> dict[str, Any]:
         zero = {"cpu_s": 0.0, "uptime_s": 0.0, "connections_opened": 0, "messages_in": 0, "messages_out": 0,
@@ -202,22 +202,23 @@ def test_costs_from_measured_phases() -> None:
         return {"before": zero, "after": {**zero, "cpu_s": cpu, "uptime_s": 5.0, "connections_opened": connects,
                                           "messages_in": msgs, "messages_out": out, "bytes_out": out * 200}}
 
+    def room(members: int, sent: int, d: float) -> dict[str, Any]:
+        return {"scenario": "latency", "params": {"connections": members, "payload": 60},
+                "result": {"server_cpu_s": sent * c_in + sent * (members + 1) * d, "sent": sent,
+                           "received": sent * members, "pub_echo": sent},
+                "server_stats": stats(2.0, members + 1, sent, sent * (members + 1))}
+
     runs = [
         {"scenario": "idle", "params": {}, "result": {"rss_per_conn_bytes": 2000},
-         "server_stats": stats(5000 * 100e-6 + 5000 * c_in, 5000, 5000, 30_000)},
-        {"scenario": "ingress", "params": {}, "result": {"server_cpu_s": 1000 * (c_in + d101), "received": 1000},
-         "server_stats": stats(1.0, 50, 1050, 1050)},
-        {"scenario": "latency", "params": {"connections": 100, "payload": 60},
-         "result": {"server_cpu_s": 3000 * c_in + 3000 * 101 * d101, "sent": 3000, "received": 3000 * 100,
-                    "pub_echo": 3000},
-         "server_stats": stats(2.0, 101, 3101, 303_000)},
-        {"scenario": "latency", "params": {"connections": 1000, "payload": 60},
-         "result": {"server_cpu_s": 400 * c_in + 400 * 1001 * d1001, "sent": 400, "received": 400 * 1000,
-                    "pub_echo": 400},
-         "server_stats": stats(2.0, 1001, 1401, 400_400)},
+         "server_stats": stats(0.5, 5000, 5000, 30_000)},
+        room(10, 10_000, d_small),
+        room(100, 5000, d_small),
+        room(1000, 500, d1001),
     ]
     costs = costs_from_bench({"runs": runs})
     assert costs.cpu_per_message_in_s == pytest.approx(c_in)
-    assert costs.delivery_by_room_size == [[101.0, pytest.approx(d101)], [1001.0, pytest.approx(d1001)]]
-    assert costs.cpu_per_connect_s == pytest.approx(100e-6)
+    assert costs.delivery_by_room_size == [
+        [11.0, pytest.approx(d_small)], [101.0, pytest.approx(d_small)], [1001.0, pytest.approx(d1001)]
+    ]
+    assert costs.cpu_per_connect_s == pytest.approx(100e-6)  # all of the idle run's CPU per connect
     assert costs.bytes_per_connection == 2000 and costs.frame_overhead_bytes == pytest.approx(140)
