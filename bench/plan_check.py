@@ -1,12 +1,13 @@
-"""``fasthub plan`` checked against measurements: predict three workloads, then run them.
+"""``fasthub plan`` checked against measurements: predict four workloads, then run them.
 
     python bench/plan_check.py [--costs costs.json] [--json out.json]
 
 Calibrates (``fasthub plan --calibrate``'s runs) unless ``--costs`` names a saved file, then
 for each workload starts a fresh ``fasthub serve``, holds its connections with ``fasthub
 bench``'s ``latency`` scenario (N members of one room, a publisher at a fixed rate) and reads
-the server's CPU time over the measured phase and its RSS at the end from /proc. The room sizes
-lie between (or below) the calibration's fanout sizes (101, 1,001, 5,001), not on them. The
+the server's CPU time over the measured phase and its RSS at the end from /proc (the server on
+CPU 0, the load generator on the others, as in the calibration). The room sizes
+lie between (or below) the calibration's fanout sizes (11, 101, 1,001, 10,001), not on them. The
 prediction is ``plan``'s CPU (core-seconds per second) and memory for the same workload; the
 table gives both and their ratio. Run nothing else heavy meanwhile: both cores are used.
 """
@@ -19,12 +20,13 @@ import sys
 from typing import Any
 
 from fasthub.benchmark import BenchConfig, run_bench
-from fasthub.plan import Costs, Workload, _server, calibrate, costs_from_bench, plan
+from fasthub.plan import Costs, Workload, _server, calibrate, client_cpus, costs_from_bench, plan
 
 #: (name, members of the room, messages per second, seconds)
 WORKLOADS = (
     ("chat room, 300 members, 400 msg/s", 300, 400.0, 10.0),
     ("big room, 2,500 members, 40 msg/s", 2500, 40.0, 10.0),
+    ("bigger room, 7,000 members, 14 msg/s", 7000, 14.0, 10.0),
     ("busy small room, 50 members, 2,000 msg/s", 50, 2000.0, 10.0),
 )
 
@@ -32,7 +34,7 @@ WORKLOADS = (
 def measure(members: int, rate: float, seconds: float) -> dict[str, Any]:
     with _server([]) as (port, pid):
         cfg = BenchConfig(f"ws://127.0.0.1:{port}/ws", "latency", connections=members, rate=rate,
-                          duration=seconds, pid=pid)
+                          duration=seconds, pid=pid, client_cpus=client_cpus())
         res = run_bench(cfg)
     measured_s = float(res.get("duration_s") or seconds)
     return {

@@ -12,7 +12,7 @@ The answer comes from unit costs measured on this machine, never from constants:
 
 The model (``plan``): each inbound message costs ``cpu_per_message_in_s`` and reaches every
 member of its room, ``room_size`` deliveries at ``Costs.delivery_cost(room_size)`` each (measured
-by fixed-rate fanout runs of 100, 1,000 and 5,000 members, interpolated between them); with several
+by fixed-rate fanout runs of 10, 100, 1,000 and 10,000 members, interpolated between them); with several
 workers each message also crosses Redis once per worker that holds members of the room.
 Workers are sized so that each stays under ``1 - headroom`` of a core, and so that none holds
 more connections than its open-file limit allows.
@@ -327,7 +327,7 @@ CALIBRATION = (
     ("latency", {"connections": 10, "rate": 2000.0, "duration": 5.0}),
     ("latency", {"connections": 100, "rate": 1000.0, "duration": 5.0}),
     ("latency", {"connections": 1000, "rate": 100.0, "duration": 5.0}),
-    ("latency", {"connections": 5000, "rate": 20.0, "duration": 6.0}),
+    ("latency", {"connections": 10_000, "rate": 10.0, "duration": 6.0}),
 )
 
 
@@ -342,7 +342,11 @@ def _server(extra: list[str]) -> Iterator[tuple[int, int]]:
     port = _free_port()
     cmd = [sys.executable, "-m", "fasthub", "serve", "--port", str(port), "--log-level", "error",
            "--no-demo", "--rate-limit", "0", *extra]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+    # with two CPUs or more: the server on the first, the load generator on the others, so
+    # neither takes the other's core (what bench/loadgen does too)
+    pin = _pinned()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                            preexec_fn=(lambda: os.sched_setaffinity(0, {0})) if pin else None)
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -363,6 +367,15 @@ def _server(extra: list[str]) -> Iterator[tuple[int, int]]:
             proc.wait()
 
 
+def _pinned() -> bool:
+    return hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
+
+
+def client_cpus() -> tuple[int, ...]:
+    """The CPUs the calibration's load generator uses (all but the server's, when pinned)."""
+    return tuple(sorted(os.sched_getaffinity(0) - {0})) if _pinned() else ()
+
+
 def _scaled(params: dict[str, Any], scale: float) -> dict[str, Any]:
     return {k: (max(2, int(v * scale)) if k in ("connections", "messages") else v) for k, v in params.items()}
 
@@ -374,7 +387,7 @@ def _bench(port: int, pid: int, quiet: bool, scale: float = 1.0) -> list[dict[st
     records = []
     for scenario, full in CALIBRATION:
         params = _scaled(full, scale)
-        cfg = BenchConfig(url, scenario, pid=pid, **params)
+        cfg = BenchConfig(url, scenario, pid=pid, client_cpus=client_cpus(), **params)
         before = server_stats(url)
         if not quiet:
             print(f"fasthub plan: calibrating: {scenario} {params}", file=sys.stderr)
