@@ -377,7 +377,10 @@ def client_cpus() -> tuple[int, ...]:
 
 
 def _scaled(params: dict[str, Any], scale: float) -> dict[str, Any]:
-    return {k: (max(2, int(v * scale)) if k in ("connections", "messages") else v) for k, v in params.items()}
+    out = {k: (max(2, int(v * scale)) if k in ("connections", "messages") else v) for k, v in params.items()}
+    if "duration" in out:
+        out["duration"] = max(1.0, out["duration"] * scale)
+    return out
 
 
 def _bench(port: int, pid: int, quiet: bool, scale: float = 1.0) -> list[dict[str, Any]]:
@@ -403,7 +406,7 @@ def _bench(port: int, pid: int, quiet: bool, scale: float = 1.0) -> list[dict[st
 def calibrate(redis: str | None = None, quiet: bool = False, scale: float = 1.0) -> dict[str, Any]:
     """Measure this machine: the runs (and, with ``redis``, the broker's cost per publish).
 
-    ``scale`` shrinks the runs' connections and messages (tests); noisier below 1."""
+    ``scale`` shrinks the runs' connections, messages and durations (tests); noisier below 1."""
     with _server([]) as (port, pid):
         runs = _bench(port, pid, quiet, scale)
     doc: dict[str, Any] = {"tool": "fasthub plan --calibrate", "created": time.time(), "runs": runs}
