@@ -153,7 +153,7 @@ class Hub:
         self._ip_counts: dict[str, int] = {}
         self._last_sample: tuple[float, tuple[int, int, int, int]] = (0.0, (0, 0, 0, 0))
         self._rates: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0)
-        self._rss_at_start = _rss_bytes()
+        self._rss_at_start = rss_bytes()
         self._connect_buckets: dict[str, RateLimiter] = {}
         self.broker.bind(self)
 
@@ -1245,7 +1245,7 @@ class Hub:
         buffered = 0
         for conn in self._connections.values():
             buffered += conn.size()
-        rss = _rss_bytes()
+        rss = rss_bytes()
         conns = len(self._connections)
         per_conn = round((rss - self._rss_at_start) / conns) if conns else None
         msgs_in_s, msgs_out_s, bytes_in_s, bytes_out_s = self._rates
@@ -1292,7 +1292,7 @@ class Hub:
         ``slow_consumer_closes`` and ``memory_per_connection_bytes`` as in ``stats()``."""
         msgs_in_s, msgs_out_s, _, _ = self._rates
         conns = len(self._connections)
-        rss = _rss_bytes()
+        rss = rss_bytes()
         return {
             "pid": os.getpid(),
             "host": _HOSTNAME,
@@ -1376,7 +1376,7 @@ def client_ip(scope: Any) -> str:
     return str(client[0]) if client else "?"
 
 
-def _rss_bytes() -> int:
+def rss_bytes() -> int:
     with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{os.getpid()}/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     return 0

@@ -168,7 +168,7 @@ _WORST = {"fasthub_broker_lag_seconds": max, "fasthub_broker_up": min}
 def snapshot(hub: Hub) -> dict[str, Any]:
     """This process's metrics as ``{"pid", "at", "values": {name: value | {label: value} |
     histogram}}``: what ``render`` and the metrics directory take."""
-    from .hub import _rss_bytes
+    from .hub import rss_bytes
 
     s = hub.stats()
     broker = s.get("broker") or {}
@@ -180,7 +180,7 @@ def snapshot(hub: Hub) -> dict[str, Any]:
         "fasthub_users": s["users"],
         "fasthub_rooms": s["rooms"],
         "fasthub_buffered_bytes": s["bytes_buffered"],
-        "fasthub_resident_memory_bytes": _rss_bytes(),
+        "fasthub_resident_memory_bytes": rss_bytes(),
         "fasthub_draining": int(hub.draining),
         "fasthub_processes": 1,
         "fasthub_broker_up": int(broker.get("state", "up") == "up"),

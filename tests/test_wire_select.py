@@ -148,9 +148,13 @@ def test_setup_py_decides_like_ext() -> None:
 import importlib.util, json, os, sys, types
 calls = []
 fake = types.ModuleType("setuptools")  # setup() records instead of building
-fake.Extension = lambda name, sources, **kw: name
+fake.Extension = lambda name, sources, **kw: types.SimpleNamespace(name=name, **kw)
 fake.setup = lambda **kw: calls.append(kw)
 sys.modules["setuptools"] = fake
+command = types.ModuleType("setuptools.command.build_ext")
+command.build_ext = type("build_ext", (), {{}})
+sys.modules["setuptools.command"] = types.ModuleType("setuptools.command")
+sys.modules["setuptools.command.build_ext"] = command
 build = types.ModuleType("Cython.Build")
 build.cythonize = lambda exts, **kw: list(exts)
 sys.modules["Cython"] = types.ModuleType("Cython")
