@@ -413,18 +413,29 @@ def calibrate(redis: str | None = None, quiet: bool = False, scale: float = 1.0)
     if redis is not None:
         with _server(["--redis", redis, "--redis-prefix", f"plan{os.getpid()}"]) as (port, pid):
             broker_runs = _bench(port, pid, quiet, scale)
-        local = costs_from_bench({"runs": runs})
-        fanout = [r for r in broker_runs if r["scenario"] in _FANOUT][-1]
-        b, a = fanout["server_stats"]["before"], fanout["server_stats"]["after"]
-        messages = a["messages_in"] - b["messages_in"]
-        expected = (
-            (a["connections_opened"] - b["connections_opened"]) * local.cpu_per_connect_s
-            + messages * local.cpu_per_message_in_s
-            + (a["messages_out"] - b["messages_out"]) * local.delivery_cost(fanout["params"]["connections"] + 1)
-        )
-        doc["broker_cost_per_publish_s"] = max(0.0, (a["cpu_s"] - b["cpu_s"] - expected) / max(1, messages))
+        doc["broker_cost_per_publish_s"] = broker_cost(runs, broker_runs)
         doc["broker_runs"] = broker_runs
     return doc
+
+
+def broker_cost(local: list[dict[str, Any]], brokered: list[dict[str, Any]]) -> float | None:
+    """The broker's CPU per message: the same fixed-rate rooms with and without Redis, the
+    measured phases' CPU difference over the messages sent (each crosses Redis once here)."""
+    def phases(runs: list[dict[str, Any]]) -> dict[Any, tuple[float, float]]:
+        return {
+            (r["params"].get("connections"), r["params"].get("rate")): (
+                float(r["result"]["server_cpu_s"]), float(r["result"]["sent"]))
+            for r in runs
+            if r.get("scenario") in _FANOUT and (r.get("result") or {}).get("server_cpu_s")
+        }
+
+    plain, with_redis = phases(local), phases(brokered)
+    extra = sent = 0.0
+    for key, (cpu, n) in with_redis.items():
+        if key in plain and n:
+            extra += cpu - plain[key][0] * n / max(1.0, plain[key][1])  # the local run's CPU for n messages
+            sent += n
+    return max(0.0, extra / sent) if sent else None
 
 
 # -- the command ------------------------------------------------------------------------------------

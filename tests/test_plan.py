@@ -90,8 +90,12 @@ def test_costs_from_bench_needs_the_three_scenarios() -> None:
         costs_from_bench({"runs": [{"scenario": "idle", "server_stats": {"before": {}, "after": {}}}]})
 
 
-def test_calibration_against_a_real_server_and_the_cli(tmp_path: Path) -> None:
-    """A small calibration (a tenth of the real one): costs in a sane range, saved, planned from."""
+def test_calibration_against_a_real_server_and_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small calibration (a tenth of the real one, without the room of 10,000): costs in a sane
+    range, saved, planned from."""
+    import fasthub.plan
+
+    monkeypatch.setattr(fasthub.plan, "CALIBRATION", fasthub.plan.CALIBRATION[:4])
     doc = calibrate(quiet=True, scale=0.1)
     costs = costs_from_bench(doc, "test")
     assert 1e-6 < costs.cpu_per_connect_s < 5e-3
@@ -222,3 +226,27 @@ def test_costs_from_measured_phases() -> None:
     ]
     assert costs.cpu_per_connect_s == pytest.approx(100e-6)  # all of the idle run's CPU per connect
     assert costs.bytes_per_connection == 2000 and costs.frame_overhead_bytes == pytest.approx(140)
+
+
+def test_broker_cost_is_the_extra_cpu_of_the_same_rooms_on_redis() -> None:
+    from fasthub.plan import broker_cost
+
+    def room(members: int, rate: float, cpu: float, sent: int) -> dict[str, Any]:
+        return {"scenario": "latency", "params": {"connections": members, "rate": rate},
+                "result": {"server_cpu_s": cpu, "sent": sent}}
+
+    local = [room(10, 2000.0, 1.0, 10_000), room(100, 1000.0, 2.0, 5000)]
+    redis = [room(10, 2000.0, 1.0 + 10_000 * 50e-6, 10_000), room(100, 1000.0, 2.0 + 5000 * 50e-6, 5000)]
+    assert broker_cost(local, redis) == pytest.approx(50e-6)
+    assert broker_cost(local, []) is None
+
+
+def test_calibration_with_redis_measures_the_broker(redis_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fasthub.plan
+
+    monkeypatch.setattr(fasthub.plan, "CALIBRATION", fasthub.plan.CALIBRATION[:3])  # idle and the small rooms
+    doc = calibrate(redis_server.url, quiet=True, scale=0.1)
+    cost = costs_from_bench(doc, "test").cpu_per_broker_publish_s
+    assert cost is not None and 1e-6 < cost < 5e-3, cost
+    p = plan(costs_from_bench(doc), Workload(1000, 10, 100, 20_000, 60), files_per_worker=100_000)
+    assert p["workers"] > 1 and not any("broker" in n for n in p["notes"])  # counted, not a note
