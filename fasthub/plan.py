@@ -511,7 +511,9 @@ def _print(p: dict[str, Any]) -> None:
                                  f"{c['cpu_per_message_in_s'] * 1e6:.2f} us, delivery "
                                  f"{c['cpu_per_delivery_s'] * 1e6:.3f} us"
                                  + ("" if c["bytes_per_connection"] is None
-                                    else f", {c['bytes_per_connection']:.0f} B/connection")))
+                                    else f", {c['bytes_per_connection']:.0f} B/connection")
+                                 + ("" if c["cpu_per_broker_publish_s"] is None
+                                    else f", broker {c['cpu_per_broker_publish_s'] * 1e6:.1f} us/message/worker")))
     console = Console()
     console.print(t)
     for note in p["notes"]:
