@@ -321,8 +321,8 @@ class Fanout:
         joined = b""
         count = len(dirty)
         self.flush_total += count
-        b = 0
-        while b < _N_FLUSH_BUCKETS and count > FLUSH_BUCKETS[b]:
+        b = 0  # the bucket: FLUSH_BUCKETS are the powers of 4, compared in C arithmetic
+        while b < 8 and count > (1 << (2 * b)):
             b += 1
         self.flush_counts[b] += 1
         for i in range(count):
@@ -373,9 +373,8 @@ class Fanout:
 
 
 _NO_ITEMS: list[Payload] = []
-#: upper bounds of the flush-size histogram (connections written by one flush)
-FLUSH_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384)
-_N_FLUSH_BUCKETS = len(FLUSH_BUCKETS)
+#: upper bounds of the flush-size histogram (connections written by one flush): 4**0 .. 4**7
+FLUSH_BUCKETS = tuple(4**i for i in range(8))
 
 if not cython.compiled:
 
