@@ -877,3 +877,15 @@ def test_queues_keep_push_order_on_random_operations(budgets: list[int], drops: 
                 assert len(got) == len(want) and all(a is b for a, b in zip(got, want, strict=True))
                 assert (ob.queue is None) == (not want)
                 assert ob.pending == sum(p.nbytes for p in want)
+
+
+@pytest.mark.parametrize(("dirty", "bucket"), [(1, 0), (2, 1), (4, 1), (5, 2), (16, 2), (17, 3), (300, 5), (20_000, 8)])
+def test_flush_counts_connections_per_flush_in_power_of_4_buckets(core: ModuleType, dirty: int, bucket: int) -> None:
+    fan = core.Fanout(None)
+    fan.hold_min = 0
+    for _ in range(dirty):
+        fan.push(core.Outbox(100), text(core, 1))  # no transport, no sink: flushed as nothing
+    fan.flush()
+    assert fan.flush_counts == [1 if i == bucket else 0 for i in range(9)]
+    assert fan.flush_total == dirty
+    assert core.FLUSH_BUCKETS == (1, 4, 16, 64, 256, 1024, 4096, 16384)
