@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMappi
 from typing import Any, Protocol
 
 from . import _ext
-from ._core import FLUSH_BUCKETS, KIND_BINARY, KIND_TEXT, Connection, Fanout, Payload, RateLimiter
+from ._core import KIND_BINARY, KIND_TEXT, Connection, Fanout, Payload, RateLimiter
 from .broker import Broker, LocalBroker
 from .config import HubConfig
 from .costs import CostMeter, cpu_seconds
@@ -145,7 +145,6 @@ class Hub:
         self.close_codes: dict[int, int] = {}
         self.handshake_failures: dict[int, int] = {}
         self.resumes: dict[str, int] = {}
-        self.flush_buckets = FLUSH_BUCKETS
         self.loop_monitor = LoopMonitor()
         self.cost_meter = CostMeter()  # CPU against the counters, sampled by the sweep (stats' costs)
         #: set by ``drain``: new connections are refused (503) and /readyz says so
@@ -1240,14 +1239,19 @@ class Hub:
         flushed = await self.broker.flush(min(left, 5.0))
         return done and flushed
 
-    def stats(self) -> dict[str, Any]:
-        """Counters for ``/ws/stats``: the original's four keys plus traffic and uptime."""
+    def _memory(self) -> tuple[int, int, int | None]:
+        """Bytes buffered for connections, RSS, and (RSS now - RSS at start) / connections."""
         buffered = 0
         for conn in self._connections.values():
             buffered += conn.size()
         rss = rss_bytes()
         conns = len(self._connections)
-        per_conn = round((rss - self._rss_at_start) / conns) if conns else None
+        return buffered, rss, round((rss - self._rss_at_start) / conns) if conns else None
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for ``/ws/stats``: the original's four keys plus traffic and uptime."""
+        buffered, rss, per_conn = self._memory()
+        conns = len(self._connections)
         msgs_in_s, msgs_out_s, bytes_in_s, bytes_out_s = self._rates
         fanout = self.fanout
         out = {
@@ -1291,21 +1295,20 @@ class Hub:
         """What this node tells the cluster view (``RedisBroker``'s heartbeat); ``bytes_buffered``,
         ``slow_consumer_closes`` and ``memory_per_connection_bytes`` as in ``stats()``."""
         msgs_in_s, msgs_out_s, _, _ = self._rates
-        conns = len(self._connections)
-        rss = rss_bytes()
+        buffered, rss, per_conn = self._memory()
         return {
             "pid": os.getpid(),
             "host": _HOSTNAME,
-            "connections": conns,
+            "connections": len(self._connections),
             "users": len(self._users),
             "anonymous": self._anonymous,
             "rooms": len(self._rooms),
             "messages_in_per_s": msgs_in_s,
             "messages_out_per_s": msgs_out_s,
-            "bytes_buffered": sum(conn.size() for conn in self._connections.values()),
+            "bytes_buffered": buffered,
             "slow_consumer_closes": self.slow_consumer_closes,
             "rss_bytes": rss,
-            "memory_per_connection_bytes": round((rss - self._rss_at_start) / conns) if conns else None,
+            "memory_per_connection_bytes": per_conn,
             "uptime_s": round(time.monotonic() - self._started, 1),
         }
 

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ._core import FLUSH_BUCKETS
+
 if TYPE_CHECKING:
     from .hub import Hub
 
@@ -168,11 +170,8 @@ _WORST = {"fasthub_broker_lag_seconds": max, "fasthub_broker_up": min}
 def snapshot(hub: Hub) -> dict[str, Any]:
     """This process's metrics as ``{"pid", "at", "values": {name: value | {label: value} |
     histogram}}``: what ``render`` and the metrics directory take."""
-    from .hub import rss_bytes
-
     s = hub.stats()
     broker = s.get("broker") or {}
-    cpu = os.times()
     fanout = hub.fanout
     lag = hub.loop_monitor
     values: dict[str, Any] = {
@@ -180,7 +179,7 @@ def snapshot(hub: Hub) -> dict[str, Any]:
         "fasthub_users": s["users"],
         "fasthub_rooms": s["rooms"],
         "fasthub_buffered_bytes": s["bytes_buffered"],
-        "fasthub_resident_memory_bytes": rss_bytes(),
+        "fasthub_resident_memory_bytes": s["rss_bytes"],
         "fasthub_draining": int(hub.draining),
         "fasthub_processes": 1,
         "fasthub_broker_up": int(broker.get("state", "up") == "up"),
@@ -202,10 +201,10 @@ def snapshot(hub: Hub) -> dict[str, Any]:
         "fasthub_broker_published_total": broker.get("published", 0),
         "fasthub_broker_received_total": broker.get("received", 0),
         "fasthub_broker_errors_total": broker.get("broker_errors", 0),
-        "fasthub_process_cpu_seconds_total": cpu.user + cpu.system,
+        "fasthub_process_cpu_seconds_total": s["cpu_s"],
         "fasthub_event_loop_lag_seconds": lag.histogram.snapshot(),
         "fasthub_flush_connections": {
-            "bounds": list(hub.flush_buckets),
+            "bounds": list(FLUSH_BUCKETS),
             "counts": list(fanout.flush_counts),
             "sum": float(fanout.flush_total),
         },
@@ -402,6 +401,4 @@ class Exporter:
             snaps = self.dir.read()
         except OSError:
             snaps = [(snap, True)]
-        values = combine(snaps)
-        values["fasthub_processes"] = sum(1 for _, live in snaps if live)
-        return render(values)
+        return render(combine(snaps))  # fasthub_processes: 1 per live snapshot, summed

@@ -163,13 +163,12 @@ def _file_limit() -> int:
 
 def costs_from_bench(doc: dict[str, Any], source: str = "") -> Costs:
     """Costs from a ``fasthub bench --json`` document (or ``--save``'s) with server stats per run."""
-    intervals: list[dict[str, float]] = []
+    runs = [run for run in doc.get("runs", []) if _has_stats(run)]
+    intervals: list[dict[str, float]] = []  # each run's counter and CPU deltas, in order
     per_conn: list[float] = []
     base_rss: list[float] = []
     overhead: list[float] = []
-    for run in doc.get("runs", []):
-        if not _has_stats(run):
-            continue
+    for run in runs:
         before, after = run["server_stats"]["before"], run["server_stats"]["after"]
         intervals.append(
             {
@@ -185,59 +184,46 @@ def costs_from_bench(doc: dict[str, Any], source: str = "") -> Costs:
             if result.get("rss_per_conn_bytes"):
                 per_conn.append(float(result["rss_per_conn_bytes"]))
             base_rss.append(float(before["rss_bytes"]))
-        if run.get("scenario") in _FANOUT:
-            delivered = after["messages_out"] - before["messages_out"]
+        if run.get("scenario") in _FANOUT and intervals[-1]["deliveries"]:
             payload = float((run.get("params") or {}).get("payload") or 0)
-            if delivered:
-                overhead.append((after["bytes_out"] - before["bytes_out"]) / delivered - payload)
-    scenarios = {run.get("scenario") for run in doc.get("runs", []) if run.get("server_stats")}
+            overhead.append((after["bytes_out"] - before["bytes_out"]) / intervals[-1]["deliveries"] - payload)
+    scenarios = {run.get("scenario") for run in runs}
     if scenarios & _FANOUT:
         scenarios.add("fanout")
-    measured = _measured_phases(doc.get("runs", []))
+    measured = _measured_phases(runs)
     missing = ({"idle", "fanout"} if measured is not None else {"idle", "ingress", "fanout"}) - scenarios
     if missing:
         raise ValueError(f"{source or 'the file'} lacks runs with server stats of: {', '.join(sorted(missing))}")
+    common: dict[str, Any] = {
+        "bytes_per_connection": max(per_conn) if per_conn else None,
+        "base_rss_bytes": min(base_rss) if base_rss else None,
+        "frame_overhead_bytes": sum(overhead) / len(overhead) if overhead else None,
+        "cpu_per_broker_publish_s": doc.get("broker_cost_per_publish_s"),
+        "source": source,
+    }
     if measured is not None:  # the server's CPU over the runs' measured phases (bench --pid)
         c_in, by_size = measured
         # a connect from the idle runs, all of it: handshake, hello, the join and the member
         # events it sends, the close (joins come in a burst there: not at a message's paced cost)
-        idle = [i for i, r in zip(intervals, [r for r in doc["runs"] if _has_stats(r)], strict=True)
-                if r.get("scenario") == "idle" and i["connects"]]
-        connect = [i["cpu_s"] / i["connects"] for i in idle]
-        return Costs(
-            cpu_per_connect_s=sum(connect) / len(connect),
-            cpu_per_message_in_s=c_in,
-            cpu_per_delivery_s=by_size[0][1],
-            bytes_per_connection=max(per_conn) if per_conn else None,
-            base_rss_bytes=min(base_rss) if base_rss else None,
-            frame_overhead_bytes=sum(overhead) / len(overhead) if overhead else None,
-            cpu_per_broker_publish_s=doc.get("broker_cost_per_publish_s"),
-            source=source,
-            delivery_by_room_size=by_size,
-        )
+        connect = [i["cpu_s"] / i["connects"] for i, r in zip(intervals, runs, strict=True)
+                   if r.get("scenario") == "idle" and i["connects"]]
+        return Costs(sum(connect) / len(connect), c_in, by_size[0][1], delivery_by_room_size=by_size, **common)
     # no measured phases: the whole runs' CPU, fitted (the idle CPU of timers is below what
     # these runs can see: fitted without it)
     fitted = fit(intervals, terms=[t for t in _TERMS if t[0] != "cpu_idle_per_s"])
-    if any(fitted[name] is None for name in ("cpu_per_connect_s", "cpu_per_message_in_s", "cpu_per_delivery_s")):
+    per_connect, per_message, per_delivery = (
+        fitted[name] for name in ("cpu_per_connect_s", "cpu_per_message_in_s", "cpu_per_delivery_s")
+    )
+    if per_connect is None or per_message is None or per_delivery is None:
         raise ValueError("the runs do not separate the costs (idle, ingress and fanout runs are needed)")
     by_size = []
-    for interval, run in zip(intervals, [r for r in doc.get("runs", []) if _has_stats(r)], strict=True):
+    for interval, run in zip(intervals, runs, strict=True):
         if run.get("scenario") in _FANOUT and interval["deliveries"]:
-            rest = (interval["cpu_s"] - interval["connects"] * float(fitted["cpu_per_connect_s"] or 0.0)
-                    - interval["messages_in"] * float(fitted["cpu_per_message_in_s"] or 0.0))
+            rest = interval["cpu_s"] - interval["connects"] * per_connect - interval["messages_in"] * per_message
             size = float((run.get("params") or {}).get("connections") or 0) + 1  # the publisher is a member
             by_size.append([size, max(0.0, rest / interval["deliveries"])])
-    return Costs(
-        cpu_per_connect_s=float(fitted["cpu_per_connect_s"] or 0.0),
-        cpu_per_message_in_s=float(fitted["cpu_per_message_in_s"] or 0.0),
-        cpu_per_delivery_s=float(fitted["cpu_per_delivery_s"] or 0.0),
-        bytes_per_connection=max(per_conn) if per_conn else None,
-        base_rss_bytes=min(base_rss) if base_rss else None,
-        frame_overhead_bytes=sum(overhead) / len(overhead) if overhead else None,
-        cpu_per_broker_publish_s=doc.get("broker_cost_per_publish_s"),
-        source=source,
-        delivery_by_room_size=by_size if len(by_size) > 1 else None,
-    )
+    return Costs(per_connect, per_message, per_delivery, delivery_by_room_size=by_size if len(by_size) > 1 else None,
+                 **common)
 
 
 #: scenarios of one room and its members (``latency`` is fanout at a fixed rate)
