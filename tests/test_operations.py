@@ -303,11 +303,14 @@ def test_sigterm_drain_ends_within_the_timeout() -> None:
 
 
 def urllib_status(url: str) -> int:
+    """The HTTP status of a GET, 0 when nothing answers."""
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
             return int(r.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
+    except OSError:
+        return 0
 
 
 def test_metrics_directory_sums_processes_and_keeps_dead_counters(tmp_path: Path) -> None:
@@ -433,3 +436,21 @@ def test_drain_rate_below_ten_per_second() -> None:
             assert closed_at[0] < 0.3 and 1.2 < closed_at[-1] < 2.5, closed_at
 
         run(scenario())
+
+
+def test_cli_turns_metrics_and_probes_off() -> None:
+    port = _port()
+    cmd = [sys.executable, "-m", "fasthub", "serve", "--port", str(port), "--log-level", "warning",
+           "--no-metrics", "--no-health"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while urllib_status(f"{base}/ws/stats") != 200:
+            assert proc.poll() is None and time.monotonic() < deadline, "fasthub serve did not start"
+            time.sleep(0.05)
+        for path in ("/metrics", "/healthz", "/readyz"):
+            assert urllib_status(base + path) == 404, path
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
