@@ -20,6 +20,8 @@ What it does for the application:
 - **Acks**: ``publish``/``send_to_user`` return the server's ack; each publish has an
   ``idempotency_key``, so one that is retried after a reconnect or an ``unavailable`` error is
   stored once.
+- **Presence and typing**: ``presence``/``presence_stats`` ask who is in a room; ``typing``
+  sends a typing indicator (fire and forget); others' ``typing`` events arrive as messages.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 log = logging.getLogger("fasthub.client")
+
+#: server messages that answer a request when they carry its id
+_REPLIES = frozenset({"system", "presence", "presence_stats"})
 
 __all__ = ["Ack", "Client", "ClientError"]
 
@@ -163,6 +168,28 @@ class Client:
         self.positions.pop(room, None)
         await self._request({"type": "leave_room", "room": room})
 
+    async def presence(self, room: str) -> dict[str, Any]:
+        """Who is in ``room``: user id -> ``{"connections": n, "info": {...}}`` (``info`` only
+        where the server's application exposes some)."""
+        reply = await self._request({"type": "presence", "room": room}, ("unavailable",))
+        return (reply.get("payload") or {}).get("presence", {})  # type: ignore[no-any-return]
+
+    async def presence_stats(self, room: str) -> dict[str, int]:
+        """``{"num_users": n, "num_connections": m}`` of ``room``."""
+        reply = await self._request({"type": "presence_stats", "room": room}, ("unavailable",))
+        body: dict[str, int] = reply.get("payload") or {}
+        return body
+
+    async def typing(self, room: str) -> None:
+        """Tell the other members of ``room`` that this user is typing. Not acknowledged and not
+        retried: while disconnected it is dropped, and the server drops the ones sent more often
+        than its ``typing_interval``; call it on every keystroke if convenient."""
+        ws = self._ws
+        if ws is None or not self._connected.is_set():
+            return
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await ws.send(orjson.dumps({"type": "typing", "room": room}).decode())
+
     async def publish(self, room: str, payload: Any, *, metadata: dict[str, Any] | None = None) -> Ack:
         """Send a ``room_message``; returns its ack once stored (retried until then)."""
         msg: dict[str, Any] = {"type": "room_message", "room": room, "payload": payload}
@@ -240,7 +267,7 @@ class Client:
     def _on_message(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
         rid = msg.get("id")
-        if kind in ("ack", "error") or (kind == "system" and rid is not None and rid in self._waiting):
+        if kind in ("ack", "error") or (kind in _REPLIES and rid is not None and rid in self._waiting):
             fut = self._waiting.get(rid)
             if fut is not None and not fut.done():
                 if kind == "system":

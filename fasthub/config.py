@@ -38,6 +38,9 @@ class HubConfig:
     #: user_joined/user_left events go to the other members only while a room has at most this
     #: many members (0 disables them); big rooms would otherwise cost O(members^2) on a join storm.
     member_events_limit: int = 256
+    #: A connection's ``typing`` events in one room go out at most once per this many seconds;
+    #: the ones in between are dropped silently (0: no throttle).
+    typing_interval: float = 2.0
     #: Rooms one connection may be in at once.
     max_rooms_per_connection: int = 1000
     #: Longest room name, and the characters a room name may use.
@@ -148,6 +151,7 @@ class HubConfig:
             "session_ttl": self.session_ttl,
             "drain_rate": self.drain_rate,
             "drain_timeout": self.drain_timeout,
+            "typing_interval": self.typing_interval,
         }
         for name, value in non_negative.items():
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:

@@ -36,6 +36,7 @@ from .messages import (
     system_envelope,
     utc_timestamp,
 )
+from .presence import presence_body
 from .sessions import SessionError
 from .streams import ROOM, USER, Position, Published
 
@@ -111,6 +112,9 @@ class Dispatcher:
             MessageType.BROADCAST.value: self._broadcast,
             MessageType.REFRESH.value: self._refresh,
             MessageType.RESUME.value: self._resume,
+            MessageType.PRESENCE.value: self._presence,
+            MessageType.PRESENCE_STATS.value: self._presence_stats,
+            MessageType.TYPING.value: self._typing,
         }
 
     def receive(self, conn: Connection, data: bytes, binary: bool, now: float) -> Awaitable[None] | float | None:
@@ -428,6 +432,63 @@ class Dispatcher:
 
     def _broadcast(self, conn: Connection, msg: Message) -> None:
         self.hub.publish_all(self._relay(conn, msg))
+
+    # -- presence and typing -----------------------------------------------------------------------
+
+    def _presence(self, conn: Connection, msg: Message) -> Awaitable[None] | None:
+        """Who is in a room, on every node: for its members, and for anyone ``can_join`` lets in
+        (seeing who is there is no more than joining, looking and leaving would show)."""
+        room = self._room_name(msg)
+        return self._may_see(conn, msg, room, lambda: self._answer_presence(conn, msg, room, False))
+
+    def _presence_stats(self, conn: Connection, msg: Message) -> Awaitable[None] | None:
+        room = self._room_name(msg)
+        return self._may_see(conn, msg, room, lambda: self._answer_presence(conn, msg, room, True))
+
+    def _may_see(self, conn: Connection, msg: Message, room: str, then: _Step) -> Awaitable[None] | None:
+        if self.can_join is None or conn.in_room(room):
+            return then()
+        denied = EnvelopeError(ErrorCode.FORBIDDEN, f"not allowed to see who is in {room!r}")
+        return self._gate(conn, msg, self.can_join(conn, room), then, denied)
+
+    async def _answer_presence(self, conn: Connection, msg: Message, room: str, stats: bool) -> None:
+        hub = self.hub
+        try:
+            if stats:
+                body: dict[str, Any] = (await hub.presence_stats(room)).to_dict()
+            else:
+                body = presence_body(await hub.presence(room))
+        except Exception as exc:
+            log.debug("fasthub: presence of %r could not be read: %s", room, exc)
+            conn.send_json(error_envelope(ErrorCode.UNAVAILABLE, "presence cannot be read now; retry", msg.id))
+            return
+        out: dict[str, Any] = {"type": msg.type, "room": room, "payload": body, "timestamp": utc_timestamp()}
+        if msg.id is not None:
+            out["id"] = msg.id
+        if hub.is_registered(conn):
+            conn.send_json(out)
+
+    def _typing(self, conn: Connection, msg: Message) -> Awaitable[None] | None:
+        """Relay "typing" to the room's other members (never stored, never acknowledged): only
+        from a member, and only what ``can_publish`` allows when the app set it; the ones over
+        the throttle (``HubConfig.typing_interval``) are dropped silently."""
+        name = msg.room
+        room = self.rooms.get(name) if name is not None else None
+        if room is None:
+            name = self._room_name(msg)
+        if room is None or conn.id not in room.member_map:
+            raise EnvelopeError(ErrorCode.NOT_MEMBER, f"join {name!r} before typing in it")
+        assert name is not None
+        if self.can_publish is None:
+            self.hub.typing(conn.id, name)
+            return None
+
+        def relay() -> None:
+            if self.hub.is_registered(conn) and conn.in_room(name):  # still, after an async hook
+                self.hub.typing(conn.id, name)
+
+        denied = EnvelopeError(ErrorCode.FORBIDDEN, f"not allowed to publish to {name!r}")
+        return self._gate(conn, msg, self.can_publish(conn, name), relay, denied)
 
     @staticmethod
     def _relay(conn: Connection, msg: Message) -> Payload:

@@ -22,14 +22,17 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any, Protocol
 
+import orjson
+
 from . import _ext
 from ._core import KIND_BINARY, KIND_TEXT, Connection, Fanout, Payload, RateLimiter
 from .broker import Broker, LocalBroker
 from .config import HubConfig
 from .costs import CostMeter, cpu_seconds
 from .exceptions import Denied, HubError
-from .messages import ErrorCode, encode, error_envelope, system_envelope
+from .messages import ErrorCode, MessageType, encode, error_envelope, system_envelope, utc_timestamp
 from .metrics import LoopMonitor
+from .presence import Counts, PresenceInfo, PresenceStats, TypingThrottle, UserPresence
 from .room import Room
 from .sessions import Signer, record
 from .streams import ROOM, USER, Position, Published, Recovery
@@ -99,10 +102,17 @@ class Hub:
     """Connections, users and rooms of one process, and the API to reach them.
 
     ``broker`` joins this hub to others (default: ``LocalBroker``, this process alone).
+    ``presence_info(conn, room) -> dict | None`` chooses what presence shows of a member's user
+    (e.g. a name from ``conn.metadata``); without it presence shows user ids and counts only.
     """
 
-    def __init__(self, config: HubConfig | None = None, broker: Broker | None = None) -> None:
+    def __init__(
+        self, config: HubConfig | None = None, broker: Broker | None = None, presence_info: PresenceInfo | None = None
+    ) -> None:
         self.config = config if config is not None else HubConfig()
+        #: what presence shows of a member's user (see ``presence``); may be set before serving
+        self.presence_info = presence_info
+        self._typing = TypingThrottle(self.config.typing_interval)
         self.broker: Broker = broker if broker is not None else LocalBroker()
         # the broker is called only when there are other nodes to reach
         self._remote: Broker | None = self.broker if self.broker.remote else None
@@ -200,6 +210,7 @@ class Hub:
             return
         now = loop.time()
         self._sample_rates(now)
+        self._typing.sweep(now)
         if self._connect_buckets:  # forget addresses whose bucket is full again
             rate = self.config.connect_rate_per_ip or 1.0
             stale = [ip for ip, b in self._connect_buckets.items() if now - b.stamp > 2.0 / rate + 1.0]
@@ -592,6 +603,88 @@ class Hub:
         """Whether ``user_id`` has a connection on any node (the broker's answer)."""
         return self.broker.user_online(user_id)
 
+    # -- presence and typing ---------------------------------------------------------------------
+
+    async def presence(self, name: str) -> dict[str, UserPresence]:
+        """Who is in room ``name`` on every node: user id -> its connections in the room and the
+        ``info`` the ``presence_info`` hook exposed for its most recent connection to join (with
+        a clustered broker taken when that connection joined, or at ``update_presence``).
+
+        Raises ``ConnectionError`` when the broker cannot be asked now (Redis down).
+        """
+        answer = self.broker.presence(name)
+        counts: Counts = await answer if inspect.isawaitable(answer) else answer
+        return {
+            user: UserPresence(n, orjson.loads(info) if info is not None else None)
+            for user, (n, info) in counts.items()
+        }
+
+    async def presence_stats(self, name: str) -> PresenceStats:
+        """Distinct users in room ``name`` and their connections, on every node (no info)."""
+        answer = self.broker.presence_stats(name)
+        users, connections = await answer if inspect.isawaitable(answer) else answer
+        return PresenceStats(users, connections)
+
+    def update_presence(self, conn_id: str) -> None:
+        """Ask ``presence_info`` again for every room of the connection (after what it reads
+        changed, e.g. ``conn.set_metadata("status", "away")``); the in-process broker asks it
+        whenever presence is asked, so there this does nothing."""
+        conn = self._conn(conn_id)
+        remote = self._remote
+        if remote is None or self.presence_info is None:
+            return
+        for name in conn.room_names():
+            _settled(remote.presence_change(name, conn.user_id, 0, self._info(conn, name)))
+
+    def local_presence(self, name: str, info: bool = True) -> Counts:
+        """This node's users in room ``name``: user id -> (connections, info JSON or None)."""
+        room = self._rooms.get(name)
+        if room is None:
+            return {}
+        counts: dict[str, int] = {}
+        latest: dict[str, Connection] = {}
+        for conn in room.member_map.values():  # in join order: the last one of a user is its latest
+            user = conn.user_id
+            counts[user] = counts.get(user, 0) + 1
+            latest[user] = conn
+        hook = info and self.presence_info is not None
+        return {user: (n, self._info(latest[user], name) if hook else None) for user, n in counts.items()}
+
+    def _info(self, conn: Connection, room: str) -> bytes | None:
+        """The ``presence_info`` hook's answer for ``conn`` in ``room``, encoded (None: no hook,
+        nothing to show, or the hook failed, which is logged and never fails a join)."""
+        hook = self.presence_info
+        if hook is None:
+            return None
+        try:
+            value = hook(conn, room)
+            if inspect.isawaitable(value):
+                if inspect.iscoroutine(value):
+                    value.close()
+                raise TypeError("presence_info must be synchronous (it runs inside a join)")
+            return None if value is None else encode(value)
+        except Exception:
+            log.exception("fasthub: presence_info failed for %s in %r", conn.id, room)
+            return None
+
+    def typing(self, conn_id: str, name: str) -> bool:
+        """Tell the other members of room ``name``, on every node, that the connection's user is
+        typing: ``{"type": "typing", "room", "from", "timestamp"}``, never stored.
+
+        At most one per ``HubConfig.typing_interval`` per connection and room: returns False for
+        one dropped by that throttle. Raises ``HubError`` when the connection is not a member.
+        """
+        conn = self._conn(conn_id)
+        room = self._rooms.get(name)
+        if room is None or conn.id not in room.member_map:
+            raise HubError(f"connection {conn_id!r} is not a member of {name!r}")
+        now = self._loop.time() if self._loop is not None else time.monotonic()
+        if not self._typing.allow(conn.id, name, now):
+            return False
+        event = {"type": MessageType.TYPING.value, "room": name, "from": conn.user_id, "timestamp": utc_timestamp()}
+        self.publish_room(name, Payload(KIND_TEXT, encode(event)), conn.id)
+        return True
+
     # -- connections and users -------------------------------------------------------------------
 
     def get_connection(self, conn_id: str) -> Connection | None:
@@ -749,10 +842,15 @@ class Hub:
             self._deliver(members, self._system({"event": "room_deleted", "room": name}, room=name))
             for conn in members.values():
                 conn.drop_room(name)
+                self._typing.forget(conn.id, name)
+            remote = self._remote
+            if remote is not None:
+                for user, (n, _) in self.local_presence(name, info=False).items():
+                    _settled(remote.presence_change(name, user, -n, None))
             members.clear()
-            if self._remote is not None:
-                self._remote.room_resized(name, 0)
-                self._remote.room_closed(name)
+            if remote is not None:
+                remote.room_resized(name, 0)
+                remote.room_closed(name)
         return True
 
     def join_room(
@@ -798,20 +896,25 @@ class Hub:
         conn.add_room(room.name)  # the room's own name string: one copy however many members
         remote = self._remote
         waiter = None
+        counted: Any = None  # the user's connections in the room on every node (None: count here)
         if remote is not None:
             if len(members) == 1:
                 remote.room_opened(name)
             remote.room_resized(name, len(members))
             waiter = remote.ready(name)  # reply once this node hears the room's traffic from others
+            # the reply also waits for the presence write: a client told "joined" is in every
+            # node's presence answer
+            counted = remote.presence_change(name, conn.user_id, 1, self._info(conn, name))
         history = self.config.history_for(name)
         answer: Any = None
+        later = inspect.isawaitable(counted)
         if history is not None and waiter is None:
             answer = self._read_position(name, since, history)
-            if not inspect.isawaitable(answer):
-                self._finish_join(conn, room, reply_id, (), since, answer, [])
+            if not later and not inspect.isawaitable(answer):
+                self._finish_join(conn, room, reply_id, (), since, answer, [], counted)
                 return room
-        elif history is None and waiter is None:
-            self._announce_join(conn, room, reply_id)
+        elif history is None and waiter is None and not later:
+            self._announce_join(conn, room, reply_id, count=counted)
             return room
         key, token = (conn.id, name), object()
         self._pending_joins[key] = (token, reply_id, [])
@@ -819,8 +922,8 @@ class Hub:
             if room.syncing is None:
                 room.syncing = {}
             room.syncing[conn.id] = []
-        later = self._join_later(key, token, conn, room, waiter, since, history, answer)
-        task = self._loop.create_task(later) if self._loop is not None else asyncio.ensure_future(later)
+        step = self._join_later(key, token, conn, room, waiter, since, history, answer, counted)
+        task = self._loop.create_task(step) if self._loop is not None else asyncio.ensure_future(step)
         _background.add(task)
         task.add_done_callback(_background.discard)
         return room
@@ -841,8 +944,10 @@ class Hub:
         since: Position | None,
         history: tuple[int, float] | None,
         answer: Any,
+        counted: Any = None,
     ) -> None:
-        """A join whose reply waits for the broker: the room's subscription, then its position."""
+        """A join whose reply waits for the broker: the room's subscription, its position and
+        the presence write."""
         try:
             if waiter is not None:
                 await waiter
@@ -854,12 +959,18 @@ class Hub:
         except Exception as exc:  # the broker is down: the reply says so, the join stands
             log.debug("fasthub: reading room %r's position failed: %s", room.name, exc)
             answer = None
+        if inspect.isawaitable(counted):
+            try:
+                counted = await counted
+            except Exception:  # not written (the broker reconnects and writes it): count here
+                counted = None
         entry = self._pending_joins.get(key)
         if entry is None or entry[0] is not token:  # answered by a leave, or a later join's
             return
         del self._pending_joins[key]
         held = self._end_sync(room, conn.id)
-        self._finish_join(conn, room, entry[1], entry[2], since, answer if history is not None else False, held)
+        answer = answer if history is not None else False
+        self._finish_join(conn, room, entry[1], entry[2], since, answer, held, counted)
 
     def streams_reconnected(self) -> None:
         """The broker was away: every room served here is checked against its stream, and the
@@ -1001,14 +1112,16 @@ class Hub:
         since: Position | None,
         answer: Any,
         held: list[Held],
+        count: int | None = None,
     ) -> None:
         """Send what the joiner missed (``answer``: a ``Recovery``, a ``Position``, None when the
         broker could not answer, False when the room keeps no history), then the reply, then the
-        stored messages held back meanwhile that come after the reply's offset."""
+        stored messages held back meanwhile that come after the reply's offset. ``count``: the
+        user's connections in the room on every node (None: unknown, count this node's)."""
         if room.member_map.get(conn.id) is not conn:
             return  # left or closed meanwhile
         if answer is False:
-            self._announce_join(conn, room, reply_id, again)
+            self._announce_join(conn, room, reply_id, again, count=count)
             return
         extra: dict[str, Any] = {}
         position: Position | None = None
@@ -1031,7 +1144,7 @@ class Hub:
             extra["offset"], extra["epoch"] = position.offset, position.epoch
             if room.epoch is None or room.offset < position.offset:
                 room.offset, room.epoch = position.offset, position.epoch
-        self._announce_join(conn, room, reply_id, again, extra)
+        self._announce_join(conn, room, reply_id, again, extra, count)
         if held and position is not None:
             self._send_after(conn, room, position, held)
 
@@ -1044,6 +1157,7 @@ class Hub:
             remote = self._remote
             if remote is not None:
                 remote.room_resized(name, len(room.member_map))
+                _settled(remote.presence_change(name, conn.user_id, -1, None))
             if not room.member_map:
                 if remote is not None:
                     remote.room_closed(name)
@@ -1064,14 +1178,17 @@ class Hub:
         reply_id: Any,
         again: Iterable[Any] = (),
         extra: dict[str, Any] | None = None,
+        count: int | None = None,
     ) -> None:
-        """The joiner's ``joined`` reply and, in small rooms, the others' ``user_joined``;
-        ``again``: reply ids of repeated joins made while the first one waited."""
+        """The joiner's ``joined`` reply and, in small rooms, the others' ``user_joined`` when
+        this is the user's first connection in the room (``count``: its connections in the room
+        on every node, None: unknown, this node's members decide); ``again``: reply ids of
+        repeated joins made while the first one waited."""
         if room.member_map.get(conn.id) is not conn:
             return  # closed while the room's subscription was being set up
         name = room.name
         size = self.broker.room_size(name)
-        if 1 < size <= self.config.member_events_limit:
+        if 1 < size <= self.config.member_events_limit and self._alone(conn, room) and not (count and count > 1):
             self.publish_room(name, self._member_event("user_joined", room, conn, size), conn.id)
         self._reply_membership(conn, room, "joined", reply_id, size, extra)
         for rid in again:
@@ -1095,9 +1212,12 @@ class Hub:
             self._end_sync(room, conn.id)
         del room.member_map[conn.id]
         conn.drop_room(name)
+        self._typing.forget(conn.id, name)
         remote = self._remote
+        counted: Any = None  # the user's connections left in the room on every node
         if remote is not None:
             remote.room_resized(name, len(room.member_map))
+            counted = remote.presence_change(name, conn.user_id, -1, None)
         size = self.broker.room_size(name)  # before room_closed: the cluster's count, others included
         if not room.member_map:
             if remote is not None:
@@ -1106,8 +1226,33 @@ class Hub:
                 del self._rooms[name]
         if reply:
             self._reply_membership(conn, room, "left", reply_id, size)
-        if 0 < size < self.config.member_events_limit:
-            self.publish_room(name, self._member_event("user_left", room, conn, size))
+        if 0 < size < self.config.member_events_limit and self._alone(conn, room):
+            # once per user: only when its last connection in the room, on every node, left
+            event = self._member_event("user_left", room, conn, size)
+            if inspect.isawaitable(counted):
+                counted.add_done_callback(lambda done: self._left_everywhere(done, name, event))  # type: ignore[attr-defined]
+            elif not counted:
+                self.publish_room(name, event)
+        elif inspect.isawaitable(counted):
+            _settled(counted)
+        return True
+
+    def _left_everywhere(self, done: asyncio.Future[int], name: str, event: Payload) -> None:
+        """A leave's presence answer: ``user_left`` when the user has no connection left in the
+        room on any node (or when the broker could not say)."""
+        if done.cancelled() or done.exception() is not None or not done.result():
+            self.publish_room(name, event)
+
+    @staticmethod
+    def _alone(conn: Connection, room: Room) -> bool:
+        """Whether no other connection of ``conn``'s user is a member of ``room`` here (a scan,
+        made only in rooms small enough for member events)."""
+        if conn.anonymous:
+            return True
+        user = conn.user_id
+        for other in room.member_map.values():
+            if other is not conn and not other.anonymous and other.user_id == user:
+                return False
         return True
 
     def broadcast_to_room_json(self, name: str, obj: Any, exclude: Exclude = None) -> int:
@@ -1335,6 +1480,20 @@ class Hub:
 
 
 _background: set[asyncio.Future[Any]] = set()
+
+
+def _settled(answer: Any) -> None:
+    """A broker answer nobody waits for: its failure is retrieved, so none is reported as lost
+    (the broker itself notes a failed presence write and rewrites it later)."""
+    if isinstance(answer, asyncio.Future):
+        answer.add_done_callback(_retrieved)
+
+
+def _retrieved(done: asyncio.Future[Any]) -> None:
+    if not done.cancelled():
+        done.exception()
+
+
 #: a stored message held back from a recovering member: (offset, payload, epoch)
 Held = tuple[int, Payload, Any]
 #: seconds a publisher to a congested room waits before it is looked at again

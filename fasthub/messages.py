@@ -32,6 +32,9 @@ class MessageType(StrEnum):
     REFRESH = "refresh"  # a fresh token before the connection's one expires
     ACK = "ack"  # a client message with an ``id`` was accepted (payload: its stream offset)
     RESUME = "resume"  # a reconnected client takes its session back (payload: token, positions)
+    PRESENCE = "presence"  # who is in a room: asked with ``room``, answered with the same type
+    PRESENCE_STATS = "presence_stats"  # a room's user and connection counts, asked and answered
+    TYPING = "typing"  # a member is typing: relayed to the room's other members, never stored
 
 
 class ErrorCode(StrEnum):
@@ -42,7 +45,7 @@ class ErrorCode(StrEnum):
     UNKNOWN_TYPE = "unknown_type"  # ``type`` missing or not one of MessageType
     MISSING_FIELD = "missing_field"  # ``room`` or ``to`` missing for a type that needs it
     INVALID_ROOM = "invalid_room"  # room name too long or with forbidden characters
-    NOT_MEMBER = "not_member"  # room_message to a room the sender is not in
+    NOT_MEMBER = "not_member"  # room_message or typing to a room the sender is not in
     UNKNOWN_USER = "unknown_user"  # user_message to a user with no live connection
     UNSUPPORTED_DATA = "unsupported_data"  # a binary frame (the protocol is JSON text)
     UNHANDLED = "unhandled"  # a type with no built-in meaning and no on_message handler

@@ -28,13 +28,17 @@ def refused(raw: Any, max_depth: int = 32) -> EnvelopeError:
 # -- the vocabulary ------------------------------------------------------------------------------
 
 
-def test_message_types_are_the_protocols_eleven_plus_refresh_ack_resume() -> None:
+def test_message_types_are_the_protocols_eleven_plus_ours() -> None:
     # the original's eleven, ``refresh`` (a new token before the connection's one expires),
-    # ``ack`` (a message with an id was accepted) and ``resume`` (a session taken back)
+    # ``ack`` (a message with an id was accepted), ``resume`` (a session taken back),
+    # ``presence``/``presence_stats`` (who is in a room) and ``typing``
     assert {t.value for t in MessageType} == {
         "refresh",
         "ack",
         "resume",
+        "presence",
+        "presence_stats",
+        "typing",
         "ping",
         "pong",
         "message",

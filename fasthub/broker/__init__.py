@@ -5,7 +5,8 @@ delivers to its own connections, then hands the same encoded payload to its brok
 other node. The broker never sees a socket; it delivers what arrives from other nodes through
 the ``Node`` it was bound to (the hub's ``deliver_*`` methods, local connections only). The
 answers that depend on the whole cluster (is a user online, how many members has a room) come
-from the broker too, so a cluster answers them as one process does. Modelled on centrifuge's
+from the broker too, so a cluster answers them as one process does; so does presence (who is
+in a room, ``presence``/``presence_stats``, kept up to date by ``presence_change``). Modelled on centrifuge's
 Broker / PresenceManager split.
 
 ``LocalBroker`` (``fasthub.broker.local``) is the in-process implementation and the default:
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from .._core import Payload
+    from ..presence import Counts
     from ..streams import Position, Published, Recovery
 
 #: connection ids a delivery skips: one id, several, or None
@@ -57,6 +59,10 @@ class Node(Protocol):
 
     def streams_reconnected(self) -> None:
         """The broker reconnected: live messages may have been missed; check every room served."""
+
+    def local_presence(self, room: str, info: bool = True) -> Counts:
+        """This node's users in ``room``: user id -> (connections here, exposed info as JSON or
+        None; ``info=False``: None for all, the hook is not asked)."""
 
 
 class Broker(Protocol):
@@ -149,6 +155,22 @@ class Broker(Protocol):
 
     def user_online(self, user_id: str) -> bool | Awaitable[bool]:
         """Whether ``user_id`` has a connection on any node (``unknown_user`` otherwise)."""
+
+    def presence_change(self, room: str, user_id: str, delta: int, info: bytes | None) -> int | Awaitable[int] | None:
+        """This node has ``delta`` more connections of ``user_id`` in ``room`` (+1 a join, -1 a
+        leave, 0: only ``info``, the exposed info as JSON, changed; None keeps it).
+
+        Answers the user's connections in the room on every live node after the change (the
+        member events go out once per user on that answer), or None when the broker keeps no
+        cluster presence (the hub then counts its own members).
+        """
+
+    def presence(self, room: str) -> Counts | Awaitable[Counts]:
+        """Who is in ``room`` on every live node: user id -> (connections, info JSON or None).
+        Raises (or the awaitable does) when the cluster cannot be asked now."""
+
+    def presence_stats(self, room: str) -> tuple[int, int] | Awaitable[tuple[int, int]]:
+        """``(users, connections)`` of ``room`` on every live node, without the info."""
 
     def stats(self) -> dict[str, Any]:
         """Broker counters for ``/ws/stats`` (empty for the in-process broker)."""

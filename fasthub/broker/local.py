@@ -10,6 +10,7 @@ from ..streams import ROOM, MemoryStreams, Position, Published, Recovery
 
 if TYPE_CHECKING:
     from .._core import Payload
+    from ..presence import Counts
     from . import Node
 
 
@@ -17,7 +18,8 @@ class LocalBroker:
     """The in-process broker (the default): no other node to forward to or to ask.
 
     Cluster answers are this node's answers: a room's size is its local member count, a user
-    is online when connected here. Streams are kept in memory (``streams.MemoryStreams``), so
+    is online when connected here, presence is this node's members (with the ``presence_info``
+    hook asked when presence is asked). Streams are kept in memory (``streams.MemoryStreams``), so
     they start over (a new epoch) when the process restarts.
     """
 
@@ -127,6 +129,18 @@ class LocalBroker:
     def user_online(self, user_id: str) -> bool:
         node = self.node
         return node.local_user_online(user_id) if node is not None else False
+
+    def presence_change(self, room: str, user_id: str, delta: int, info: bytes | None) -> None:
+        """Nothing to keep: presence is read from the hub's members when asked."""
+
+    def presence(self, room: str) -> Counts:
+        node = self.node
+        return node.local_presence(room) if node is not None else {}
+
+    def presence_stats(self, room: str) -> tuple[int, int]:
+        node = self.node
+        counts = node.local_presence(room, info=False) if node is not None else {}
+        return len(counts), sum(n for n, _ in counts.values())
 
     def stats(self) -> dict[str, Any]:
         return {"history": self.streams.stats()}

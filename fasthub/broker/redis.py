@@ -18,6 +18,10 @@ Traffic discipline (docs/cluster.md has the figures):
   ``user_online`` is the node set, then one pipelined ``HEXISTS`` per other node. A heartbeat
   key per node, with a TTL, is the cluster view; a node that dies drops out of it within
   ``ttl`` seconds.
+- Presence: a hash per room (user -> connections per node) and one of exposed info, written by
+  deltas in the per-tick pipeline (``scripts.PRESENCE_CHANGE``), read in one script call;
+  entries of nodes whose key expired are left out and removed by the reader, and the keys
+  expire ``presence_ttl`` after live nodes stop refreshing them.
 
 Faults: Redis down (at start or later) never stops local delivery. Publishes that cannot go
 out are counted (``broker_errors``), the outage is logged once, and the broker reconnects with
@@ -33,7 +37,7 @@ import logging
 import os
 import time
 import zlib
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -41,6 +45,7 @@ import orjson
 from redis.utils import HIREDIS_AVAILABLE
 
 from .._core import KIND_BINARY, KIND_TEXT, Payload
+from ..presence import Counts
 from ..streams import ROOM, Position, Published, Recovery, new_epoch, with_offset
 from . import codec, scripts
 from .links import Link, SingleLink
@@ -85,6 +90,9 @@ class RedisBroker:
         ttl: seconds after which a silent node leaves the cluster view (heartbeat every ttl/3).
         retry_max: longest pause between reconnect attempts.
         max_pending: messages held for Redis while it is slow; more are counted and dropped.
+        presence_ttl: seconds a room's presence keys outlive the last node that refreshes them
+            (every ``presence_ttl / 3``); default ``max(60, 4 * ttl)``. A dead node's entries are
+            left out of answers within ``ttl`` whatever this is: it only bounds leftovers.
     """
 
     remote = True
@@ -100,11 +108,14 @@ class RedisBroker:
         ttl: float = 5.0,
         retry_max: float = 1.0,
         max_pending: int = 100_000,
+        presence_ttl: float | None = None,
     ) -> None:
         if partitions < 1:
             raise ValueError("partitions must be >= 1")
         if not ttl > 0:
             raise ValueError("ttl must be > 0")
+        if presence_ttl is not None and not presence_ttl > 0:
+            raise ValueError("presence_ttl must be > 0")
         self.url = url
         self.prefix = prefix
         self.partitions = partitions
@@ -113,6 +124,10 @@ class RedisBroker:
         self.ttl = float(ttl)
         self.retry_max = float(retry_max)
         self.max_pending = max_pending
+        self.presence_ttl = float(presence_ttl) if presence_ttl is not None else max(60.0, 4 * self.ttl)
+        self._presence_ms = max(1, int(self.presence_ttl * 1000))
+        self._presence_refreshed = 0.0  # loop time of the last refresh of the presence keys' TTL
+        self._presence_lost: set[str] = set()  # rooms whose presence writes were lost (rewritten later)
         self.node_id = os.urandom(8).hex()
         self._node_b = self.node_id.encode()
         self.node: Node | None = None
@@ -146,9 +161,9 @@ class RedisBroker:
         self._view: dict[str, Any] = {}
         # the writer: commands queued in one tick leave in one pipeline
         self._out: list[tuple[Any, ...]] = []
-        # id(out entry) -> (future, publish?): a publish's answer becomes a ``Published``, a
-        # read's stays the script's raw answer
-        self._futures: dict[int, tuple[asyncio.Future[Any], bool]] = {}
+        # id(out entry) -> (future, conversion of the answer or None): a publish's answer becomes
+        # a ``Published``, a presence change's a count, a read's stays the script's raw answer
+        self._futures: dict[int, tuple[asyncio.Future[Any], Callable[[Any], Any] | None]] = {}
         # barriers about to be sent, one per pub/sub connection, shared by the reads of a tick
         self._barrier_soon: dict[str, asyncio.Future[None]] = {}
         self._wake: asyncio.Event | None = None
@@ -235,6 +250,9 @@ class RedisBroker:
         if self._link is not None and self.up:
             me = self.node_id
             with contextlib.suppress(Exception):
+                rooms = [name for kind, name in self._routes.values() if kind == "r"]
+                await asyncio.wait_for(self._link.execute([self._presence_reset(room, {}) for room in rooms]), 1.0)
+            with contextlib.suppress(Exception):
                 leave = [
                     ("SREM", self._nodes_key, me),
                     ("DEL", self._node_key(me)),
@@ -280,6 +298,9 @@ class RedisBroker:
         self._shas = {
             "publish": await self._link.script_load(scripts.PUBLISH),
             "read": await self._link.script_load(scripts.READ),
+            "presence": await self._link.script_load(scripts.PRESENCE_CHANGE),
+            "presence_reset": await self._link.script_load(scripts.PRESENCE_RESET),
+            "presence_get": await self._link.script_load(scripts.PRESENCE_GET),
         }
         await self._heartbeat_once()
         self._subscribed.clear()
@@ -518,6 +539,104 @@ class RedisBroker:
                 return False
         return any(a is True or a == 1 for a in answers)
 
+    # -- the Broker interface: presence ----------------------------------------------------------
+
+    def _presence_keys(self, room: str) -> tuple[str, str]:
+        base = f"{self.prefix}:{{{self._partition(room)}}}"
+        return f"{base}:p:{room}", f"{base}:pi:{room}"
+
+    def _presence_reset(self, room: str, users: Counts, drop: Iterable[bytes] | None = None) -> tuple[Any, ...]:
+        """``PRESENCE_RESET``: remove the entries of ``drop`` (default: this node), then add this
+        node's ``users``."""
+        dropped = list(drop) if drop is not None else [self._node_b]
+        args: list[Any] = [self._presence_ms, len(dropped), *dropped]
+        for user, (n, info) in users.items():
+            args += [user, b"%s:%d" % (self._node_b, n), info or b""]
+        return ("EVALSHA", self._shas["presence_reset"], 2, *self._presence_keys(room), *args)
+
+    def presence_change(self, room: str, user_id: str, delta: int, info: bytes | None) -> asyncio.Future[int] | None:
+        """A ``PRESENCE_CHANGE`` in this tick's pipeline; the answer is the user's connections in
+        the room on the live nodes. Lost (Redis down): None, and the room's entries of this node
+        are rewritten from its members when Redis is back."""
+        loop = self._loop
+        if not self.up or loop is None or len(self._out) >= self.max_pending:
+            self._presence_lost.add(room)
+            return None
+        fut: asyncio.Future[int] = loop.create_future()
+        counts, infos = self._presence_keys(room)
+        args = (user_id, self.node_id, delta, info or b"", self._presence_ms)
+        entry: tuple[Any, ...] = (False, "EVALSHA", self._shas["presence"], 2, counts, infos, *args)
+        self._out.append(entry)
+        self._futures[id(entry)] = (fut, self._live_count)
+        fut.add_done_callback(lambda done: self._presence_written(done, room))
+        if len(self._out) == 1:
+            self._wake_writer()
+        return fut
+
+    def _presence_written(self, done: asyncio.Future[int], room: str) -> None:
+        if done.cancelled() or done.exception() is not None:
+            self._presence_lost.add(room)
+
+    def _live_count(self, value: Any) -> int:
+        """A user's connections in a room on this node and the nodes alive at the last heartbeat
+        (a node not known yet counts from the next one: at worst a second ``user_joined``)."""
+        total = 0
+        me, live = self._node_b, self._live
+        for node, n in _entries(value):
+            if node == me or node in live:
+                total += n
+        return total
+
+    async def presence(self, room: str) -> Counts:
+        counts, info = await self._presence_read(room, True)
+        return {user: (n, info.get(user)) for user, n in counts.items()}
+
+    async def presence_stats(self, room: str) -> tuple[int, int]:
+        counts, _ = await self._presence_read(room, False)
+        return len(counts), sum(counts.values())
+
+    async def _presence_read(self, room: str, with_info: bool) -> tuple[dict[str, int], dict[str, bytes]]:
+        """The room's presence through the writer (after this node's writes queued before it),
+        counted on live nodes: those of the last heartbeat, and any other whose key exists now.
+        Entries of nodes whose key is gone are removed."""
+        link, loop = self._link, self._loop
+        if not self.up or link is None or loop is None:
+            raise ConnectionError("the broker is not connected to Redis")
+        fut: asyncio.Future[Any] = loop.create_future()
+        entry = (False, "EVALSHA", self._shas["presence_get"], 2, *self._presence_keys(room), 1 if with_info else 0)
+        self._out.append(entry)
+        self._futures[id(entry)] = (fut, None)
+        if len(self._out) == 1:
+            self._wake_writer()
+        raw_counts, raw_info = await fut
+        users: dict[str, list[tuple[bytes, int]]] = {}
+        nodes: set[bytes] = set()
+        for i in range(0, len(raw_counts) - 1, 2):
+            entries = list(_entries(raw_counts[i + 1]))
+            users[_text(raw_counts[i])] = entries
+            nodes.update(node for node, _ in entries)
+        alive = {self._node_b, *self._live}
+        unknown = [node for node in nodes if node not in alive]
+        if unknown:
+            exists = await link.execute([("EXISTS", self._node_key(node)) for node in unknown])
+            dead = [node for node, e in zip(unknown, exists, strict=True) if e == 0]
+            alive.update(node for node in unknown if node not in dead)
+            if dead:
+                self._out.append((False, *self._presence_reset(room, {}, dead)))
+                self._wake_writer()
+        counts: dict[str, int] = {}
+        for user, entries in users.items():
+            total = sum(n for node, n in entries if node in alive)
+            if total > 0:
+                counts[user] = total
+        info: dict[str, bytes] = {}
+        for i in range(0, len(raw_info) - 1, 2):
+            user = _text(raw_info[i])
+            if user in counts:
+                value = raw_info[i + 1]
+                info[user] = value if isinstance(value, bytes) else str(value).encode()
+        return counts, info
+
     # -- the Broker interface: publishing ---------------------------------------------------------
 
     def publish_room(self, room: str, payload: Payload, exclude: Any) -> None:
@@ -594,7 +713,7 @@ class RedisBroker:
             header,
         )
         self._out.append(entry)
-        self._futures[id(entry)] = (fut, True)
+        self._futures[id(entry)] = (fut, _published)
         if len(self._out) == 1:
             self._wake_writer()
         return fut
@@ -653,7 +772,7 @@ class RedisBroker:
         entry = (False, "EVALSHA", self._shas["read"], 2, stream, meta, self.meta_ttl, new_epoch(), start, limit,
                  ttl_ms)
         self._out.append(entry)
-        self._futures[id(entry)] = (fut, False)
+        self._futures[id(entry)] = (fut, None)
         if len(self._out) == 1:
             self._wake_writer()
         answer = await fut
@@ -763,22 +882,25 @@ class RedisBroker:
                     self._answer(batch, results)
 
     def _answer(self, batch: list[tuple[Any, ...]], results: list[Any]) -> None:
-        """Complete the futures of the stream publishes in ``batch`` with their positions."""
+        """Complete the futures of the commands in ``batch`` that wait for an answer."""
         futures = self._futures
         noscript = None
         for cmd, result in zip(batch, results, strict=True):
             entry = futures.pop(id(cmd), None)
             if entry is None or entry[0].done():
                 continue
-            fut, publish = entry
+            fut, convert = entry
             if isinstance(result, Exception):
                 if "NOSCRIPT" in str(result):
                     noscript = result
                 fut.set_exception(ConnectionError(f"Redis refused the script: {result}"))
-            elif publish:
-                fut.set_result(Published(int(result[0]), _text(result[1]), bool(int(result[2]))))
-            else:
+            elif convert is None:
                 fut.set_result(result)
+            else:
+                try:
+                    fut.set_result(convert(result))
+                except (ValueError, TypeError, IndexError) as exc:
+                    fut.set_exception(ConnectionError(f"unexpected answer from Redis: {exc}"))
         if noscript is not None:  # the scripts were flushed: reconnect (which loads them again)
             raise ConnectionError(f"Redis lost the broker's scripts: {noscript}")
 
@@ -816,16 +938,23 @@ class RedisBroker:
 
         A write lost with the connection may have left entries of rooms and users this node no
         longer has: the hashes are deleted and written again, and every room ever announced
-        with members is announced again (with 0 where none are left).
+        with members is announced again (with 0 where none are left). The same for this node's
+        presence entries, in every room it has members of or lost a presence write in.
         """
         self._out.append((False, "DEL", self._node_key(self.node_id, ":rooms")))
         self._out.append((False, "DEL", self._node_key(self.node_id, ":users")))
         self._rooms_dirty.update(self._announced)
+        rooms = self._presence_lost
+        self._presence_lost = set()
         for kind, name in self._routes.values():
             if kind == "r":
                 self._rooms_dirty.add(name)
+                rooms.add(name)
             elif kind == "u":
                 self._users_dirty.add(name)
+        node = self.node
+        for room in rooms:  # this node's presence entries from scratch (writes may have been lost)
+            self._out.append((False, *self._presence_reset(room, node.local_presence(room) if node else {})))
         self._wake_writer()
 
     # -- the reader: other nodes' traffic ---------------------------------------------------------
@@ -948,6 +1077,23 @@ class RedisBroker:
             await asyncio.sleep(self.ttl / 3)
             await self._heartbeat_once()
             self._spawn(self._measure_lag())
+            self._refresh_presence()
+
+    def _refresh_presence(self) -> None:
+        """Every ``presence_ttl / 3``: the presence keys of the rooms this node has members of
+        live on (one ``PEXPIRE`` each, in the writer's pipeline)."""
+        assert self._loop is not None
+        now = self._loop.time()
+        if now - self._presence_refreshed < self.presence_ttl / 3:
+            return
+        self._presence_refreshed = now
+        out = self._out
+        for kind, name in self._routes.values():
+            if kind == "r":
+                counts, info = self._presence_keys(name)
+                out.append((False, "PEXPIRE", counts, self._presence_ms))
+                out.append((False, "PEXPIRE", info, self._presence_ms))
+        self._wake_writer()
 
     async def _measure_lag(self) -> None:
         """The broker's lag for /metrics: how long a ``PING`` on this node's pub/sub connection
@@ -1094,6 +1240,23 @@ class RedisBroker:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _published(result: Any) -> Published:
+    return Published(int(result[0]), _text(result[1]), bool(int(result[2])))
+
+
+def _entries(value: Any) -> Iterable[tuple[bytes, int]]:
+    """``(node id, connections)`` of a presence value ``b"<node>:<n> <node>:<n>"``."""
+    if not value:
+        return ()
+    if not isinstance(value, bytes):
+        value = str(value).encode()
+    out = []
+    for part in value.split():
+        node, _, n = part.partition(b":")
+        out.append((node, int(n)))
+    return out
 
 
 def _field(fields: list[Any], name: bytes) -> bytes:

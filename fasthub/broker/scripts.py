@@ -1,4 +1,4 @@
-"""The Lua scripts of ``RedisBroker``'s streams: publish, position, read. One atomic step each.
+"""The Lua scripts of ``RedisBroker``: streams (publish, position, read) and presence. One atomic step each.
 
 A stream (a room's or a user's) is a Redis Stream whose entry ids are the offsets (``<offset>-0``)
 plus a meta hash: ``e`` the epoch, ``s`` the top offset. Modelled on centrifuge's
@@ -80,3 +80,85 @@ end
 return {top, epoch, entries}
 """
 )
+
+
+# -- presence ----------------------------------------------------------------------------------
+#
+# A room's presence is two hashes under the room's hash tag: ``p`` maps a user id to its
+# connections per node (``"<node>:<count> <node>:<count>"``, node ids are 16 hex digits) and
+# ``pi`` a user id to the info the application exposes (JSON, the latest join's). Both keys
+# expire ``presence_ttl`` after the last write or refresh (live nodes refresh the rooms they
+# have members of). Counts change by deltas, so no node needs the others' numbers to write its
+# own. Entries of a dead node are left out by the readers (its node key expired) and removed by
+# ``PRESENCE_RESET``.
+
+#: KEYS: counts, info. ARGV: user, node, delta, info ('' keeps it), key ttl ms.
+#: Returns the user's counts after the change ('' when it has none left).
+PRESENCE_CHANGE = """
+local value = redis.call('hget', KEYS[1], ARGV[1])
+local parts, mine = {}, 0
+if value then
+  for node, n in string.gmatch(value, '(%x+):(%d+)') do
+    if node == ARGV[2] then mine = tonumber(n) else parts[#parts + 1] = node .. ':' .. n end
+  end
+end
+mine = mine + tonumber(ARGV[3])
+if mine > 0 then parts[#parts + 1] = ARGV[2] .. ':' .. mine end
+if #parts == 0 then
+  redis.call('hdel', KEYS[1], ARGV[1])
+  redis.call('hdel', KEYS[2], ARGV[1])
+  return ''
+end
+local out = table.concat(parts, ' ')
+redis.call('hset', KEYS[1], ARGV[1], out)
+if ARGV[4] ~= '' then redis.call('hset', KEYS[2], ARGV[1], ARGV[4]) end
+redis.call('pexpire', KEYS[1], ARGV[5])
+redis.call('pexpire', KEYS[2], ARGV[5])
+return out
+"""
+
+#: KEYS: counts, info. ARGV: key ttl ms, k, k node ids whose entries go, then triples
+#: (user, "<node>:<count>", info or '') to add. A node rewriting its own entries (after a
+#: reconnect) passes itself and its users; a reader that found dead nodes passes them alone.
+PRESENCE_RESET = """
+local drop = {}
+local k = tonumber(ARGV[2])
+for i = 3, 2 + k do drop[ARGV[i]] = true end
+local all = redis.call('hgetall', KEYS[1])
+local users, changed = {}, {}
+for i = 1, #all, 2 do
+  local parts = {}
+  for node, n in string.gmatch(all[i + 1], '(%x+):(%d+)') do
+    if drop[node] then changed[all[i]] = true else parts[#parts + 1] = node .. ':' .. n end
+  end
+  users[all[i]] = parts
+end
+for i = 3 + k, #ARGV, 3 do
+  local parts = users[ARGV[i]] or {}
+  parts[#parts + 1] = ARGV[i + 1]
+  users[ARGV[i]] = parts
+  changed[ARGV[i]] = true
+  if ARGV[i + 2] ~= '' then redis.call('hset', KEYS[2], ARGV[i], ARGV[i + 2]) end
+end
+for user in pairs(changed) do
+  local parts = users[user]
+  if #parts == 0 then
+    redis.call('hdel', KEYS[1], user)
+    redis.call('hdel', KEYS[2], user)
+  else
+    redis.call('hset', KEYS[1], user, table.concat(parts, ' '))
+  end
+end
+if redis.call('exists', KEYS[1]) == 1 then
+  redis.call('pexpire', KEYS[1], ARGV[1])
+  redis.call('pexpire', KEYS[2], ARGV[1])
+end
+return 0
+"""
+
+#: KEYS: counts, info. ARGV: 1 to read the info too. Returns {counts, info} (HGETALL answers).
+PRESENCE_GET = """
+local info = {}
+if ARGV[1] == '1' then info = redis.call('hgetall', KEYS[2]) end
+return {redis.call('hgetall', KEYS[1]), info}
+"""
