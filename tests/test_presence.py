@@ -237,6 +237,18 @@ def test_typing_memory_is_freed_when_connections_leave_or_close() -> None:
         assert len(throttle) == 0
 
 
+def test_the_hub_sweep_forgets_typing_older_than_the_interval() -> None:
+    config = HubConfig(typing_interval=0.05, cleanup_interval=0.05)
+    with Harness(config) as h:
+        a = fresh(h, "a")
+        joined(a, "r")
+        a.send({"type": "typing", "room": "r"})
+        assert len(h.hub._typing) == 1
+        h.loop.run_until_complete(asyncio.sleep(0.2))  # a sweep or more
+        assert len(h.hub._typing) == 0
+        assert h.hub.get_room("r") is not None and h.hub.get_room("r").member_count == 1  # type: ignore[union-attr]
+
+
 def test_typing_error_cases_tell_the_offending_client() -> None:
     with Harness() as h:
         a, b = fresh(h, "a"), fresh(h, "b")

@@ -288,3 +288,35 @@ def test_presence_is_unavailable_while_redis_is_down_and_rewritten_after(redis_s
                 await asyncio.sleep(0.1)
 
         run(scenario())
+
+
+def test_update_presence_rewrites_the_info_and_a_stopped_node_removes_its_entries(redis_server: Any) -> None:
+    with cluster(redis_server.url, config=HubConfig(history_size=0)) as (a_node, b_node):
+        presence_hook(a_node, b_node)
+
+        async def scenario() -> None:
+            ann = await connect(a_node, "user=ann")
+            await ann.join("r1")
+            await ann.join("r2")
+            bo = await connect(b_node, "user=bo")
+            await bo.join("r1")
+            assert (await presence_of(bo, "r1"))["presence"]["ann"]["info"] == {"name": "Ann", "tab": None}
+
+            def away() -> None:
+                conn = a_node.hub.get_connection(ann.conn_id)
+                conn.set_metadata("tab", "away")
+                a_node.hub.update_presence(conn.id)
+
+            a_node.call(away)
+            await asyncio.sleep(0.1)
+            for room in ("r1", "r2"):  # every room of the connection, as seen from the other node
+                assert (await presence_of(bo, room))["presence"]["ann"]["info"] == {"name": "Ann", "tab": "away"}
+
+        run(scenario())
+        keys = a_node.hub.broker._presence_keys("r2")
+        assert redis_server.command("HKEYS", keys[0]).split() == ["ann"]
+
+    # both nodes stopped (their clients still connected when the servers shut down): no entry left
+    for room in ("r1", "r2"):
+        for key in a_node.hub.broker._presence_keys(room):
+            assert redis_server.command("EXISTS", key).strip() == "0", key
