@@ -188,6 +188,10 @@ def test_a_moved_slot_reconnects_and_resubscribes_on_its_new_master(redis_cluste
             await b.join("moving")
             await a.send({"type": "room_message", "room": "moving", "payload": "before"})
             assert (await room_messages(b, 1))[0]["payload"] == "before"
+            # the room's presence keys live in its slot too: gone first (the nodes write them
+            # again on the new owner when they reconnect)
+            for key in broker._presence_keys("moving"):
+                rc.command("DEL", key, node=src, cluster_mode=False)
             # the slot moves (every master told at once: no wait for gossip)
             for node in (dst, src, 3 - src - dst):
                 rc.command("CLUSTER", "SETSLOT", str(slot), "NODE", ids[dst], node=node, cluster_mode=False)
@@ -205,6 +209,10 @@ def test_a_moved_slot_reconnects_and_resubscribes_on_its_new_master(redis_cluste
             for i in range(20):
                 await a.send({"type": "room_message", "room": "moving", "payload": i})
             assert [m["payload"] for m in await room_messages(b, 20)] == list(range(20))
+            counts_key = broker._presence_keys("moving")[0]
+            while sorted(rc.command("HKEYS", counts_key, node=dst, cluster_mode=False).split()) != ["a", "b"]:
+                assert time.monotonic() < deadline + 5, "presence not written again on the new owner"
+                await asyncio.sleep(0.05)
 
         run(scenario())
 
