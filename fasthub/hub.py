@@ -869,7 +869,8 @@ class Hub:
         message after that offset reaches the joiner. With ``since`` (a position the client had),
         the messages it missed come first, in order, and the reply says ``recovered`` (false:
         another epoch, or more missed than the history or ``recovery_max`` holds). While the room
-        has at most ``member_events_limit`` members, the others get ``user_joined``.
+        has at most ``member_events_limit`` members, the others get ``user_joined`` when this is
+        the user's first connection in the room (on every node, with a clustered broker).
         """
         conn = self._conn(conn_id)
         room = self._rooms.get(name)
