@@ -77,6 +77,16 @@ def _parser() -> argparse.ArgumentParser:
     auth.add_argument("--stats-token", help="require this bearer token for /ws/stats (or env FASTHUB_STATS_TOKEN)")
     auth.add_argument("--no-stats", action="store_true", help="do not serve /ws/stats")
     serve.add_argument("--no-demo", action="store_true", help="do not serve the demo page at /")
+    wire = serve.add_argument_group("compression (permessage-deflate, fast path)")
+    wire.add_argument("--no-compression", action="store_true", help="do not negotiate permessage-deflate")
+    wire.add_argument(
+        "--compression-threshold", type=int, help="bytes below which messages go uncompressed (default 256)"
+    )
+    wire.add_argument(
+        "--compression-client-context",
+        action="store_true",
+        help="let clients keep their compression context (one inflater per sending connection)",
+    )
     ops = serve.add_argument_group("operations (docs/operations.md)")
     ops.add_argument(
         "--drain-timeout",
@@ -303,6 +313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "session_secret": args.session_secret or os.environ.get("FASTHUB_SESSION_SECRET") or None,
                 "drain_timeout": args.drain_timeout,
                 "drain_rate": args.drain_rate,
+                "compression": False if args.no_compression else None,
+                "compression_threshold": args.compression_threshold,
+                "compression_client_context": True if args.compression_client_context else None,
             }.items()
             if value is not None
         }
@@ -324,6 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 echo_config = uvicorn_config(
                     echo_app, args.host, args.port, args.log_level, ws=args.ws, ws_max_size=max_size
                 )
+                echo_config.ws_per_message_deflate = config.compression and echo_config.ws_per_message_deflate
             except MissingWebSocketImplementation as exc:
                 print(f"fasthub: {exc}", file=sys.stderr)
                 return 2

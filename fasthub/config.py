@@ -105,6 +105,15 @@ class HubConfig:
     drain_timeout: float = 30.0
     #: ``/healthz`` fails (503) while the event loop was this many seconds late in the last 10 s.
     health_max_lag: float = 2.0
+    #: permessage-deflate (RFC 7692) for clients that offer it, on the fast path. A message is
+    #: compressed once per window size and the same frame goes to every member.
+    compression: bool = True
+    #: Messages shorter than this many bytes (as encoded) go uncompressed.
+    compression_threshold: int = 256
+    #: Let clients keep their compression context between messages (better ratio for what they
+    #: send, but one inflater of about 40 KB for the life of each connection that sends a
+    #: compressed message); off: they are asked not to, and no inflater outlives its message.
+    compression_client_context: bool = False
     # compiled room_name_pattern, set in __post_init__
     _compiled_room_pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
     # room name -> history (size, ttl) or None, filled by history_for
@@ -137,6 +146,7 @@ class HubConfig:
             "max_request_size": (self.max_request_size, 1024),
             "history_size": (self.history_size, 0),
             "recovery_max": (self.recovery_max, 0),
+            "compression_threshold": (self.compression_threshold, 0),
         }
         for name, (value, low) in sizes.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < low:

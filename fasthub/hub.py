@@ -26,6 +26,7 @@ import orjson
 
 from . import _ext
 from ._core import KIND_BINARY, KIND_TEXT, Connection, Fanout, Payload, RateLimiter
+from ._core.forms import Forms
 from .broker import Broker, LocalBroker
 from .config import HubConfig
 from .costs import CostMeter, cpu_seconds
@@ -140,6 +141,8 @@ class Hub:
         self.room_map: Mapping[str, Room] = self._rooms
         self.fanout = Fanout(None, self, self._slow_consumer)
         self.fanout.soft_limit = int(self.config.send_buffer_size * self.config.publish_watermark)
+        #: builds compressed and MessagePack frames, once per payload and form
+        self.forms = self.fanout.forms = Forms(self.config.compression_threshold)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._started_wall = time.time()

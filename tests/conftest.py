@@ -306,7 +306,9 @@ class RawClient:
     ``rcvbuf`` shrinks its receive buffer to play a slow reader.
     """
 
-    def __init__(self, server: Server, query: str, rcvbuf: int | None = None) -> None:
+    def __init__(
+        self, server: Server, query: str, rcvbuf: int | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -316,7 +318,9 @@ class RawClient:
         path = f"{server.prefix}/ws" + (f"?{query}" if query else "")
         request = (
             f"GET {path} HTTP/1.1\r\nHost: {server.host}:{server.port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key.decode()}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key.decode()}\r\nSec-WebSocket-Version: 13\r\n"
+            + "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+            + "\r\n"
         )
         self.sock.sendall(request.encode())
         self.buf = b""
@@ -330,6 +334,8 @@ class RawClient:
         headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
         expected = base64.b64encode(hashlib.sha1(key + WS_GUID).digest()).decode()  # RFC 6455 4.2.2
         assert headers["sec-websocket-accept"] == expected
+        self.headers = headers  # of the 101 response, names lower-cased
+        self.rsv1 = False  # whether the last frame read had RSV1 set (permessage-deflate)
 
     def _read(self, n: int, deadline: float) -> bytes | None:
         while len(self.buf) < n:
@@ -355,6 +361,7 @@ class RawClient:
             return None
         opcode, n = head[0] & 0x0F, head[1] & 0x7F
         assert head[1] & 0x80 == 0, "server frames are not masked"
+        self.rsv1 = bool(head[0] & 0x40)
         if n == 126:
             ext = self._read(2, deadline)
             assert ext is not None

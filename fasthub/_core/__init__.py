@@ -26,6 +26,9 @@ KIND_TEXT = _outbox.KIND_TEXT
 KIND_BINARY = _outbox.KIND_BINARY
 KIND_CLOSE = _outbox.KIND_CLOSE
 KIND_RAW = _outbox.KIND_RAW
+KIND_PLAIN = _outbox.KIND_PLAIN
+ENC_BITS = _outbox.ENC_BITS
+ENC_MSGPACK = _outbox.ENC_MSGPACK
 QUEUED = _outbox.QUEUED
 DROPPED = _outbox.DROPPED
 OVERFLOW = _outbox.OVERFLOW
@@ -40,9 +43,12 @@ RateLimiter = _limits.RateLimiter
 __all__ = [
     "CLOSED",
     "DROPPED",
+    "ENC_BITS",
+    "ENC_MSGPACK",
     "FLUSH_BUCKETS",
     "KIND_BINARY",
     "KIND_CLOSE",
+    "KIND_PLAIN",
     "KIND_RAW",
     "KIND_TEXT",
     "OVERFLOW",

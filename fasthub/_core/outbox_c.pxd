@@ -3,7 +3,8 @@ cimport cython
 
 from fasthub._core.sockio_c cimport send_some
 
-cdef int _KIND_TEXT, _KIND_BINARY, _KIND_CLOSE, _KIND_RAW
+cdef int _KIND_TEXT, _KIND_BINARY, _KIND_PLAIN, _KIND_CLOSE, _KIND_RAW
+cdef int _ENC_BITS, _ENC_MSGPACK
 cdef int _QUEUED, _DROPPED, _OVERFLOW, _CLOSED
 cdef int _OP_TEXT, _OP_BINARY
 
@@ -17,7 +18,10 @@ cdef class Payload:
     cdef readonly str reason
     cdef object _frame
     cdef object _asgi
+    cdef dict _forms
     cpdef bytes frame(self)
+    @cython.locals(cache=dict, frame=bytes)
+    cpdef bytes frame_as(self, int enc, object forms)
     cpdef dict asgi(self)
 
 # not final: conn_c.Connection extends it (a static subclass, so cpdef calls stay C calls)
@@ -36,7 +40,8 @@ cdef class Outbox:
     cdef public Py_ssize_t inflight
     cdef public Py_ssize_t buffered
     cdef public Py_ssize_t budget
-    cdef public Py_ssize_t dropped
+    cdef public unsigned int dropped         # 4 bytes, so that encoding fits beside it
+    cdef public unsigned char encoding
     cpdef int push(self, Payload p)
     cdef void _append(self, Payload p)
     cpdef list take(self)
@@ -61,12 +66,13 @@ cdef class Fanout:
     cdef public long long congested
     cdef public list flush_counts
     cdef public long long flush_total
+    cdef public object forms
     cpdef mark(self, Outbox ob)
     cpdef int push(self, Outbox ob, Payload p)
     @cython.locals(count=Py_ssize_t, ob=Outbox, overflow=list)
     cpdef tuple push_many(self, dict members, Payload p, object exclude=*)
     cdef inline int _push_one(self, Outbox ob, Payload p, list overflow) except -1
-    @cython.locals(ob=Outbox, dirty=list, error=object, last=list, joined=bytes, items=list, q=object, data=bytes, transport=object, first=Payload, n=Py_ssize_t, i=Py_ssize_t, count=Py_ssize_t, b=Py_ssize_t)
+    @cython.locals(ob=Outbox, dirty=list, error=object, last=list, joined=bytes, items=list, q=object, data=bytes, transport=object, first=Payload, n=Py_ssize_t, i=Py_ssize_t, count=Py_ssize_t, b=Py_ssize_t, enc=int, last_enc=int)
     cpdef flush(self)
 
 cdef list _NO_ITEMS
@@ -88,4 +94,4 @@ cdef extern from *:
 @cython.locals(n=Py_ssize_t, i=Py_ssize_t)
 cdef bint _same(list a, list b)
 
-cdef bytes _join(list items)
+cdef bytes _join(list items, int enc, object forms)

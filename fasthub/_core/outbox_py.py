@@ -37,14 +37,23 @@ _OP_TEXT = 0x1
 _OP_BINARY = 0x2
 
 # Public names for Python callers; the underscored twins are C ints in the compiled module.
-_KIND_TEXT = 1
+_KIND_TEXT = 1  # a JSON envelope, sent as text (or as MessagePack to a client that chose it)
 _KIND_BINARY = 2
+_KIND_PLAIN = 4  # the application's own text (``send_text``): sent as it is to every client
 _KIND_CLOSE = 8
 _KIND_RAW = 16  # bytes that go out as they are: the 101 response ahead of the first frames
 KIND_TEXT = _KIND_TEXT
 KIND_BINARY = _KIND_BINARY
+KIND_PLAIN = _KIND_PLAIN
 KIND_CLOSE = _KIND_CLOSE
 KIND_RAW = _KIND_RAW
+
+# What a connection negotiated (``Outbox.encoding``): the low 4 bits are the deflate window
+# the server compresses with (0: no compression), ``_ENC_MSGPACK`` the MessagePack subprotocol
+_ENC_BITS = 15
+_ENC_MSGPACK = 16
+ENC_BITS = _ENC_BITS
+ENC_MSGPACK = _ENC_MSGPACK
 
 # Outbox.push results
 _QUEUED = 0
@@ -68,6 +77,7 @@ class Payload:
         self.reason = reason
         self._frame: bytes | None = None
         self._asgi: dict[str, Any] | None = None
+        self._forms: dict[int, bytes] | None = None
 
     def frame(self) -> bytes:
         """The complete server frame (unmasked, so identical for every receiver)."""
@@ -77,13 +87,29 @@ class Payload:
             elif self.kind == _KIND_RAW:
                 self._frame = self.data
             else:
-                self._frame = build_frame(_OP_TEXT if self.kind == _KIND_TEXT else _OP_BINARY, self.data)
+                self._frame = build_frame(_OP_BINARY if self.kind == _KIND_BINARY else _OP_TEXT, self.data)
         return self._frame
+
+    def frame_as(self, enc: int, forms: Any) -> bytes:
+        """The frame for connections that negotiated ``enc`` (``Outbox.encoding``), built once
+        per encoding by ``forms`` (``fasthub._core.forms.Forms``) and shared by all of them."""
+        if enc == 0:
+            return self.frame()
+        cache = self._forms
+        if cache is not None:
+            found = cache.get(enc)
+            if found is not None:
+                return found
+        else:
+            cache = self._forms = {}
+        frame: bytes = forms.build(self, enc)
+        cache[enc] = frame
+        return frame
 
     def asgi(self) -> dict[str, Any]:
         """The ASGI send event; one dict shared by every receiver (servers only read it)."""
         if self._asgi is None:
-            if self.kind == _KIND_TEXT:
+            if self.kind == _KIND_TEXT or self.kind == _KIND_PLAIN:
                 self._asgi = {"type": "websocket.send", "text": self.data.decode()}
             elif self.kind == _KIND_BINARY:
                 self._asgi = {"type": "websocket.send", "bytes": self.data}
@@ -107,6 +133,7 @@ class Outbox:
         "closing",
         "drop_when_full",
         "dropped",
+        "encoding",
         "fd",
         "inflight",
         "pending",
@@ -136,6 +163,8 @@ class Outbox:
         self.transport: Any = None
         self.fd = -1
         self.unsure = True
+        # what the connection negotiated: compression window, MessagePack (``_ENC_*``; 0: none)
+        self.encoding = 0
 
     def push(self, p: Payload) -> int:
         if self.closing:
@@ -241,6 +270,8 @@ class Fanout:
         # count per bucket of ``FLUSH_BUCKETS`` (the last: more), and the connections in all
         self.flush_counts = [0] * (len(FLUSH_BUCKETS) + 1)
         self.flush_total = 0
+        # builds the frames of connections with an encoding (``fasthub._core.forms.Forms``)
+        self.forms: Any = None
 
     def mark(self, ob: Outbox) -> None:
         ob.scheduled = True
@@ -318,6 +349,7 @@ class Fanout:
         self.dirty = []
         error: BaseException | None = None
         last: list[Payload] = _NO_ITEMS
+        last_enc = 0
         joined = b""
         count = len(dirty)
         self.flush_total += count
@@ -336,14 +368,16 @@ class Fanout:
                         continue
                     ob.queue = None
                     ob.pending = 0
+                    enc = ob.encoding
                     if isinstance(q, Payload):
                         first = q
-                        data = first.frame()
+                        data = first.frame() if enc == 0 else first.frame_as(enc, self.forms)
                     else:
                         items = q
-                        if not _same(items, last):
-                            joined = _join(items)
+                        if enc != last_enc or not _same(items, last):
+                            joined = _join(items, enc, self.forms)
                             last = items
+                            last_enc = enc
                         data = joined
                     # the transport object is not touched on a direct send (a cache miss per
                     # member in a big flush)
@@ -393,5 +427,7 @@ def _same(a: list[Payload], b: list[Payload]) -> bool:
     return True
 
 
-def _join(items: list[Payload]) -> bytes:
-    return b"".join([p.frame() for p in items])
+def _join(items: list[Payload], enc: int, forms: Any) -> bytes:
+    if enc == 0:
+        return b"".join([p.frame() for p in items])
+    return b"".join([p.frame_as(enc, forms) for p in items])

@@ -21,15 +21,22 @@ cdef enum:
     READ_HEADER = 0
     READ_PAYLOAD = 1
     DISCARD = 2
+    # inflater modes (deflate.py)
+    INFLATE_OFF = 0
+    INFLATE_PER_MESSAGE = 1
+    INFLATE_CONTEXT = 2
 
 cdef object CloseCode
 cdef object InvalidState
 cdef object ProtocolError
 cdef bytes _EOF
+cdef bytes TAIL
+cdef object InflateError
+cdef object new_inflater
 
 
 cdef class ServerProtocol:
-    # Word-sized fields first, then the small ones as bytes: 144 bytes per connection, not 176
+    # Word-sized fields first, then the small ones as bytes: 160 bytes per connection
     cdef public Py_ssize_t max_message_size
     cdef readonly object exc                 #: Exception | None
     cdef readonly object close_sent          #: tuple[int, str] | None
@@ -43,6 +50,7 @@ cdef class ServerProtocol:
     cdef Py_ssize_t _phase
     cdef bytearray _msg
     cdef Utf8Validator _utf8
+    cdef object _inflater
 
     cdef readonly unsigned char state
     cdef unsigned char _rstate
@@ -51,6 +59,8 @@ cdef class ServerProtocol:
     cdef unsigned char _eof_sent
     cdef unsigned char _eof_received
     cdef unsigned char _fin
+    cdef unsigned char _inflate
+    cdef unsigned char _compressed
 
     cdef void _write(self, bytes data)
     cdef void _event(self, tuple event)
@@ -89,10 +99,18 @@ cdef class ServerProtocol:
         i=Py_ssize_t,
         payload=bytes,
         msg=bytearray,
+        compressed=bint,
+        chunk=bytearray,
     )
     cdef void _parse(self, bytes data) except *
 
-    @cython.locals(opcode=int, payload=bytes)
+    @cython.locals(limit=Py_ssize_t)
+    cdef object _inflate_whole(self, bytes payload)
+
+    @cython.locals(limit=Py_ssize_t, out=bytes)
+    cdef bint _inflate_into(self, bytearray msg, object chunk) except -1
+
+    @cython.locals(opcode=int, payload=bytes, start=Py_ssize_t)
     cdef bint _end_message(self) except -1
 
     @cython.locals(size=Py_ssize_t, code=int, reason=str)

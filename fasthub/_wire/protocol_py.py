@@ -32,6 +32,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .codes import CloseCode
+from .deflate import TAIL, InflateError, new_inflater
 from .exceptions import InvalidState, ProtocolError
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ else:
 if not cython.compiled:
     # Once compiled, these names are C constants and C functions cimported by protocol_c.pxd.
     from .codes import CLOSED, CLOSING, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, OPEN
+    from .deflate import INFLATE_CONTEXT, INFLATE_OFF
     from .frames_py import build_close, build_frame, close_code_allowed
     from .mask_py import unmask_append, unmask_payload
     from .utf8_py import Utf8Validator, is_valid_utf8
@@ -62,12 +64,18 @@ class ServerProtocol:
 
     Args:
         max_message_size: limit of a message's payload, fragments included (0: no limit);
-            a longer message fails the connection with 1009 before it is buffered.
+            a longer message fails the connection with 1009 before it is buffered. A
+            compressed message is limited by its inflated size, checked while inflating.
+        inflate: permessage-deflate as negotiated (``deflate.INFLATE_*``): off (RSV1 is a
+            protocol error), a new inflater per compressed message, or one kept for the
+            connection's life when the client keeps its compression context.
     """
 
-    def __init__(self, max_message_size: int = 512 * 1024) -> None:
+    def __init__(self, max_message_size: int = 512 * 1024, inflate: int = 0) -> None:
         if max_message_size < 0:
             raise ValueError("max_message_size must be >= 0")
+        if inflate < 0 or inflate > 2:
+            raise ValueError("inflate must be one of deflate.INFLATE_*")
         self.max_message_size: int = max_message_size
         #: OPEN, CLOSING (close sent, waiting for the peer's) or CLOSED (b"" queued or EOF)
         self.state: int = OPEN
@@ -86,10 +94,13 @@ class ServerProtocol:
         # Reader: _tail keeps an incomplete header or control frame (at most 131 bytes).
         self._rstate: int = READ_HEADER
         self._tail = b""
-        # RSV bits an extension has negotiated; none yet, so 5.2: "MUST be 0 unless an extension
-        # is negotiated". Hook for permessage-deflate: allow 0x40 on a message's first frame
-        # and inflate before delivery (fast path and _end_message).
-        self._rsv_allowed = 0
+        # RSV bits an extension has negotiated (5.2: "MUST be 0 unless an extension is
+        # negotiated"): RSV1 with permessage-deflate, on a data message's first frame only
+        self._inflate: int = inflate
+        self._rsv_allowed = 0x40 if inflate != INFLATE_OFF else 0
+        # the inflater of the compressed message in progress, or the connection's (context kept)
+        self._inflater: object = None
+        self._compressed = False  # the message in progress is compressed
 
         # Current data frame (READ_PAYLOAD): FIN bit, mask, payload bytes left, mask phase.
         self._fin = False
@@ -265,14 +276,20 @@ class ServerProtocol:
                     msg = self._msg
                     assert msg is not None  # a message is in progress: its first frame made it
                     start = len(msg)
-                    unmask_append(msg, data, pos, pos + take, self._mask, self._phase)
+                    if self._compressed:
+                        chunk = bytearray()
+                        unmask_append(chunk, data, pos, pos + take, self._mask, self._phase)
+                        if not self._inflate_into(msg, chunk):
+                            return
+                    else:
+                        unmask_append(msg, data, pos, pos + take, self._mask, self._phase)
                     pos += take
                     self._remaining -= take
                     self._phase = (self._phase + take) & 3
                     # 8.1: "When an endpoint is to interpret a byte stream as UTF-8 but finds
                     # that the byte stream is not, in fact, a valid UTF-8 stream, that endpoint
                     # MUST _Fail the WebSocket Connection_." Checked per chunk: fail fast.
-                    if self._msg_opcode == OP_TEXT and not self._utf8.feed(msg, start, start + take):  # type: ignore[union-attr]
+                    if self._msg_opcode == OP_TEXT and not self._utf8.feed(msg, start, len(msg)):  # type: ignore[union-attr]
                         self._fail(CloseCode.INVALID_DATA, "invalid UTF-8 in text message")
                         return
                 if self._remaining:
@@ -309,9 +326,17 @@ class ServerProtocol:
                 if length > 125:
                     self._fail(CloseCode.PROTOCOL_ERROR, "control frame too long")
                     return
+                # RFC 7692 6.1: "An endpoint MUST NOT set the "Per-Message Compressed" bit of
+                # control frames and non-first fragments of a data message."
+                if b0 & 0x40:
+                    self._fail(CloseCode.PROTOCOL_ERROR, "compressed control frame")
+                    return
             elif opcode > OP_BINARY:
                 # 5.2: opcodes 0x3-0x7 "are reserved for further non-control frames".
                 self._fail(CloseCode.PROTOCOL_ERROR, "reserved opcode")
+                return
+            elif opcode == OP_CONT and b0 & 0x40:
+                self._fail(CloseCode.PROTOCOL_ERROR, "RSV1 set on a continuation frame")
                 return
             # 5.1: "The server MUST close the connection upon receiving a frame that is not
             # masked."
@@ -358,18 +383,29 @@ class ServerProtocol:
                     return
                 continue
 
-            # Data frame. 10.4: limit the message before buffering any of it.
-            if self.max_message_size and length > self.max_message_size - (
-                len(self._msg) if self._msg is not None else 0
-            ):
-                self._fail(CloseCode.MESSAGE_TOO_BIG, "message too big")
-                return
+            # Data frame. 10.4: limit the message before buffering any of it. A compressed one
+            # is limited while it inflates; its frames only may not exceed what the largest
+            # message could take compressed (deflate expands the incompressible by < 1/8).
+            compressed = (b0 & 0x40) != 0 or (opcode == OP_CONT and self._compressed)
+            if self.max_message_size:
+                if compressed:
+                    if length > self.max_message_size + (self.max_message_size >> 3) + 64:
+                        self._fail(CloseCode.MESSAGE_TOO_BIG, "message too big")
+                        return
+                elif length > self.max_message_size - (len(self._msg) if self._msg is not None else 0):
+                    self._fail(CloseCode.MESSAGE_TOO_BIG, "message too big")
+                    return
             pos += hlen
             if opcode != OP_CONT:
                 if fin and avail - hlen >= length:
                     # Fast path: a whole unfragmented message in this read.
                     payload = unmask_payload(data, mask_pos, length)
                     pos += length
+                    if compressed:
+                        inflated = self._inflate_whole(payload)
+                        if inflated is None:
+                            return
+                        payload = inflated
                     if opcode == OP_TEXT and not is_valid_utf8(payload):
                         self._fail(CloseCode.INVALID_DATA, "invalid UTF-8 in text message")
                         return
@@ -377,6 +413,10 @@ class ServerProtocol:
                     continue
                 self._msg_opcode = opcode
                 self._msg = bytearray()
+                if compressed:
+                    self._compressed = True
+                    if self._inflater is None:
+                        self._inflater = new_inflater()
                 if opcode == OP_TEXT:
                     if self._utf8 is None:
                         self._utf8 = Utf8Validator()
@@ -391,9 +431,55 @@ class ServerProtocol:
         if pos < end:
             self._tail = data[pos:]
 
+    def _inflate_whole(self, payload: bytes) -> bytes | None:
+        """A whole compressed message inflated (RFC 7692 7.2.2); None if it failed the connection."""
+        inflater = self._inflater
+        if inflater is None:
+            inflater = new_inflater()
+            if self._inflate == INFLATE_CONTEXT:
+                self._inflater = inflater
+        limit = self.max_message_size
+        try:
+            # at most one byte past the limit is ever inflated (a bomb stops there)
+            out = inflater.decompress(payload + TAIL, limit + 1 if limit else 0)  # type: ignore[attr-defined]
+        except InflateError:
+            self._fail(CloseCode.INVALID_DATA, "invalid compressed data")
+            return None
+        if limit and len(out) > limit:
+            self._fail(CloseCode.MESSAGE_TOO_BIG, "message too big")
+            return None
+        if inflater.eof and self._inflater is not None:  # type: ignore[attr-defined]
+            self._inflater = None  # ended with a final block: the next message starts afresh
+        return out  # type: ignore[no-any-return]
+
+    def _inflate_into(self, msg: bytearray, chunk: bytes | bytearray) -> bool:
+        """Inflate part of a compressed message onto ``msg``; False if it failed the connection."""
+        inflater = self._inflater
+        limit = self.max_message_size
+        try:
+            out = inflater.decompress(chunk, limit - len(msg) + 1 if limit else 0)  # type: ignore[attr-defined]
+        except InflateError:
+            self._fail(CloseCode.INVALID_DATA, "invalid compressed data")
+            return False
+        msg += out
+        if limit and len(msg) > limit:
+            self._fail(CloseCode.MESSAGE_TOO_BIG, "message too big")
+            return False
+        return True
+
     def _end_message(self) -> bool:
         """Deliver the message just completed; False if it failed the connection."""
         opcode = self._msg_opcode
+        if self._compressed:
+            start = len(self._msg)  # type: ignore[arg-type]
+            if not self._inflate_into(self._msg, TAIL):  # type: ignore[arg-type]
+                return False
+            self._compressed = False
+            if self._inflate != INFLATE_CONTEXT or self._inflater.eof:  # type: ignore[attr-defined]
+                self._inflater = None
+            if opcode == OP_TEXT and not self._utf8.feed(self._msg, start, len(self._msg)):  # type: ignore[union-attr, arg-type]
+                self._fail(CloseCode.INVALID_DATA, "invalid UTF-8 in text message")
+                return False
         if opcode == OP_TEXT and not self._utf8.complete():  # type: ignore[union-attr]
             self._fail(CloseCode.INVALID_DATA, "invalid UTF-8 in text message")
             return False
@@ -442,6 +528,7 @@ class ServerProtocol:
         # A close frame may arrive between the fragments of a message: drop the unfinished one.
         self._msg = None
         self._msg_opcode = 0
+        self._compressed = False
         if self.state == OPEN:
             # 5.5.1: "If an endpoint receives a Close frame and did not previously send a Close
             # frame, the endpoint MUST send a Close frame in response. (When sending a Close
@@ -469,6 +556,8 @@ class ServerProtocol:
         self._tail = b""
         self._msg = None
         self._msg_opcode = 0
+        self._compressed = False
+        self._inflater = None
 
     def _state_name(self) -> str:
         return "the connection is closing" if self.state == CLOSING else "the connection is closed"

@@ -101,6 +101,7 @@ class AsgiWebSocket(Handshake):
         self.protocol = protocol
         self.request_buffer = handshake_state.request_buffer
         self.key = handshake_state.key
+        self.offers = handshake_state.offers
         self.response_start: dict[str, Any] | None = None  # denial response in progress
         self.response_body: list[bytes] | None = None
         # a failure's close, held until the app took earlier messages (None: nothing held)

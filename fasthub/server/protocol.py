@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._core import KIND_CLOSE, KIND_RAW, Payload
-from .._wire import OP_BINARY, OP_CLOSE, OP_TEXT, OPEN, ServerProtocol, build_frame
+from .._wire import OP_BINARY, OP_CLOSE, OP_TEXT, OPEN, ServerProtocol, build_frame, deflate
 from ..dispatch import Pause
 from . import handshake
 from .uvicorn import Shared
@@ -58,6 +58,10 @@ LINGER_BYTES = 4 * 1024 * 1024
 LINGER_TIMEOUT = 2.0
 # close codes after which the connection lingers instead of waiting for a close handshake
 _FAILURE_CODES = frozenset({1008, 1009, 1011})
+# A generic ASGI app's messages are compressed per connection as they are sent (a hub's are
+# compressed once per message by its ``Forms``); shorter ones go as they are
+GENERIC_DEFLATE_THRESHOLD = 256
+_generic_deflater = deflate.Deflater()
 
 
 def _plain_fd(transport: Any) -> int:
@@ -78,11 +82,13 @@ class Handshake:
     denial response), so an idle hub connection carries one empty slot instead.
     """
 
-    __slots__ = ("key", "request_buffer")
+    __slots__ = ("deflate_bits", "key", "offers", "request_buffer")
 
     def __init__(self) -> None:
         self.request_buffer = b""  # the request head so far; then frames sent before the 101
         self.key = b""  # Sec-WebSocket-Key once the head parsed
+        self.offers: list[bytes] | None = None  # its Sec-WebSocket-Extensions values, if any
+        self.deflate_bits = 0  # a generic ASGI app's connection: the window it compresses with
 
     # What a generic ASGI app's adapter does at these points; nothing before it exists.
 
@@ -311,6 +317,7 @@ class HubProtocol(asyncio.Protocol):
         """A valid upgrade request: open a fasthub connection directly, or run the ASGI app."""
         p = self.handshake()
         p.key = request.key
+        p.offers = deflate.offered(request.headers) or None
         hub_app = self.shared.hub_app
         if hub_app is not None and hub_app.open_direct(self, request):
             return
@@ -354,18 +361,26 @@ class HubProtocol(asyncio.Protocol):
     def accept(self, extra_headers: list[tuple[bytes, bytes]]) -> None:
         """Complete a generic ASGI app's upgrade: the 101 now, frames from the engine from here on."""
         p = self.handshake()
-        self.transport.write(handshake.accept_response(p.key, [*self.shared.default_headers, *extra_headers]))
+        headers = [*self.shared.default_headers, *extra_headers]
+        inflate = deflate.INFLATE_OFF
+        if p.offers is not None and self.shared.per_message_deflate:
+            params = deflate.negotiate(p.offers)
+            if params is not None:
+                headers.append((b"sec-websocket-extensions", params.response))
+                inflate = params.inflate_mode
+                p.deflate_bits = params.server_bits
+        self.transport.write(handshake.accept_response(p.key, headers))
         hub_app = self.shared.hub_app
-        self._start_engine(hub_app.hub.config.transport_high_water if hub_app is not None else 64 * 1024)
+        self._start_engine(hub_app.hub.config.transport_high_water if hub_app is not None else 64 * 1024, inflate)
         early = p.request_buffer
         if early:
             p.request_buffer = b""
             self.loop.call_soon(self._feed, early)
 
-    def _start_engine(self, high_water: int) -> None:
+    def _start_engine(self, high_water: int, inflate: int = deflate.INFLATE_OFF) -> None:
         """Open: the engine from here on, and the transport's write-buffer marks."""
         self.phase = OPEN_
-        self.wire = ServerProtocol(self.shared.max_size)
+        self.wire = ServerProtocol(self.shared.max_size, inflate)
         self.transport.set_write_buffer_limits(high=high_water, low=high_water // 4)
 
     # -- the hub's fast path ------------------------------------------------------------------------
@@ -390,7 +405,7 @@ class HubProtocol(asyncio.Protocol):
         self.on_lost = on_lost
         # the hub path has no receive() and no response: keep only the key and early frames
         p = self.handshake()
-        key, early = p.key, p.request_buffer
+        key, early, offers = p.key, p.request_buffer, p.offers
         self.pending = None
         if self.lost:  # gone while the app authenticated it
             self.on_lost = None
@@ -401,7 +416,15 @@ class HubProtocol(asyncio.Protocol):
         headers = self.shared.default_headers
         if subprotocol:
             headers = [*headers, (b"sec-websocket-protocol", subprotocol.encode())]
-        self._start_engine(conn.hub.config.transport_high_water)
+        config = conn.hub.config
+        inflate = deflate.INFLATE_OFF
+        if offers is not None and config.compression:
+            params = deflate.negotiate(offers, config.compression_client_context)
+            if params is not None:
+                headers = [*headers, (b"sec-websocket-extensions", params.response)]
+                inflate = params.inflate_mode
+                conn.encoding |= params.server_bits
+        self._start_engine(config.transport_high_water, inflate)
         transport = self.transport
         outbox.transport = transport  # the compiled flush writes here directly
         outbox.fd = _plain_fd(transport)
@@ -527,11 +550,12 @@ class HubProtocol(asyncio.Protocol):
             return
         frames = []
         close = None
+        enc, forms = outbox.encoding, outbox.fanout.forms
         for p in items:
             if p.kind == KIND_CLOSE:
                 close = p
                 break
-            frames.append(p.frame())
+            frames.append(p.frame_as(enc, forms))
         if frames:
             self.transport.write(b"".join(frames))
             outbox.unsure = True
@@ -664,7 +688,8 @@ class HubProtocol(asyncio.Protocol):
         if outbox is not None and outbox.queue is not None:
             # what the hub queued before this close goes first (``flush`` took it already when
             # the close came through the outbox)
-            frames = [p.frame() for p in outbox.take() if p.kind != KIND_CLOSE]
+            forms = outbox.fanout.forms
+            frames = [p.frame_as(outbox.encoding, forms) for p in outbox.take() if p.kind != KIND_CLOSE]
             outbox.inflight = 0
             if frames:
                 self.transport.write(b"".join(frames))
@@ -753,6 +778,13 @@ class HubProtocol(asyncio.Protocol):
 
     def send_frame(self, opcode: int, data: bytes) -> None:
         """A data frame for a generic ASGI app (a hub connection's frames go through its outbox)."""
+        p = self.pending
+        bits = p.deflate_bits if p is not None else 0
+        if bits and len(data) >= GENERIC_DEFLATE_THRESHOLD:
+            packed = _generic_deflater.compress(data, bits)
+            if len(packed) < len(data):
+                self.transport.write(build_frame(opcode, packed, rsv1=True))
+                return
         self.transport.write(build_frame(opcode, data))
 
 

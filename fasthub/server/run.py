@@ -76,7 +76,10 @@ def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8080, log_leve
         "ws_max_size": cfg.max_message_size,
         "ws_ping_interval": cfg.ping_interval,
         "ws_ping_timeout": cfg.pong_timeout,
-        "ws_per_message_deflate": False,
+        # the fast path compresses for generic ASGI apps too (a hub's own connections follow
+        # HubConfig.compression); uvicorn's portable implementations would keep a compressor
+        # per connection, so they do not
+        "ws_per_message_deflate": cfg.compression and ws is HubProtocol,
         "lifespan": "on",
         "access_log": False,
         "backlog": 4096,

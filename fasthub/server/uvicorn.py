@@ -132,6 +132,11 @@ class Shared:
         return str(self.config.asgi_version)
 
     @property
+    def per_message_deflate(self) -> bool:
+        """``ws_per_message_deflate``: whether a generic ASGI app's connections may compress."""
+        return bool(getattr(self.config, "ws_per_message_deflate", True))
+
+    @property
     def max_size(self) -> int:
         """``ws_max_size``: the engine's message size limit (0: none)."""
         return int(self.config.ws_max_size or 0)

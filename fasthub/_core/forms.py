@@ -1,0 +1,60 @@
+"""The other wire forms of a payload: compressed, MessagePack, or both; built once per payload.
+
+A payload is encoded once (JSON, by the hub). Connections that negotiated something else get a
+frame made from it by ``Forms.build`` the first time one of them is flushed, and
+``Payload.frame_as`` keeps it for the others: a room of mixed clients costs one compression per
+window size and one MessagePack conversion, whatever its number of members.
+
+Called once per payload and form, never per member, so it is plain Python in both twins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .._wire import OP_BINARY, OP_TEXT, build_frame
+from .._wire.deflate import Deflater
+from . import ENC_BITS, ENC_MSGPACK, KIND_BINARY, KIND_PLAIN, KIND_TEXT, Payload
+
+
+class Forms:
+    """Builds the frames of connections with an encoding (``Outbox.encoding``).
+
+    Args:
+        threshold: messages shorter than this many bytes are not compressed (the frame header
+            and deflate's own framing would eat most of the gain).
+        to_msgpack: converts a JSON envelope to MessagePack (None: no MessagePack clients).
+    """
+
+    def __init__(self, threshold: int = 256, to_msgpack: Callable[[bytes], bytes] | None = None) -> None:
+        if threshold < 0:
+            raise ValueError("threshold must be >= 0")
+        self.threshold = threshold
+        self.deflater = Deflater()
+        self.to_msgpack = to_msgpack
+        #: payloads compressed (once each per window size), their bytes before and after
+        self.compressed = 0
+        self.compressed_in = 0
+        self.compressed_out = 0
+
+    def build(self, p: Payload, enc: int) -> bytes:
+        """The frame of payload ``p`` for connections that negotiated ``enc``."""
+        kind = p.kind
+        if kind != KIND_TEXT and kind != KIND_BINARY and kind != KIND_PLAIN:
+            return p.frame()  # close frames and raw bytes have one form
+        data: bytes = p.data
+        opcode = OP_BINARY if kind == KIND_BINARY else OP_TEXT
+        if enc & ENC_MSGPACK and kind == KIND_TEXT and self.to_msgpack is not None:
+            data = self.to_msgpack(data)
+            opcode = OP_BINARY
+        bits = enc & ENC_BITS
+        if bits and len(data) >= self.threshold:
+            packed = self.deflater.compress(data, bits)
+            self.compressed += 1
+            self.compressed_in += len(data)
+            self.compressed_out += len(packed)
+            if len(packed) < len(data):  # incompressible data goes as it is (RSV1 clear)
+                return build_frame(opcode, packed, rsv1=True)
+        if data is p.data:
+            return p.frame()
+        return build_frame(opcode, data)
