@@ -21,6 +21,8 @@ from .exceptions import Denied
 SUBPROTOCOL_TOKEN_PREFIX = "bearer."
 #: the subprotocol a client offers beside its token entry, which the server selects
 SUBPROTOCOL = "fasthub"
+#: the same protocol with envelopes in MessagePack (binary frames), selected when offered
+MSGPACK_SUBPROTOCOL = "fasthub.msgpack"
 
 _HMAC = ["HS256", "HS384", "HS512"]
 _ASYMMETRIC = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]

@@ -34,12 +34,16 @@ import random
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import orjson
+import ormsgpack
 import websockets
 from websockets.asyncio.client import ClientConnection
+from websockets.typing import Subprotocol
+
+from .auth import MSGPACK_SUBPROTOCOL
 
 log = logging.getLogger("fasthub.client")
 
@@ -79,6 +83,8 @@ class Client:
             ``backoff_max`` seconds (doubling), each wait a random fraction of it (full jitter).
         request_timeout: seconds a join, publish or resume waits for its answer, reconnects
             included; then ``TimeoutError``.
+        format: ``"msgpack"`` offers the ``fasthub.msgpack`` subprotocol (envelopes in
+            MessagePack, binary frames); a server that does not select it is spoken to in JSON.
     """
 
     def __init__(
@@ -91,7 +97,13 @@ class Client:
         backoff_min: float = 0.1,
         backoff_max: float = 5.0,
         request_timeout: float = 10.0,
+        format: Literal["json", "msgpack"] = "json",
     ) -> None:
+        if format not in ("json", "msgpack"):
+            raise ValueError("format must be 'json' or 'msgpack'")
+        #: the envelopes' encoding asked for; ``protocol`` says what the server chose
+        self.format = format
+        self.protocol: str | None = None
         params = dict(query or {})
         if token is not None:
             params["token"] = token
@@ -188,7 +200,7 @@ class Client:
         if ws is None or not self._connected.is_set():
             return
         with contextlib.suppress(websockets.ConnectionClosed):
-            await ws.send(orjson.dumps({"type": "typing", "room": room}).decode())
+            await ws.send(self._encode({"type": "typing", "room": room}))
 
     async def publish(self, room: str, payload: Any, *, metadata: dict[str, Any] | None = None) -> Ack:
         """Send a ``room_message``; returns its ack once stored (retried until then)."""
@@ -224,7 +236,7 @@ class Client:
                 await asyncio.wait_for(self._connected.wait(), remaining)
                 assert self._ws is not None
                 with contextlib.suppress(websockets.ConnectionClosed):
-                    await self._ws.send(orjson.dumps({**msg, "id": rid}).decode())
+                    await self._ws.send(self._encode({**msg, "id": rid}))
                 reply = await asyncio.wait_for(asyncio.shield(fut), max(0.001, deadline - loop.time()))
             except (TimeoutError, ConnectionError):
                 if loop.time() >= deadline:
@@ -304,9 +316,24 @@ class Client:
 
     # -- the socket under it -----------------------------------------------------------------------
 
+    def _encode(self, msg: dict[str, Any]) -> str | bytes:
+        """An envelope as the connection speaks: MessagePack in a binary frame, or JSON text."""
+        if self.protocol == MSGPACK_SUBPROTOCOL:
+            return ormsgpack.packb(msg)
+        return orjson.dumps(msg).decode()
+
+    def _decode(self, raw: str | bytes) -> Any:
+        """A frame's envelope; None for application data (a MessagePack ``bin``)."""
+        if isinstance(raw, bytes) and self.protocol == MSGPACK_SUBPROTOCOL:
+            value = ormsgpack.unpackb(raw)
+            return value if isinstance(value, dict) else None
+        return orjson.loads(raw)
+
     async def _open(self) -> None:
-        ws = await websockets.connect(self.url, max_size=None, open_timeout=5)
-        hello = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+        protocols = [Subprotocol(MSGPACK_SUBPROTOCOL)] if self.format == "msgpack" else None
+        ws = await websockets.connect(self.url, max_size=None, open_timeout=5, subprotocols=protocols)
+        self.protocol = ws.subprotocol
+        hello = self._decode(await asyncio.wait_for(ws.recv(), 5))
         body = hello.get("payload") or {}
         if body.get("event") != "connected":
             await ws.close()
@@ -330,9 +357,9 @@ class Client:
             payload: dict[str, Any] = {"token": token, "rooms": {r: self.positions.get(r) for r in self._rooms}}
             if self.user_position is not None:
                 payload["user"] = self.user_position
-            await ws.send(orjson.dumps({"type": "resume", "id": "resume", "payload": payload}).decode())
+            await ws.send(self._encode({"type": "resume", "id": "resume", "payload": payload}))
         while token is not None:
-            msg = orjson.loads(await asyncio.wait_for(ws.recv(), self.request_timeout))
+            msg = self._decode(await asyncio.wait_for(ws.recv(), self.request_timeout))
             if msg.get("id") == "resume":
                 body = msg.get("payload") or {}
                 if msg["type"] == "error" or not body.get("resumed"):
@@ -349,8 +376,8 @@ class Client:
             for attempt in range(50):  # "unavailable" (the server's broker is reconnecting): again
                 rid = f"rejoin{i}.{attempt}"
                 join = {"type": "join_room", "room": room, "id": rid, **self._since(room)}
-                await ws.send(orjson.dumps(join).decode())
-                while (msg := orjson.loads(await asyncio.wait_for(ws.recv(), self.request_timeout))).get("id") != rid:
+                await ws.send(self._encode(join))
+                while (msg := self._decode(await asyncio.wait_for(ws.recv(), self.request_timeout))).get("id") != rid:
                     self._on_message(msg)
                 if msg["type"] == "system":
                     self._position_from(msg)
@@ -368,7 +395,9 @@ class Client:
             assert ws is not None
             try:
                 async for raw in ws:
-                    self._on_message(orjson.loads(raw))
+                    msg = self._decode(raw)
+                    if msg is not None:
+                        self._on_message(msg)
                     delay = self.backoff_min
             except websockets.ConnectionClosed:
                 pass

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from ._core import KIND_TEXT, Payload
+from ._core import ENC_MSGPACK, KIND_TEXT, Payload
 from .connection import Connection
 from .exceptions import EnvelopeError, HubError
 from .hub import Hub
@@ -30,10 +30,12 @@ from .messages import (
     Message,
     MessageType,
     decode,
+    decode_value,
     encode,
     error_envelope,
     position,
     system_envelope,
+    unpack,
     utc_timestamp,
 )
 from .presence import presence_body
@@ -45,6 +47,7 @@ log = logging.getLogger("fasthub")
 MessageHandler = Callable[[Connection, Message], "Awaitable[bool | None] | bool | None"]
 AccessHook = Callable[[Connection, str], "Awaitable[bool] | bool"]
 UserHook = Callable[[Connection, str], "Awaitable[bool] | bool"]
+BinaryHandler = Callable[[Connection, bytes], "Awaitable[None] | None"]
 
 RoomHooks = AccessHook | Mapping[str, "AccessHook | bool"]
 _Step = Callable[[], "Awaitable[None] | None"]
@@ -87,8 +90,10 @@ class Dispatcher:
         can_publish: AccessHook | None = None,
         can_message: UserHook | None = None,
         verify_token: Callable[[str], Any] | None = None,
+        on_binary: BinaryHandler | None = None,
     ) -> None:
         self.hub = hub
+        self.on_binary = on_binary
         config = hub.config
         self.max_size = config.max_message_size
         self.rate = config.rate_limit
@@ -138,18 +143,21 @@ class Dispatcher:
             if wait:
                 self.rate_limited(conn)
                 return wait
-        if binary:
-            self.binary(conn)
-            return None
-        # Decode and dispatch (inline: one Python frame per message less). Synchronous unless a
-        # handler or hook is async; then the awaitable finishes the job, and the caller awaits it
-        # before the connection's next message (one connection's messages stay in order).
         hub.messages_in += 1
+        if binary:
+            return self.binary(conn, data)
+        # Decode, then dispatch. Synchronous unless a handler or hook is async; then the
+        # awaitable finishes the job, and the caller awaits it before the connection's next
+        # message (one connection's messages stay in order).
         try:
             msg = decode(data, self.max_depth, self.max_metadata)
         except EnvelopeError as exc:
             conn.send_json(error_envelope(exc.code, exc.message, exc.msg_id))
             return None
+        return self.dispatch(conn, msg)
+
+    def dispatch(self, conn: Connection, msg: Message) -> Awaitable[None] | Pause | None:
+        """A decoded message: the application's ``on_message``, then the built-in for its type."""
         if self.on_message is not None:
             try:
                 taken = self.on_message(conn, msg)
@@ -234,10 +242,49 @@ class Dispatcher:
             )
         )
 
-    def binary(self, conn: Connection) -> None:
-        """A binary frame: the protocol is JSON text, so it is refused (the connection stays)."""
-        self.hub.messages_in += 1
-        conn.send_json(error_envelope(ErrorCode.UNSUPPORTED_DATA, "binary messages are not supported; send JSON text"))
+    def binary(self, conn: Connection, data: bytes) -> Awaitable[None] | Pause | None:
+        """A binary frame: an envelope in MessagePack on a ``fasthub.msgpack`` connection (a
+        MessagePack ``bin`` value there is application data), else application data. Data goes
+        to ``on_binary``; without one it is refused with ``unsupported_data`` (the connection
+        stays)."""
+        if conn.encoding & ENC_MSGPACK:
+            try:
+                obj = unpack(data)
+                if type(obj) is bytes:
+                    return self._data(conn, obj)
+                msg = decode_value(obj, self.max_depth, self.max_metadata)
+            except EnvelopeError as exc:
+                conn.send_json(error_envelope(exc.code, exc.message, exc.msg_id))
+                return None
+            return self.dispatch(conn, msg)
+        return self._data(conn, data)
+
+    def _data(self, conn: Connection, data: bytes) -> Awaitable[None] | None:
+        on_binary = self.on_binary
+        if on_binary is None:
+            text = "binary messages are not supported; send JSON text"
+            if conn.encoding & ENC_MSGPACK:
+                text = "this server takes no binary data; send envelopes as MessagePack maps"
+            conn.send_json(error_envelope(ErrorCode.UNSUPPORTED_DATA, text))
+            return None
+        try:
+            result = on_binary(conn, data)
+        except Exception:
+            self._binary_failed(conn)
+            return None
+        if inspect.isawaitable(result):
+            return self._after_binary(conn, result)
+        return None
+
+    async def _after_binary(self, conn: Connection, pending: Awaitable[Any]) -> None:
+        try:
+            await pending
+        except Exception:
+            self._binary_failed(conn)
+
+    def _binary_failed(self, conn: Connection) -> None:
+        log.exception("fasthub: on_binary raised")
+        conn.send_json(error_envelope(ErrorCode.INTERNAL_ERROR, "the binary handler failed"))
 
     # -- built-ins ---------------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import orjson
 
 from . import _ext
-from ._core import KIND_BINARY, KIND_TEXT, Connection, Fanout, Payload, RateLimiter
+from ._core import KIND_BINARY, KIND_PLAIN, KIND_TEXT, Connection, Fanout, Payload, RateLimiter
 from ._core.forms import Forms
 from .broker import Broker, LocalBroker
 from .config import HubConfig
@@ -731,7 +731,7 @@ class Hub:
         return self.publish_all(Payload(KIND_TEXT, encode(obj)), exclude)
 
     def broadcast_text(self, text: str, exclude: Exclude = None) -> int:
-        return self.publish_all(Payload(KIND_TEXT, text.encode()), exclude)
+        return self.publish_all(Payload(KIND_PLAIN, text.encode()), exclude)
 
     def broadcast_bytes(self, data: bytes, exclude: Exclude = None) -> int:
         return self.publish_all(Payload(KIND_BINARY, bytes(data)), exclude)

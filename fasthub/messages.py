@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 import orjson
+import ormsgpack
 
 from .exceptions import EnvelopeError
 
@@ -199,6 +200,31 @@ def decode(data: bytes | str, max_depth: int = 32, max_metadata_bytes: int = 0) 
         since=since,
         idempotency_key=ikey,
     )
+
+
+def unpack(data: bytes) -> Any:
+    """One MessagePack value (``fasthub.msgpack`` connections); ``EnvelopeError`` when it is not."""
+    try:
+        return ormsgpack.unpackb(data)
+    except (ValueError, TypeError) as exc:
+        raise EnvelopeError(ErrorCode.INVALID_MESSAGE, f"message is not valid MessagePack: {exc}"[:200]) from None
+
+
+def decode_value(obj: Any, max_depth: int = 32, max_metadata_bytes: int = 0) -> Message:
+    """Validate an envelope decoded from MessagePack as ``decode`` validates JSON.
+
+    It goes through JSON once: the envelope is relayed and stored as JSON, so anything JSON
+    cannot carry (keys that are not strings, ``bin`` or ``ext`` values) is refused here, with
+    the same checks and errors as a JSON client gets.
+    """
+    if not isinstance(obj, dict):
+        raise EnvelopeError(ErrorCode.INVALID_MESSAGE, "message must be a MessagePack map")
+    try:
+        text = orjson.dumps(obj)
+    except TypeError as exc:
+        reason = f"message holds a value JSON cannot carry: {exc}"[:200]
+        raise EnvelopeError(ErrorCode.INVALID_MESSAGE, reason) from None
+    return decode(text, max_depth, max_metadata_bytes)
 
 
 def position(value: Any, msg_id: Any = None) -> tuple[int, str]:

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from ._core import KIND_BINARY, KIND_CLOSE, KIND_TEXT
+from ._core import KIND_BINARY, KIND_CLOSE, KIND_PLAIN, KIND_TEXT
 from .config import HubConfig
 from .connection import Connection
 from .hub import Hub
@@ -33,7 +33,7 @@ class MemorySink:
 
     def __init__(self) -> None:
         self.conn: Connection | None = None
-        self.messages: list[Any] = []  # decoded JSON of text frames, bytes of binary frames
+        self.messages: list[Any] = []  # decoded JSON of envelopes, str of plain text, bytes of binary
         self.close: tuple[int, str] | None = None
         self.flushes = 0
         self.aborted = False
@@ -46,6 +46,8 @@ class MemorySink:
         for p in conn.take():
             if p.kind == KIND_TEXT:
                 self.messages.append(orjson.loads(p.data))
+            elif p.kind == KIND_PLAIN:
+                self.messages.append(p.data.decode())
             elif p.kind == KIND_BINARY:
                 self.messages.append(p.data)
             elif p.kind == KIND_CLOSE:

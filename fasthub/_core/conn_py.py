@@ -27,9 +27,19 @@ else:
 
 if cython.compiled:
     # conn_c.pxd cimports Outbox, Payload and Fanout from outbox_c (C-level base class)
-    from fasthub._core.outbox_c import KIND_BINARY, KIND_CLOSE, KIND_TEXT, OVERFLOW, QUEUED
+    from fasthub._core.outbox_c import KIND_BINARY, KIND_CLOSE, KIND_PLAIN, KIND_TEXT, OVERFLOW, QUEUED
 else:
-    from fasthub._core.outbox_py import KIND_BINARY, KIND_CLOSE, KIND_TEXT, OVERFLOW, QUEUED, Fanout, Outbox, Payload
+    from fasthub._core.outbox_py import (
+        KIND_BINARY,
+        KIND_CLOSE,
+        KIND_PLAIN,
+        KIND_TEXT,
+        OVERFLOW,
+        QUEUED,
+        Fanout,
+        Outbox,
+        Payload,
+    )
 
 if TYPE_CHECKING:
     import asyncio
@@ -229,7 +239,7 @@ class Connection(Outbox):
         return self.send_payload(Payload(KIND_TEXT, orjson.dumps(obj)))
 
     def send_text(self, text: str) -> bool:
-        return self.send_payload(Payload(KIND_TEXT, text.encode()))
+        return self.send_payload(Payload(KIND_PLAIN, text.encode()))
 
     def send_bytes(self, data: bytes) -> bool:
         """Queue a binary frame."""

@@ -10,7 +10,10 @@ Called once per payload and form, never per member, so it is plain Python in bot
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
+
+import orjson
+import ormsgpack
 
 from .._wire import OP_BINARY, OP_TEXT, build_frame
 from .._wire.deflate import Deflater
@@ -23,30 +26,43 @@ class Forms:
     Args:
         threshold: messages shorter than this many bytes are not compressed (the frame header
             and deflate's own framing would eat most of the gain).
-        to_msgpack: converts a JSON envelope to MessagePack (None: no MessagePack clients).
     """
 
-    def __init__(self, threshold: int = 256, to_msgpack: Callable[[bytes], bytes] | None = None) -> None:
+    def __init__(self, threshold: int = 256) -> None:
         if threshold < 0:
             raise ValueError("threshold must be >= 0")
         self.threshold = threshold
         self.deflater = Deflater()
-        self.to_msgpack = to_msgpack
         #: payloads compressed (once each per window size), their bytes before and after
         self.compressed = 0
         self.compressed_in = 0
         self.compressed_out = 0
+        #: payloads converted to MessagePack (once each)
+        self.packed = 0
+
+    def encode(self, p: Payload, enc: int) -> tuple[int, bytes]:
+        """``(opcode, data)`` of ``p`` for ``enc`` before compression.
+
+        On a MessagePack connection an envelope (JSON) becomes the same envelope as a
+        MessagePack map, and application bytes a MessagePack ``bin`` value, both in binary
+        frames (a client tells them apart by the decoded type); application text stays text.
+        """
+        kind = p.kind
+        if enc & ENC_MSGPACK:
+            if kind == KIND_TEXT:
+                self.packed += 1
+                return OP_BINARY, ormsgpack.packb(orjson.loads(p.data))
+            if kind == KIND_BINARY:
+                self.packed += 1
+                return OP_BINARY, ormsgpack.packb(p.data)
+        return (OP_BINARY if kind == KIND_BINARY else OP_TEXT), p.data
 
     def build(self, p: Payload, enc: int) -> bytes:
         """The frame of payload ``p`` for connections that negotiated ``enc``."""
         kind = p.kind
         if kind != KIND_TEXT and kind != KIND_BINARY and kind != KIND_PLAIN:
             return p.frame()  # close frames and raw bytes have one form
-        data: bytes = p.data
-        opcode = OP_BINARY if kind == KIND_BINARY else OP_TEXT
-        if enc & ENC_MSGPACK and kind == KIND_TEXT and self.to_msgpack is not None:
-            data = self.to_msgpack(data)
-            opcode = OP_BINARY
+        opcode, data = self.encode(p, enc)
         bits = enc & ENC_BITS
         if bits and len(data) >= self.threshold:
             packed = self.deflater.compress(data, bits)
@@ -58,3 +74,13 @@ class Forms:
         if data is p.data:
             return p.frame()
         return build_frame(opcode, data)
+
+    def asgi(self, p: Payload, enc: int) -> dict[str, Any]:
+        """The ASGI send event of ``p`` for a MessagePack connection on the portable path."""
+        kind = p.kind
+        if kind != KIND_TEXT and kind != KIND_BINARY:
+            return p.asgi()
+        opcode, data = self.encode(p, enc)
+        if opcode == OP_BINARY:
+            return {"type": "websocket.send", "bytes": data}
+        return {"type": "websocket.send", "text": data.decode()}

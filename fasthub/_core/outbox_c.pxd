@@ -23,6 +23,8 @@ cdef class Payload:
     @cython.locals(cache=dict, frame=bytes)
     cpdef bytes frame_as(self, int enc, object forms)
     cpdef dict asgi(self)
+    @cython.locals(cache=dict)
+    cpdef dict asgi_as(self, int enc, object forms)
 
 # not final: conn_c.Connection extends it (a static subclass, so cpdef calls stay C calls)
 cdef class Outbox:

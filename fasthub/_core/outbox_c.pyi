@@ -6,10 +6,19 @@ from .outbox_py import (
     DROPPED as DROPPED,
 )
 from .outbox_py import (
+    ENC_BITS as ENC_BITS,
+)
+from .outbox_py import (
+    ENC_MSGPACK as ENC_MSGPACK,
+)
+from .outbox_py import (
     KIND_BINARY as KIND_BINARY,
 )
 from .outbox_py import (
     KIND_CLOSE as KIND_CLOSE,
+)
+from .outbox_py import (
+    KIND_PLAIN as KIND_PLAIN,
 )
 from .outbox_py import (
     KIND_RAW as KIND_RAW,

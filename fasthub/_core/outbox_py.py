@@ -77,7 +77,7 @@ class Payload:
         self.reason = reason
         self._frame: bytes | None = None
         self._asgi: dict[str, Any] | None = None
-        self._forms: dict[int, bytes] | None = None
+        self._forms: dict[int, Any] | None = None  # frames by encoding, ASGI events by encoding | 0x100
 
     def frame(self) -> bytes:
         """The complete server frame (unmasked, so identical for every receiver)."""
@@ -97,7 +97,7 @@ class Payload:
             return self.frame()
         cache = self._forms
         if cache is not None:
-            found = cache.get(enc)
+            found: bytes | None = cache.get(enc)
             if found is not None:
                 return found
         else:
@@ -105,6 +105,20 @@ class Payload:
         frame: bytes = forms.build(self, enc)
         cache[enc] = frame
         return frame
+
+    def asgi_as(self, enc: int, forms: Any) -> dict[str, Any]:
+        """The ASGI send event for a connection that negotiated ``enc`` (the portable path, where
+        only MessagePack applies: the server compresses)."""
+        if not enc & _ENC_MSGPACK:
+            return self.asgi()
+        cache = self._forms
+        if cache is None:
+            cache = self._forms = {}
+        key = enc | 0x100  # beside the frames
+        event: dict[str, Any] | None = cache.get(key)
+        if event is None:
+            event = cache[key] = forms.asgi(self, enc)
+        return event
 
     def asgi(self) -> dict[str, Any]:
         """The ASGI send event; one dict shared by every receiver (servers only read it)."""

@@ -3,10 +3,10 @@
 ``F1`` | kind (1 byte) | sender node id (16 bytes) | exclude length (2 bytes, big endian) |
 exclude (connection ids joined by ``,``) | body. The body is the envelope the sending node
 encoded once; a receiving node wraps it in one ``Payload`` and builds one frame for all its
-members. Kinds: ``T`` text, ``B`` binary, ``C`` a node's member count of a room (body
-``b"<seq> <count>"``), ``S`` a stored message (body ``b"<offset> <epoch> <envelope>"``, written
-by the publish script, see ``scripts``). Anything else on our channels is not ours: ``decode`` raises
-``ValueError`` and the broker counts and drops it.
+members. Kinds: ``T`` a JSON envelope, ``P`` the application's own text, ``B`` binary, ``C``
+a node's member count of a room (body ``b"<seq> <count>"``), ``S`` a stored message (body
+``b"<offset> <epoch> <envelope>"``, written by the publish script, see ``scripts``). Anything
+else on our channels is not ours: ``decode`` raises ``ValueError`` and the broker counts and drops it.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from collections.abc import Iterable
 MAGIC = b"F1"
 NODE_ID_SIZE = 16
 TEXT = ord("T")
+PLAIN = ord("P")
 BINARY = ord("B")
 COUNT = ord("C")
 STORED = ord("S")
-_KINDS = frozenset((TEXT, BINARY, COUNT, STORED))
+_KINDS = frozenset((TEXT, PLAIN, BINARY, COUNT, STORED))
 _HEADER = 2 + 1 + NODE_ID_SIZE + 2
 
 

@@ -44,7 +44,7 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 from redis.utils import HIREDIS_AVAILABLE
 
-from .._core import KIND_BINARY, KIND_TEXT, Payload
+from .._core import KIND_BINARY, KIND_PLAIN, KIND_TEXT, Payload
 from ..presence import Counts
 from ..streams import ROOM, Position, Published, Recovery, new_epoch, with_offset
 from . import codec, scripts
@@ -74,6 +74,11 @@ def redact(url: str) -> str:
         host = f"{host}:{parts.port}"
     user = f"{parts.username}:***@" if parts.username else ":***@"
     return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
+
+
+#: payload kinds and the broker codec's, both ways
+_CODEC_KINDS = {KIND_TEXT: codec.TEXT, KIND_PLAIN: codec.PLAIN, KIND_BINARY: codec.BINARY}
+_PAYLOAD_KINDS = {v: k for k, v in _CODEC_KINDS.items()}
 
 
 class RedisBroker:
@@ -656,7 +661,7 @@ class RedisBroker:
         if len(out) >= self.max_pending:
             self._lost()
             return
-        kind = codec.BINARY if payload.kind == KIND_BINARY else codec.TEXT
+        kind = _CODEC_KINDS.get(payload.kind, codec.TEXT)
         try:
             data = codec.encode(kind, self._node_b, payload.data, exclude)
         except ValueError as exc:  # delivered locally already; the other nodes cannot get it
@@ -1054,7 +1059,7 @@ class RedisBroker:
             self._set_count(name, sender, seq, n)
             return
         self.received += 1
-        payload = Payload(KIND_TEXT if kind == codec.TEXT else KIND_BINARY, body)
+        payload = Payload(_PAYLOAD_KINDS[kind], body)
         if target == "r":
             node.deliver_room(name, payload, exclude)
         elif target == "u":

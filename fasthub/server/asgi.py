@@ -25,9 +25,10 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from ..auth import SUBPROTOCOL, Identity, OriginPolicy, token_from_scope
+from .._core import ENC_MSGPACK
+from ..auth import MSGPACK_SUBPROTOCOL, SUBPROTOCOL, Identity, OriginPolicy, token_from_scope
 from ..connection import Connection
-from ..dispatch import Dispatcher, MessageHandler, Pause, RoomHooks, UserHook, room_hook
+from ..dispatch import BinaryHandler, Dispatcher, MessageHandler, Pause, RoomHooks, UserHook, room_hook
 from ..exceptions import Denied
 from ..hub import Hub, client_ip
 from ..messages import system_envelope
@@ -75,7 +76,11 @@ def _finished(task: asyncio.Future[Any]) -> None:
 
 
 def _subprotocol(offered: Iterable[str]) -> str | None:
-    """The subprotocol to select: ``fasthub`` when the client offers it (tokens ride beside it)."""
+    """The subprotocol to select: ``fasthub.msgpack`` (envelopes in MessagePack) or ``fasthub``
+    (JSON) when the client offers it; tokens ride beside them (``bearer.<jwt>``)."""
+    offered = tuple(offered)
+    if MSGPACK_SUBPROTOCOL in offered:
+        return MSGPACK_SUBPROTOCOL
     return SUBPROTOCOL if SUBPROTOCOL in offered else None
 
 
@@ -102,6 +107,7 @@ class FasthubApp:
         can_join: RoomHooks | None = None,
         can_publish: RoomHooks | None = None,
         can_message: UserHook | None = None,
+        on_binary: BinaryHandler | None = None,
         ws_path: str = "/ws",
         stats_path: str | None = "/ws/stats",
         demo: bool = True,
@@ -126,6 +132,7 @@ class FasthubApp:
             room_hook(can_publish),
             can_message,
             verify_token=verify if callable(verify) else None,
+            on_binary=on_binary,
         )
         self.origins = OriginPolicy(allowed_origins) if allowed_origins is not None else None
         #: set when uvicorn's proxy-headers middleware wraps the app (``find_hub_app``): the client's
@@ -253,6 +260,8 @@ class FasthubApp:
         await send(accept)
         sink = AsgiSink(send, loop, asyncio.current_task())
         conn = hub.register(sink, user_id, scope)
+        if subprotocol == MSGPACK_SUBPROTOCOL:
+            conn.encoding = ENC_MSGPACK
         if self.proxied and conn.ip is None:
             conn.ip = client_ip(scope)
         self.hello(conn, identity, stream)
@@ -601,6 +610,7 @@ def create_app(
     can_join: RoomHooks | None = None,
     can_publish: RoomHooks | None = None,
     can_message: UserHook | None = None,
+    on_binary: BinaryHandler | None = None,
     ws_path: str = "/ws",
     stats_path: str | None = "/ws/stats",
     demo: bool = True,
@@ -627,6 +637,9 @@ def create_app(
             (``fnmatch``, first match wins) to such hooks or booleans; ``can_publish`` replaces
             the default rule that only members may post to a room.
         can_message: ``(conn, to_user) -> bool`` for ``user_message``.
+        on_binary: ``(conn, data)`` for every binary message, sync or async (without it a
+            binary frame gets the ``unsupported_data`` error); on a ``fasthub.msgpack``
+            connection, for every MessagePack ``bin`` value a client sends.
         ws_path, stats_path: endpoint paths below the mount point (``stats_path=None`` disables
             the stats endpoint).
         demo: serve the demo page at ``/``.
@@ -650,6 +663,7 @@ def create_app(
         can_join=can_join,
         can_publish=can_publish,
         can_message=can_message,
+        on_binary=on_binary,
         ws_path=ws_path,
         stats_path=stats_path,
         demo=demo,

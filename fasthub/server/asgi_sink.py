@@ -63,6 +63,7 @@ class AsgiSink:
         assert outbox is not None
         loop = self.loop
         send = self.send
+        enc, forms = outbox.encoding, outbox.fanout.forms
         while True:
             if outbox.queue is None:
                 self._wake = loop.create_future()
@@ -71,7 +72,7 @@ class AsgiSink:
             for p in outbox.take():
                 self.write_started = loop.time()
                 try:
-                    await send(p.asgi())
+                    await send(p.asgi() if enc == 0 else p.asgi_as(enc, forms))
                 except Exception as exc:  # the server closed the socket (ClientDisconnected, ...)
                     log.debug("fasthub: %s: send failed, the writer stops: %r", outbox.id, exc)
                     outbox.closing = True

@@ -26,8 +26,9 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .._core import KIND_CLOSE, KIND_RAW, Payload
+from .._core import ENC_MSGPACK, KIND_CLOSE, KIND_RAW, Payload
 from .._wire import OP_BINARY, OP_CLOSE, OP_TEXT, OPEN, ServerProtocol, build_frame, deflate
+from ..auth import MSGPACK_SUBPROTOCOL
 from ..dispatch import Pause
 from . import handshake
 from .uvicorn import Shared
@@ -416,6 +417,8 @@ class HubProtocol(asyncio.Protocol):
         headers = self.shared.default_headers
         if subprotocol:
             headers = [*headers, (b"sec-websocket-protocol", subprotocol.encode())]
+            if subprotocol == MSGPACK_SUBPROTOCOL:
+                conn.encoding |= ENC_MSGPACK
         config = conn.hub.config
         inflate = deflate.INFLATE_OFF
         if offers is not None and config.compression:
