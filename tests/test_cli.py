@@ -224,3 +224,36 @@ def test_every_runtime_dependency_is_imported_by_the_package() -> None:
     extras = project["optional-dependencies"]
     assert {"websockets", "wsproto"} <= {_dist_name(r) for r in extras["portable"]}
     assert "websockets" in {_dist_name(r) for r in extras["test"]}  # the tests' client
+
+
+def test_serve_compression_options() -> None:
+    """--no-compression, --compression-threshold and --compression-client-context, seen from a
+    raw client: the 101's extension answer and RSV1 on the frames."""
+    from conftest import RawClient, Server
+
+    offer = {"Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits"}
+
+    def open_raw(port: int) -> RawClient:
+        return RawClient(Server("127.0.0.1", port, "", None, None, None, None), "", headers=offer)  # type: ignore[arg-type]
+
+    def pong_rsv1(raw: RawClient, size: int) -> bool:
+        raw.send_json({"type": "ping", "payload": "p" * size})
+        got = raw.frame()
+        assert got is not None
+        return raw.rsv1
+
+    with fasthub_serve("--no-compression") as off, fasthub_serve("--compression-threshold", "2000") as high:
+        with fasthub_serve("--compression-client-context") as ctx:
+            raw = open_raw(off)
+            assert "sec-websocket-extensions" not in raw.headers
+            raw.frame()
+            assert not pong_rsv1(raw, 3000)
+            raw.close()
+            raw = open_raw(high)
+            raw.frame()
+            assert not pong_rsv1(raw, 1000)  # under 2000 bytes
+            assert pong_rsv1(raw, 3000)
+            raw.close()
+            raw = open_raw(ctx)
+            assert raw.headers["sec-websocket-extensions"] == "permessage-deflate; server_no_context_takeover"
+            raw.close()

@@ -524,3 +524,36 @@ def test_generic_asgi_app_compresses_per_connection() -> None:
 
 def test_server_frames_build_valid_rsv1_headers() -> None:
     assert build_frame(OP_TEXT, b"abc", rsv1=True)[0] == 0xC1
+
+
+def test_generic_app_frames_rsv1_above_the_threshold_only() -> None:
+    from conftest import free_socket, uvicorn_thread
+
+    from fasthub.server.run import uvicorn_config
+
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    server = Server("127.0.0.1", port, "", None, None, None, None)  # type: ignore[arg-type]
+    with uvicorn_thread(uvicorn_config(echo_app, "127.0.0.1", port, "warning"), sock):
+        raw = RawClient(server, "", headers={"Sec-WebSocket-Extensions": "permessage-deflate"})
+        try:
+            for size, packed in ((10, False), (255, False), (256, True), (5000, True)):
+                raw.sock.sendall(frame(OP_TEXT, b"y" * size, mask=os.urandom(4)))
+                got = raw.frame()
+                assert got is not None and raw.rsv1 is packed
+                assert (inflate(got[1]) if packed else got[1]) == b"y" * size
+        finally:
+            raw.close()
+
+
+def test_portable_implementations_do_not_compress() -> None:
+    """uvicorn's own implementations would keep a compressor per connection: not negotiated."""
+    from fasthub.server.run import uvicorn_config
+
+    assert uvicorn_config(echo_app, "127.0.0.1", 1, "warning").ws_per_message_deflate is True
+    assert uvicorn_config(echo_app, "127.0.0.1", 1, "warning", ws="websockets-sansio").ws_per_message_deflate is False
+    off = HubConfig(compression=False)
+    from fasthub import Hub, create_app
+
+    app = create_app(Hub(off))
+    assert uvicorn_config(app, "127.0.0.1", 1, "warning").ws_per_message_deflate is False

@@ -243,3 +243,12 @@ def test_python_client_speaks_msgpack() -> None:
 def test_client_rejects_unknown_format() -> None:
     with pytest.raises(ValueError, match="format"):
         Client("ws://127.0.0.1:1/ws", format="xml")  # type: ignore[arg-type]
+
+
+def test_subprotocol_choice() -> None:
+    from fasthub.server.asgi import _subprotocol
+
+    assert _subprotocol(["bearer.abc", "fasthub.msgpack"]) == "fasthub.msgpack"
+    assert _subprotocol(["fasthub", "fasthub.msgpack"]) == "fasthub.msgpack"
+    assert _subprotocol(["fasthub", "bearer.abc"]) == "fasthub"
+    assert _subprotocol(["other"]) is None
