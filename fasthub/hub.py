@@ -1434,6 +1434,14 @@ class Hub:
             "cpu_s": round(cpu_seconds(), 3),
             # unit costs fitted over the last sweeps (None: the traffic did not tell them apart)
             "costs": self.cost_meter.costs(),
+            # permessage-deflate and MessagePack: payloads compressed (once each per window) and
+            # their bytes before and after, payloads converted to MessagePack (once each)
+            "compression": {
+                "compressed": self.forms.compressed,
+                "bytes_in": self.forms.compressed_in,
+                "bytes_out": self.forms.compressed_out,
+                "msgpack_converted": self.forms.packed,
+            },
         }
         broker = self.broker.stats()
         if broker:

@@ -159,6 +159,13 @@ FAMILIES: dict[str, tuple[str, str, str | None]] = {
     "fasthub_broker_received_total": ("counter", "Messages received from the broker.", None),
     "fasthub_broker_errors_total": ("counter", "Broker commands or messages that failed.", None),
     "fasthub_process_cpu_seconds_total": ("counter", "User and system CPU time of the process(es).", None),
+    "fasthub_compressed_messages_total": (
+        "counter",
+        "Payloads compressed for permessage-deflate (once each per window size, not per member).",
+        None,
+    ),
+    "fasthub_compression_bytes_total": ("counter", "Bytes of the compressed payloads, before and after.", "stage"),
+    "fasthub_msgpack_converted_total": ("counter", "Payloads converted to MessagePack (once each).", None),
     "fasthub_event_loop_lag_seconds": ("histogram", "How late a timer set 0.25 s ahead fired.", None),
     "fasthub_flush_connections": ("histogram", "Connections written by one flush (one per loop tick).", None),
 }
@@ -202,6 +209,12 @@ def snapshot(hub: Hub) -> dict[str, Any]:
         "fasthub_broker_received_total": broker.get("received", 0),
         "fasthub_broker_errors_total": broker.get("broker_errors", 0),
         "fasthub_process_cpu_seconds_total": s["cpu_s"],
+        "fasthub_compressed_messages_total": s["compression"]["compressed"],
+        "fasthub_compression_bytes_total": {
+            "before": s["compression"]["bytes_in"],
+            "after": s["compression"]["bytes_out"],
+        },
+        "fasthub_msgpack_converted_total": s["compression"]["msgpack_converted"],
         "fasthub_event_loop_lag_seconds": lag.histogram.snapshot(),
         "fasthub_flush_connections": {
             "bounds": list(FLUSH_BUCKETS),

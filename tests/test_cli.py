@@ -242,18 +242,21 @@ def test_serve_compression_options() -> None:
         assert got is not None
         return raw.rsv1
 
-    with fasthub_serve("--no-compression") as off, fasthub_serve("--compression-threshold", "2000") as high:
-        with fasthub_serve("--compression-client-context") as ctx:
-            raw = open_raw(off)
-            assert "sec-websocket-extensions" not in raw.headers
-            raw.frame()
-            assert not pong_rsv1(raw, 3000)
-            raw.close()
-            raw = open_raw(high)
-            raw.frame()
-            assert not pong_rsv1(raw, 1000)  # under 2000 bytes
-            assert pong_rsv1(raw, 3000)
-            raw.close()
-            raw = open_raw(ctx)
-            assert raw.headers["sec-websocket-extensions"] == "permessage-deflate; server_no_context_takeover"
-            raw.close()
+    with (
+        fasthub_serve("--no-compression") as off,
+        fasthub_serve("--compression-threshold", "2000") as high,
+        fasthub_serve("--compression-client-context") as ctx,
+    ):
+        raw = open_raw(off)
+        assert "sec-websocket-extensions" not in raw.headers
+        raw.frame()
+        assert not pong_rsv1(raw, 3000)
+        raw.close()
+        raw = open_raw(high)
+        raw.frame()
+        assert not pong_rsv1(raw, 1000)  # under 2000 bytes
+        assert pong_rsv1(raw, 3000)
+        raw.close()
+        raw = open_raw(ctx)
+        assert raw.headers["sec-websocket-extensions"] == "permessage-deflate; server_no_context_takeover"
+        raw.close()

@@ -407,6 +407,13 @@ def test_broadcast_is_compressed_once_for_every_member() -> None:
             msg = await c.expect("room_message", room="r")
             assert msg["payload"]["text"] == "chat " * 100
         assert server.hub.forms.compressed - before == 1
+        stats = server.call(server.hub.stats)["compression"]
+        assert stats["compressed"] == server.hub.forms.compressed and 0 < stats["bytes_out"] < stats["bytes_in"]
+        from fasthub.metrics import snapshot
+
+        values = server.call(snapshot, server.hub)["values"]
+        assert values["fasthub_compressed_messages_total"] == stats["compressed"]
+        assert values["fasthub_compression_bytes_total"] == {"before": stats["bytes_in"], "after": stats["bytes_out"]}
         # a message under the threshold is not compressed at all
         await packed[1].send({"type": "ping"})
         await packed[1].expect("pong")

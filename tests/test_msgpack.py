@@ -150,6 +150,7 @@ def test_mixed_room_json_and_msgpack(ws_impl: str) -> None:
         assert isinstance(raw_mp, bytes) and isinstance(raw_js, str)
         assert ormsgpack.unpackb(raw_mp)["payload"] == json.loads(raw_js)["payload"] == {"x": [1, 2]}
         assert ormsgpack.unpackb(raw_mp)["from"] == json.loads(raw_js)["from"]
+        assert server.call(server.hub.stats)["compression"]["msgpack_converted"] >= 1
         # JSON text from a MessagePack client is still understood; the answer comes in MessagePack
         await mp.send(json.dumps({"type": "ping", "id": 1}))
         assert (await _next(mp, "pong"))["id"] == 1
