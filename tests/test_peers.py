@@ -46,9 +46,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def peer_server(name: str, log: Path) -> Iterator[int]:
+def peer_server(name: str, log: Path, *extra: str) -> Iterator[int]:
     port = free_port()
-    cmd = [sys.executable, str(PEERS_DIR / f"{name}.py"), "--port", str(port), "--host", "127.0.0.1"]
+    cmd = [sys.executable, str(PEERS_DIR / f"{name}.py"), "--port", str(port), "--host", "127.0.0.1", *extra]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -164,3 +164,22 @@ def test_peer_protocol(name: str, tmp_path: Path) -> None:
         asyncio.run(asyncio.wait_for(scenario(port), 15))
     text = log.read_text(errors="replace")
     assert "Traceback" not in text, text
+
+
+def test_websockets_peer_compression_flag(tmp_path: Path) -> None:
+    """``websockets_hub.py --compression``: websockets' default permessage-deflate, negotiated;
+    without the flag, none."""
+    if missing_modules(PEERS["websockets_hub"]):
+        pytest.skip("websockets_hub needs websockets and uvloop")
+
+    async def extensions(port: int) -> str | None:
+        async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:
+            await ws.send(json.dumps({"type": "join_room", "room": "r"}))
+            await recv_json(ws)
+            value: str | None = ws.response.headers.get("Sec-WebSocket-Extensions")
+            return value
+
+    with peer_server("websockets_hub", tmp_path / "on.log", "--compression") as on:
+        assert "permessage-deflate" in (asyncio.run(extensions(on)) or "")
+    with peer_server("websockets_hub", tmp_path / "off.log") as off:
+        assert asyncio.run(extensions(off)) is None

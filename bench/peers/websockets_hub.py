@@ -91,13 +91,15 @@ def process_request(connection: ServerConnection, request: Request) -> Response 
     return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
 
 
-async def main(host: str, port: int) -> None:
+async def main(host: str, port: int, compression: bool = False) -> None:
     async with serve(
         handler,
         host,
         port,
         process_request=process_request,
-        compression=None,  # like the other peers: no permessage-deflate
+        # like the other peers: no permessage-deflate, unless --compression asks for websockets'
+        # default (a compression context per connection, negotiated with clients that offer it)
+        compression="deflate" if compression else None,
         max_size=1 << 20,
         backlog=4096,
     ) as server:
@@ -109,6 +111,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--compression", action="store_true", help="websockets' default permessage-deflate")
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(main(args.host, args.port))
+        uvloop.run(main(args.host, args.port, args.compression))
