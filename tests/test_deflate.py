@@ -564,3 +564,14 @@ def test_portable_implementations_do_not_compress() -> None:
 
     app = create_app(Hub(off))
     assert uvicorn_config(app, "127.0.0.1", 1, "warning").ws_per_message_deflate is False
+
+
+def test_negotiation_answers_are_cached_and_bounded() -> None:
+    from fasthub._wire import deflate as d
+
+    offer = [b"permessage-deflate; client_max_window_bits"]
+    assert d.negotiate(offer) is d.negotiate(list(offer))  # one parse, one shared answer
+    for i in range(d._ANSWERS_MAX + 10):
+        d.negotiate([b"permessage-deflate; x=%d" % i])
+    assert len(d._answers) <= d._ANSWERS_MAX
+    assert d.negotiate(offer) is not None

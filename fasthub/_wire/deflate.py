@@ -178,6 +178,12 @@ def _accept(params: list[tuple[str, str | None]], client_context: bool) -> Defla
     return DeflateParams(server_bits, client_ncc, "; ".join(response).encode())
 
 
+#: answers to the offers seen lately: clients of one kind send the very same header (Chromium:
+#: ``permessage-deflate; client_max_window_bits``), so a connect costs a dict lookup, not a parse
+_answers: dict[tuple[bool, tuple[bytes, ...]], DeflateParams | None] = {}
+_ANSWERS_MAX = 256
+
+
 def negotiate(values: list[bytes], client_context: bool = False) -> DeflateParams | None:
     """Accept the first valid permessage-deflate offer of ``Sec-WebSocket-Extensions``; None
     when there is none (the connection goes on uncompressed).
@@ -186,6 +192,19 @@ def negotiate(values: list[bytes], client_context: bool = False) -> DeflateParam
     inflater per connection that sends compressed messages); otherwise the answer always
     carries ``client_no_context_takeover``.
     """
+    key = (client_context, tuple(values))
+    try:
+        return _answers[key]
+    except KeyError:
+        pass
+    answer = _negotiate(values, client_context)
+    if len(_answers) >= _ANSWERS_MAX:  # bounded: the header comes from clients
+        _answers.clear()
+    _answers[key] = answer
+    return answer
+
+
+def _negotiate(values: list[bytes], client_context: bool) -> DeflateParams | None:
     for name, params in parse_offers(values):
         if name != EXTENSION:
             continue
