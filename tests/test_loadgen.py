@@ -1,10 +1,13 @@
 """The in-repo load generator and conformance runner (bench/loadgen, bench/autobahn).
 
-Both are copies of the independent referee in ``../shared``. Checked here: the copies still match
-the SHA-256 sums their READMEs record (always), they match the referee's files (only when
-``../shared`` is beside the project; skipped otherwise, which is not a pass), and the load
-generator builds with gcc and runs a tiny bounded workload against ``fasthub serve`` without
-losing a message.
+Both are copies of the independent referee in ``../shared``. Each README's provenance table
+records every copied file's SHA-256 and whether it is a ``copy`` (byte-identical to the referee's)
+or a ``modified copy of `<sha256>` `` (ours, changed from the referee's file with that hash; only
+the files in ``MODIFIED`` may be). Checked here: the files match the recorded sums (always); the
+copies match the referee's files byte for byte and each modified copy's base hash is the referee's
+current file (only when ``../shared`` is beside the project; skipped otherwise, which is not a
+pass); and the load generator builds with gcc and zlib and runs tiny bounded workloads against
+``fasthub serve`` without losing a message, with and without ``--deflate`` (permessage-deflate).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,17 +30,26 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 COPIES = {"loadgen": ROOT / "bench" / "loadgen", "autobahn": ROOT / "bench" / "autobahn"}
 OURS = {"README.md", "ruff.toml"}  # written here, not copied
+# the copied files we changed on purpose (anything else must stay byte-identical to the referee's)
+MODIFIED = {"loadgen": {"loadgen.c", "run.sh"}, "autobahn": set()}
+ROW = re.compile(r"^\| `([^`]+)` \| `([0-9a-f]{64})` \|(?: (copy|modified copy of `([0-9a-f]{64})`) \|)?$", re.M)
 
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def recorded(folder: Path) -> dict[str, str]:
-    """The provenance table of the folder's README: file -> sha256."""
+def provenance(folder: Path) -> dict[str, tuple[str, str | None]]:
+    """The provenance table of the folder's README: file -> (sha256 here, the referee's sha256 it
+    was modified from, or None for a verbatim copy). A row without a status column is a copy."""
     text = (folder / "README.md").read_text()
     section = text.split("## Provenance", 1)[1]
-    return dict(re.findall(r"^\| `([^`]+)` \| `([0-9a-f]{64})` \|$", section, re.M))
+    return {rel: (digest, base or None) for rel, digest, _status, base in ROW.findall(section)}
+
+
+def recorded(folder: Path) -> dict[str, str]:
+    """The provenance table of the folder's README: file -> sha256."""
+    return {rel: digest for rel, (digest, _base) in provenance(folder).items()}
 
 
 def files_in(folder: Path, skip: set[str]) -> list[str]:
@@ -57,6 +71,10 @@ def test_copies_match_their_recorded_hashes(name: str) -> None:
     assert sorted(table) == copied_files(folder), "every copied file is listed in the README, and only those"
     for rel, digest in table.items():
         assert sha256(folder / rel) == digest, f"bench/{name}/{rel} differs from the hash its README records"
+    modified = {rel: base for rel, (_digest, base) in provenance(folder).items() if base}
+    assert set(modified) == MODIFIED[name], "only the files we meant to change are recorded as modified copies"
+    for rel, base in modified.items():
+        assert base != table[rel], f"bench/{name}/{rel} is recorded as modified but has its original hash"
 
 
 @pytest.mark.parametrize("name", sorted(COPIES))
@@ -67,8 +85,13 @@ def test_copies_match_the_referee(name: str) -> None:
     folder = COPIES[name]
     theirs = files_in(referee, {"README.md"})
     assert theirs == copied_files(folder), f"bench/{name} and {referee} hold different files"
-    for rel in theirs:
-        assert sha256(folder / rel) == sha256(referee / rel), f"bench/{name}/{rel} drifted from {referee / rel}"
+    for rel, (_digest, base) in provenance(folder).items():
+        if base is None:
+            assert sha256(folder / rel) == sha256(referee / rel), f"bench/{name}/{rel} drifted from {referee / rel}"
+        else:  # ours is a modified copy: of the referee's current file, and still different from it
+            ours, original = folder / rel, referee / rel
+            assert sha256(original) == base, f"{original} changed since bench/{name}/{rel} was modified from it"
+            assert ours.read_bytes() != original.read_bytes(), f"bench/{name}/{rel} is an unmodified copy"
 
 
 def free_port() -> int:
@@ -78,33 +101,90 @@ def free_port() -> int:
         return port
 
 
-def test_loadgen_builds_and_runs_a_tiny_fanout(tmp_path: Path) -> None:
-    """``run.sh`` builds both programs (outside the tree) and measures 20 x 20 deliveries: 0 lost."""
-    for tool in ("gcc", "taskset"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} not found: the load generator was NOT built or run")
+def need_build_tools() -> None:
+    """Skip (or fail, under ``FASTHUB_REQUIRE_TOOLS``) without gcc, taskset or zlib's header."""
+    missing = [tool for tool in ("gcc", "taskset") if shutil.which(tool) is None]
+    if not missing:
+        probe = subprocess.run(
+            ["gcc", "-E", "-x", "c", "-"], input="#include <zlib.h>\n", capture_output=True, text=True, timeout=30
+        )
+        if probe.returncode != 0:
+            missing.append("zlib.h (apt-get install zlib1g-dev)")
+    if missing:
+        msg = f"{', '.join(missing)} not found: the load generator was NOT built or run"
+        if os.environ.get("FASTHUB_REQUIRE_TOOLS"):
+            pytest.fail(f"{msg}; FASTHUB_REQUIRE_TOOLS is set, so this fails instead of skipping")
+        pytest.skip(msg)
+
+
+def run_loadgen(tmp_path: Path, loadgen_args: Sequence[str], server_args: Sequence[str] = ()) -> dict[str, Any]:
+    """One bounded ``run.sh fasthub custom:fanout ...`` against ``fasthub serve`` on a free loopback
+    port (run.sh starts and stops it); builds into ``tmp_path/build``. Returns the result record."""
     cpus = sorted(os.sched_getaffinity(0))
-    build = tmp_path / "build"
     env = {
         **os.environ,
-        "LOADGEN_BUILD": str(build),
+        "LOADGEN_BUILD": str(tmp_path / "build"),
         "RESULTS": str(tmp_path / "results.jsonl"),
         "PORT": str(free_port()),
         "SERVER_CPU": str(cpus[0]),
         "LOADGEN_CPU": str(cpus[-1]),
         "RUN_TIMEOUT": "30",
     }
-    cmd = ["bash", "bench/loadgen/run.sh", "fasthub", "custom:fanout", "-n", "20", "-m", "20", "--deadline", "20",
-           "--", sys.executable, "-m", "fasthub", "serve", "--port", "{PORT}", "--log-level", "warning"]
+    cmd = ["bash", "bench/loadgen/run.sh", "fasthub", "custom:fanout", *loadgen_args, "--deadline", "20",
+           "--", sys.executable, "-m", "fasthub", "serve", "--port", "{PORT}", "--log-level", "warning", *server_args]
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=90)
     assert out.returncode == 0, out.stderr
+    rec: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert json.loads((tmp_path / "results.jsonl").read_text().splitlines()[-1]) == rec
+    assert rec["server_alive_at_end"], rec
+    rec["stderr"] = out.stderr
+    return rec
+
+
+def test_loadgen_builds_and_runs_a_tiny_fanout(tmp_path: Path) -> None:
+    """``run.sh`` builds both programs (outside the tree) and measures 20 x 20 deliveries: 0 lost."""
+    need_build_tools()
+    build = tmp_path / "build"
+    rec = run_loadgen(tmp_path, ["-n", "20", "-m", "20"])
     assert (build / "loadgen").is_file() and (build / "limit_server").is_file()
     assert not list((ROOT / "bench" / "loadgen").glob("*.o")), "nothing is built inside the source tree"
-    rec = json.loads(out.stdout.strip().splitlines()[-1])
     res = rec["result"]
-    assert rec["loadgen_rc"] == 0 and rec["server_alive_at_end"], rec
+    assert rec["loadgen_rc"] == 0, rec
     assert "error" not in res, res
     assert res["connected"] == 21 and res["failed"] == 0, res
     assert res["expected"] == 400 and res["received"] == 400, res
     assert res["lost"] == 0 and res["gaps"] == 0 and res["dup_or_ooo"] == 0, res
-    assert json.loads((tmp_path / "results.jsonl").read_text().splitlines()[-1]) == rec
+    # without --deflate nothing is offered, so nothing arrives compressed; the wire is still counted
+    assert res["deflate"] is False and res["deflate_negotiated"] == 0, res
+    assert res["compressed_frames"] == 0 and res["deflate_errors"] == 0, res
+    assert res["meas_wire_frames"] == 420 and res["wire_frames"] > 420, res  # 400 deliveries + 20 echoes
+    assert res["wire_bytes"] > res["meas_wire_bytes"] > 420 * 60, res
+
+
+def test_loadgen_deflate_against_fasthub(tmp_path: Path) -> None:
+    """``--deflate`` with 400-byte payloads (over the 256-byte threshold): every connection
+    negotiates permessage-deflate, every delivery arrives compressed and is inflated and counted
+    (0 lost), and costs fewer bytes on the wire than uncompressed; against ``--no-compression`` the
+    loadgen says it was not negotiated (exit 4) and nothing arrives compressed."""
+    need_build_tools()
+    args = ["-n", "20", "-m", "50", "--payload", "400"]
+    on = run_loadgen(tmp_path, [*args, "--deflate"])
+    res = on["result"]
+    assert on["loadgen_rc"] == 0, on
+    assert res["connected"] == 21 and res["failed"] == 0, res
+    # every connection offers: 20 subscribers and the publisher
+    assert res["deflate"] is True and res["deflate_negotiated"] == 21 and res["hs_bad_extension"] == 0, res
+    assert res["expected"] == 1000 and res["received"] == 1000 and res["pub_echo"] == 50, res
+    assert res["lost"] == 0 and res["gaps"] == 0 and res["dup_or_ooo"] == 0, res
+    assert res["deflate_errors"] == 0 and res["compressed_frames"] > 0, res
+    assert res["meas_compressed_frames"] == res["meas_wire_frames"] == 1050, res
+
+    off = run_loadgen(tmp_path, [*args, "--deflate"], ["--no-compression"])
+    res_off = off["result"]
+    assert off["loadgen_rc"] == 4, off
+    assert "permessage-deflate negotiated on 0 of 21 connections" in off["stderr"], off["stderr"]
+    assert res_off["deflate"] is True and res_off["deflate_negotiated"] == 0, res_off
+    assert res_off["compressed_frames"] == 0 and res_off["deflate_errors"] == 0, res_off
+    # the run itself still measures, uncompressed: the bytes per delivery can be compared
+    assert res_off["received"] == 1000 and res_off["lost"] == 0, res_off
+    assert res["wire_bytes_per_delivery"] < 0.5 * res_off["wire_bytes_per_delivery"], (res, res_off)
