@@ -5,6 +5,8 @@
 #   bench/series.sh                                     3 rounds, limit + fasthub of this checkout
 #   BASE_CMD="/tmp/oldvenv/bin/python -m fasthub" bench/series.sh   + that build as "base"
 #   ROUNDS=1 ROWS="fanout_w1 ingress" bench/series.sh   fewer
+#   FASTHUB_LOADGEN_ARGS=--deflate BASE_CMD=".venv/bin/python -m fasthub" BASE_ARGS=--no-compression \
+#     bench/series.sh                                   compression negotiated vs off, same rounds
 # Then: python3 bench/series_ratios.py $RESULTS
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,10 +26,17 @@ one() {  # one NAME ROW SERVER-COMMAND...
     *) wl=("$row") ;;
   esac
   if [ "$name" != limit ] && [ "$row" = ingress ]; then extra=(--rate-limit 0); fi
+  # extra `serve` options and load-generator options per server (e.g. --no-compression, --deflate)
+  local -a sargs=() largs=()
+  if [ "$name" = fasthub ]; then
+    read -ra sargs <<< "${FASTHUB_ARGS:-}"; read -ra largs <<< "${FASTHUB_LOADGEN_ARGS:-}"
+  elif [ "$name" = base ]; then
+    read -ra sargs <<< "${BASE_ARGS:-}"; read -ra largs <<< "${BASE_LOADGEN_ARGS:-}"
+  fi
   if [ "$name" = limit ]; then
     NOTE="round $r $row" "$S/run.sh" "limit-$row" "${wl[@]}" -- "$@" >/dev/null
   else
-    NOTE="round $r $row" "$S/run.sh" "$name-$row" "${wl[@]}" -- "$@" serve --port '{PORT}' --log-level warning "${extra[@]}" >/dev/null
+    NOTE="round $r $row" "$S/run.sh" "$name-$row" "${wl[@]}" "${largs[@]}" -- "$@" serve --port '{PORT}' --log-level warning "${extra[@]}" "${sargs[@]}" >/dev/null
   fi
 }
 
