@@ -9,6 +9,7 @@
 
   var MAX_LOG = 500;
   var STATS_EVERY_MS = 2000;
+  var TYPING_SHOWN_MS = 3000; // "alice is typing…" stays this long after her last typing event
 
   // ---- URLs ---------------------------------------------------------------------------------
   // The server replaces {{FASTHUB_ROOT}} in the page with the (HTML-escaped) ASGI root_path,
@@ -79,9 +80,26 @@
     return typeof n === "number" && isFinite(n) ? n.toLocaleString("en-US") : n === undefined ? "–" : String(n);
   }
 
+  function hex(bytes, max) {
+    var out = "";
+    for (var i = 0; i < bytes.length && i < max; i++) out += (bytes[i] < 16 ? "0" : "") + bytes[i].toString(16);
+    return out + (bytes.length > max ? "…" : "");
+  }
+
+  /** JSON.stringify, with MessagePack's extra values shown: BigInt as its digits, bytes as hex. */
+  function jsonReplacer(key, value) {
+    if (typeof value === "bigint") return value.toString();
+    if (value instanceof Uint8Array) return "<" + value.length + " bytes: " + hex(value, 64) + ">";
+    return value;
+  }
+
+  function plural(n, one, many) {
+    return n + " " + (n === 1 ? one : many);
+  }
+
   function safeJson(value) {
     try {
-      var s = JSON.stringify(value);
+      var s = JSON.stringify(value, jsonReplacer);
       return s === undefined ? String(value) : s;
     } catch (err) {
       return String(value);
@@ -142,6 +160,17 @@
     appendLog(item);
   }
 
+  /** Application data that is not an envelope: a binary frame (bytes) or a text frame. */
+  function logData(data) {
+    var item = el("li", "entry kind-data");
+    item.setAttribute("data-type", "data");
+    var binary = typeof data !== "string";
+    var label = binary ? "binary, " + plural(data.length, "byte", "bytes") : "text";
+    item.appendChild(el("div", "head", null, [el("time", "ts local", clock(new Date())), el("span", "badge", label)]));
+    item.appendChild(el("pre", "payload", binary ? hex(data, 256) : data));
+    appendLog(item);
+  }
+
   /** A line about the page itself (connecting, closed, a send that failed...). */
   function logLocal(text, level) {
     var item = el("li", "entry local-entry" + (level ? " " + level : ""));
@@ -168,7 +197,13 @@
   // ---- client -------------------------------------------------------------------------------
   var client = new FastHubClient(WS_URL, { reconnect: true });
   var joined = new Map(); // room -> member count (null = unknown / rejoining)
+  var asked = new Set(); // rooms joined from the form: their join reply makes them the current room
   var wantOpen = false;
+  // The current room is the room message box's room when it is joined: the presence list and
+  // the typing line are about it, and typing in the message box tells its members.
+  var current = null;
+  var presenceSeq = 0; // the latest presence request (older answers are dropped)
+  var typers = new Map(); // room -> Map(user id -> timer that forgets it)
 
   setText("ws-url", WS_URL);
 
@@ -181,6 +216,7 @@
     var btn = $("connect");
     btn.textContent = wantOpen ? "Disconnect" : "Connect";
     btn.className = wantOpen ? "btn danger" : "btn primary";
+    $("use-msgpack").disabled = wantOpen; // the format is chosen when connecting
     Array.prototype.forEach.call(document.querySelectorAll("[data-needs-connection]"), function (node) {
       node.disabled = !connected;
     });
@@ -204,6 +240,7 @@
       name.title = "Send room messages to " + room;
       name.addEventListener("click", function () {
         $("room-msg-room").value = room;
+        syncCurrent();
         $("room-msg-text").focus();
       });
       var leave = el("button", "btn small", "Leave");
@@ -216,11 +253,112 @@
         });
       });
       var count = el("span", "members", members === null ? "…" : members + (members === 1 ? " member" : " members"));
-      var item = el("li", "room", null, [name, count, leave]);
+      var item = el("li", "room" + (room === current ? " current" : ""), null, [name, count, leave]);
       item.setAttribute("data-room", room);
+      if (room === current) name.setAttribute("aria-current", "true");
       list.appendChild(item);
     });
     setText("room-count", joined.size ? "(" + joined.size + ")" : "");
+  }
+
+  // ---- presence and typing -------------------------------------------------------------------
+  function currentRoom() {
+    var room = $("room-msg-room").value.trim();
+    return joined.has(room) ? room : null;
+  }
+
+  /** Follow the room message box: a new current room gets its presence and typing line. */
+  function syncCurrent(refresh) {
+    var room = currentRoom();
+    var changed = room !== current;
+    current = room;
+    if (changed) {
+      renderRooms();
+      renderTyping();
+    }
+    if (changed || refresh) refreshPresence();
+  }
+
+  function refreshPresence() {
+    var room = current;
+    var seq = ++presenceSeq;
+    setText("presence-room", room === null ? "" : room);
+    if (room === null || !client.connected) {
+      renderPresence(room, null, room === null ? null : "Not connected.");
+      return;
+    }
+    client.presence(room).then(
+      function (payload) {
+        if (seq === presenceSeq) renderPresence(room, payload);
+      },
+      function (err) {
+        if (seq === presenceSeq) renderPresence(room, null, "Could not ask who is here: " + (err.code || err.message));
+      }
+    );
+  }
+
+  /** The presence list of `room` (payload: the presence reply's), or a note when there is none. */
+  function renderPresence(room, payload, note) {
+    var list = $("presence-list");
+    while (list.firstChild) list.removeChild(list.firstChild);
+    list.setAttribute("data-room", room === null ? "" : room);
+    if (!payload) {
+      var hint = joined.size ? "Pick a room: type a joined room in the room message box, or click its name." : "Join a room to see who is in it.";
+      setText("presence-summary", note || hint);
+      return;
+    }
+    var people = payload.presence && typeof payload.presence === "object" ? payload.presence : {};
+    var me = client.userId;
+    var users = Object.keys(people).sort(function (a, b) {
+      return (b === me) - (a === me) || (a < b ? -1 : a > b ? 1 : 0); // you first, then by id
+    });
+    users.forEach(function (user) {
+      var entry = people[user] && typeof people[user] === "object" ? people[user] : {};
+      var n = typeof entry.connections === "number" ? entry.connections : null;
+      var item = el("li", "person", null, [
+        el("span", "who", user),
+        user === me ? el("span", "you", "(you)") : null,
+        el("span", "conns", n === null ? "" : plural(n, "connection", "connections")),
+      ]);
+      if (entry.info !== undefined && entry.info !== null) item.appendChild(el("span", "info", safeJson(entry.info)));
+      item.setAttribute("data-user", user);
+      item.setAttribute("data-connections", n === null ? "" : String(n));
+      list.appendChild(item);
+    });
+    var numUsers = typeof payload.num_users === "number" ? payload.num_users : users.length;
+    var numConns = typeof payload.num_connections === "number" ? payload.num_connections : null;
+    setText(
+      "presence-summary",
+      plural(numUsers, "user", "users") + (numConns === null ? "" : ", " + plural(numConns, "connection", "connections"))
+    );
+  }
+
+  /** "alice is typing…" for the current room (nothing when nobody is). */
+  function renderTyping() {
+    var users = current !== null && typers.has(current) ? Array.from(typers.get(current).keys()).sort() : [];
+    var text = "";
+    if (users.length === 1) text = users[0] + " is typing…";
+    else if (users.length === 2) text = users[0] + " and " + users[1] + " are typing…";
+    else if (users.length > 2) text = users[0] + ", " + users[1] + " and " + plural(users.length - 2, "other", "others") + " are typing…";
+    setText("typing", text);
+  }
+
+  function stopTyping(room, user) {
+    var inRoom = typers.get(room);
+    if (!inRoom || !inRoom.has(user)) return;
+    clearTimeout(inRoom.get(user));
+    inRoom.delete(user);
+    if (!inRoom.size) typers.delete(room);
+    if (room === current) renderTyping();
+  }
+
+  function forgetTyping(room) {
+    var inRoom = typers.get(room);
+    if (!inRoom) return;
+    inRoom.forEach(function (timer) {
+      clearTimeout(timer);
+    });
+    typers.delete(room);
   }
 
   function guard(fn) {
@@ -234,11 +372,18 @@
 
   client.on("open", function (info) {
     setStatus("open", "Connected");
-    logLocal(info.reconnected ? "Reconnected to " + WS_URL : "Connected to " + WS_URL);
+    setText("format", info.format === "msgpack" ? "MessagePack" : "JSON");
+    logLocal((info.reconnected ? "Reconnected to " : "Connected to ") + WS_URL + (info.format === "msgpack" ? " (MessagePack)" : ""));
+    if (client.options.format === "msgpack" && info.format !== "msgpack") {
+      logLocal("The server did not select fasthub.msgpack: this connection speaks JSON", "warn");
+    }
   });
 
   client.on("close", function (info) {
     setIdentity(null, null);
+    setText("format", "–");
+    Array.from(typers.keys()).forEach(forgetTyping);
+    renderTyping();
     joined.forEach(function (_, room) {
       joined.set(room, null);
     });
@@ -249,6 +394,7 @@
       });
     }
     renderRooms();
+    syncCurrent(true);
     if (info.willReconnect) {
       setStatus("reconnecting", "Reconnecting in " + (info.delay / 1000).toFixed(1) + " s…");
     } else {
@@ -262,6 +408,30 @@
     logEnvelope(env);
   });
 
+  client.on("binary", logData);
+  client.on("text", logData);
+
+  client.on("typing", function (env) {
+    if (env.room === undefined || env.from === undefined) return;
+    var room = String(env.room);
+    var user = String(env.from);
+    if (user === client.userId) return; // this user typing in another tab
+    var inRoom = typers.get(room);
+    if (!inRoom) typers.set(room, (inRoom = new Map()));
+    clearTimeout(inRoom.get(user));
+    inRoom.set(
+      user,
+      setTimeout(function () {
+        stopTyping(room, user);
+      }, TYPING_SHOWN_MS)
+    );
+    if (room === current) renderTyping();
+  });
+
+  client.on("room_message", function (env) {
+    if (env.room !== undefined && env.from !== undefined) stopTyping(String(env.room), String(env.from)); // sent it
+  });
+
   client.on("system", function (env) {
     var p = env.payload && typeof env.payload === "object" ? env.payload : {};
     var room = p.room !== undefined ? String(p.room) : env.room !== undefined ? String(env.room) : null;
@@ -273,14 +443,27 @@
       );
     } else if (p.event === "joined" && room !== null) {
       joined.set(room, members);
-      if (!$("room-msg-room").value) $("room-msg-room").value = room;
+      if (asked.has(room) || !$("room-msg-room").value) $("room-msg-room").value = room; // joined from the form: current
+      asked.delete(room);
       renderRooms();
+      syncCurrent(true);
     } else if (p.event === "left" && room !== null) {
       joined.delete(room);
+      forgetTyping(room);
       renderRooms();
+      syncCurrent();
+    } else if (p.event === "resumed" && p.rooms && typeof p.rooms === "object") {
+      Object.keys(p.rooms).forEach(function (name) {
+        var r = p.rooms[name];
+        if (r && r.joined && joined.has(name)) joined.set(name, typeof r.members === "number" ? r.members : null);
+      });
+      renderRooms();
+      syncCurrent(true);
     } else if ((p.event === "user_joined" || p.event === "user_left") && room !== null && joined.has(room)) {
       joined.set(room, members);
+      if (p.event === "user_left" && p.user_id !== undefined) stopTyping(room, String(p.user_id));
       renderRooms();
+      if (room === current) refreshPresence();
     }
   });
 
@@ -300,7 +483,10 @@
         changed = true;
       }
     });
-    if (changed) renderRooms();
+    if (changed) {
+      renderRooms();
+      syncCurrent();
+    }
   });
 
   $("connect").addEventListener("click", function () {
@@ -311,6 +497,7 @@
     } else {
       wantOpen = true;
       client.options.reconnect = $("auto-reconnect").checked;
+      client.options.format = $("use-msgpack").checked ? "msgpack" : "json";
       setStatus("connecting", "Connecting…");
       guard(function () {
         client.connect();
@@ -334,6 +521,7 @@
     var room = input.value.trim();
     if (!room) return;
     client.joinRoom(room);
+    asked.add(room);
     if (!joined.has(room)) joined.set(room, null);
     renderRooms();
     input.value = "";
@@ -344,6 +532,20 @@
     if (!room) throw new Error("Enter a room name");
     client.sendRoom(room, payloadFrom($("room-msg-text")));
     $("room-msg-text").value = "";
+  });
+
+  // Typing in the message box tells the current room (the client sends at most one a second).
+  $("room-msg-text").addEventListener("input", function () {
+    var room = currentRoom();
+    if (room !== null && client.connected && this.value.trim()) client.typing(room);
+  });
+
+  $("room-msg-room").addEventListener("input", function () {
+    syncCurrent();
+  });
+
+  $("presence-refresh").addEventListener("click", function () {
+    refreshPresence();
   });
 
   onSubmit("user-form", function () {
@@ -407,5 +609,6 @@
   setIdentity(null, null);
   setStatus("closed", "Disconnected");
   renderRooms();
+  renderPresence(null, null);
   pollStats();
 })();
