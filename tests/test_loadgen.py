@@ -117,9 +117,12 @@ def need_build_tools() -> None:
         pytest.skip(msg)
 
 
-def run_loadgen(tmp_path: Path, loadgen_args: Sequence[str], server_args: Sequence[str] = ()) -> dict[str, Any]:
-    """One bounded ``run.sh fasthub custom:fanout ...`` against ``fasthub serve`` on a free loopback
-    port (run.sh starts and stops it); builds into ``tmp_path/build``. Returns the result record."""
+def run_loadgen(
+    tmp_path: Path, loadgen_args: Sequence[str], server_args: Sequence[str] = (), server: Sequence[str] = ()
+) -> dict[str, Any]:
+    """One bounded ``run.sh fasthub custom:fanout ...`` against ``fasthub serve`` (or ``server``) on
+    a free loopback port (run.sh starts and stops it); builds into ``tmp_path/build``. Returns the
+    result record."""
     cpus = sorted(os.sched_getaffinity(0))
     env = {
         **os.environ,
@@ -130,8 +133,9 @@ def run_loadgen(tmp_path: Path, loadgen_args: Sequence[str], server_args: Sequen
         "LOADGEN_CPU": str(cpus[-1]),
         "RUN_TIMEOUT": "30",
     }
+    server = server or [sys.executable, "-m", "fasthub", "serve", "--port", "{PORT}", "--log-level", "warning"]
     cmd = ["bash", "bench/loadgen/run.sh", "fasthub", "custom:fanout", *loadgen_args, "--deadline", "20",
-           "--", sys.executable, "-m", "fasthub", "serve", "--port", "{PORT}", "--log-level", "warning", *server_args]
+           "--", *server, *server_args]
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=90)
     assert out.returncode == 0, out.stderr
     rec: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -178,6 +182,9 @@ def test_loadgen_deflate_against_fasthub(tmp_path: Path) -> None:
     assert res["lost"] == 0 and res["gaps"] == 0 and res["dup_or_ooo"] == 0, res
     assert res["deflate_errors"] == 0 and res["compressed_frames"] > 0, res
     assert res["meas_compressed_frames"] == res["meas_wire_frames"] == 1050, res
+    # one compression per broadcast: the members' copies are the same bytes, inflated once
+    assert res["inflate_reused"] > 0, res
+    assert res["inflate_calls"] + res["inflate_reused"] == res["compressed_frames"], res
 
     off = run_loadgen(tmp_path, [*args, "--deflate"], ["--no-compression"])
     res_off = off["result"]
@@ -188,3 +195,19 @@ def test_loadgen_deflate_against_fasthub(tmp_path: Path) -> None:
     # the run itself still measures, uncompressed: the bytes per delivery can be compared
     assert res_off["received"] == 1000 and res_off["lost"] == 0, res_off
     assert res["wire_bytes_per_delivery"] < 0.5 * res_off["wire_bytes_per_delivery"], (res, res_off)
+
+
+def test_loadgen_deflate_with_a_server_that_keeps_its_context(tmp_path: Path) -> None:
+    """websockets' default permessage-deflate keeps a context per connection: the loadgen follows
+    it with one inflater per connection (nothing reused across connections), 0 lost."""
+    need_build_tools()
+    pytest.importorskip("websockets")
+    pytest.importorskip("uvloop")
+    peer = [sys.executable, "bench/peers/websockets_hub.py", "--port", "{PORT}", "--compression"]
+    rec = run_loadgen(tmp_path, ["-n", "20", "-m", "50", "--payload", "400", "--deflate"], server=peer)
+    res = rec["result"]
+    assert rec["loadgen_rc"] == 0, rec
+    assert res["deflate_negotiated"] == 21 and res["hs_bad_extension"] == 0, res
+    assert res["received"] == 1000 and res["lost"] == 0 and res["deflate_errors"] == 0, res
+    assert res["compressed_frames"] > 0 and res["inflate_reused"] == 0, res
+    assert res["inflate_calls"] == res["compressed_frames"], res
