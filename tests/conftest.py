@@ -403,6 +403,13 @@ def redis_server() -> Iterator[Any]:
 CHROMIUM = "/usr/bin/chromium"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that drives the browser carries the ``browser`` mark (ci/test selects on it)."""
+    for item in items:
+        if "browser" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.browser)
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     """Debian's Chromium through Playwright, one per test module (skipped when either is missing)."""

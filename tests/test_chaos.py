@@ -9,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from redisproc import redis_binary
+
+#: the compiled pass of ci/test runs these; their subject is not the twins (see ci/test)
+pytestmark = pytest.mark.once
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -39,6 +39,9 @@ from tests.test_docs import dc
 from tests.test_operations import fasthub_serve, scrape
 from tests.test_tls_proxy import client_context, make_certificate
 
+#: the compiled pass of ci/test runs these; their subject is not the twins (see ci/test)
+pytestmark = pytest.mark.once
+
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOYMENT = ROOT / "docs" / "deployment.md"
 OPERATIONS = ROOT / "docs" / "operations.md"

@@ -26,6 +26,9 @@ from typing import Any
 
 import pytest
 
+#: the compiled pass of ci/test runs these; their subject is not the twins (see ci/test)
+pytestmark = pytest.mark.once
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 COPIES = {"loadgen": ROOT / "bench" / "loadgen", "autobahn": ROOT / "bench" / "autobahn"}

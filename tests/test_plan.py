@@ -18,6 +18,9 @@ from fasthub.costs import TERMS, CostMeter, fit, solve
 from fasthub.plan import Costs, Workload, _nodes_holding, calibrate, costs_from_bench, costs_from_url, plan
 from tests.conftest import connect, run, serve
 
+#: the compiled pass of ci/test runs these; their subject is not the twins (see ci/test)
+pytestmark = pytest.mark.once
+
 ROOT = Path(__file__).resolve().parent.parent
 TRUE = {"cpu_per_connect_s": 80e-6, "cpu_per_message_in_s": 8e-6, "cpu_per_delivery_s": 0.5e-6}
 
