@@ -17,7 +17,7 @@ import ormsgpack
 
 from .._wire import OP_BINARY, OP_TEXT, build_frame
 from .._wire.deflate import Deflater
-from . import ENC_BITS, ENC_MSGPACK, KIND_BINARY, KIND_PLAIN, KIND_TEXT, Payload
+from . import ENC_BITS, ENC_MSGPACK, KIND_BINARY, KIND_TEXT, Payload
 
 
 class Forms:
@@ -58,10 +58,8 @@ class Forms:
         return (OP_BINARY if kind == KIND_BINARY else OP_TEXT), p.data
 
     def build(self, p: Payload, enc: int) -> bytes:
-        """The frame of payload ``p`` for connections that negotiated ``enc``."""
-        kind = p.kind
-        if kind != KIND_TEXT and kind != KIND_BINARY and kind != KIND_PLAIN:
-            return p.frame()  # close frames and raw bytes have one form
+        """The frame of data payload ``p`` (text, binary, plain; ``Payload.frame_as`` answers the
+        others itself) for connections that negotiated ``enc``."""
         opcode, data = self.encode(p, enc)
         bits = enc & ENC_BITS
         if bits and len(data) >= self.threshold:

@@ -93,8 +93,8 @@ class Payload:
     def frame_as(self, enc: int, forms: Any) -> bytes:
         """The frame for connections that negotiated ``enc`` (``Outbox.encoding``), built once
         per encoding by ``forms`` (``fasthub._core.forms.Forms``) and shared by all of them."""
-        if enc == 0:
-            return self.frame()
+        if enc == 0 or self.kind >= _KIND_CLOSE:
+            return self.frame()  # close frames and raw bytes have one form
         cache = self._forms
         if cache is not None:
             found: bytes | None = cache.get(enc)
