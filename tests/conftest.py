@@ -403,6 +403,19 @@ def redis_server() -> Iterator[Any]:
 CHROMIUM = "/usr/bin/chromium"
 
 
+def wait_in_page(page: Any, expression: str, timeout: float = 30.0) -> None:
+    """Poll a JavaScript expression in ``page`` until it is truthy.
+
+    Not ``page.wait_for_function``: it evaluates a string predicate with ``eval`` inside the page,
+    which a page's CSP without ``unsafe-eval`` refuses now and then; ``evaluate`` is not subject
+    to it."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(f"() => Boolean({expression})"):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{expression} stayed false for {timeout} s")
+        time.sleep(0.02)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test that drives the browser carries the ``browser`` mark (ci/test selects on it)."""
     for item in items:

@@ -18,6 +18,7 @@ import pytest
 import websockets
 
 from tests import test_demo_browser as demo
+from tests.conftest import wait_in_page
 
 # the browser fixture is conftest's; the ``fasthub serve`` fixtures are the demo test's
 server = demo.server
@@ -48,7 +49,7 @@ def test_the_page_keeps_every_message_across_a_server_side_drop(browser: object,
     page = browser.new_page()  # type: ignore[attr-defined]
     try:
         page.goto(server + "/")
-        page.wait_for_function("typeof window.FastHubClient === 'function'")
+        wait_in_page(page, "typeof window.FastHubClient === 'function'")
         joined = page.evaluate(PAGE_SCRIPT, [ws_url])
         assert joined["offset"] == 0 and joined["epoch"]
 

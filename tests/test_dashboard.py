@@ -37,7 +37,7 @@ import pytest
 import websockets
 
 from fasthub import HubConfig
-from tests.conftest import query_user, serve, serve_cluster
+from tests.conftest import query_user, serve, serve_cluster, wait_in_page
 
 PAGE = Path(__file__).resolve().parent.parent / "fasthub" / "static" / "dashboard.html"
 METRICS = [
@@ -418,7 +418,7 @@ def test_dashboard_with_a_stats_token(browser: Any) -> None:
 def test_dashboard_without_the_stats_endpoint(browser: Any) -> None:
     with serve({"stats_path": None}) as server:
         page, errors = open_page(browser, server.http + "/ws/dashboard")
-        page.wait_for_function("window.fasthubDashboard !== undefined")
+        wait_in_page(page, "window.fasthubDashboard !== undefined")
         assert page.locator("#status").inner_text() == "the stats endpoint is off on this server"
         time.sleep(1.2)
         assert dashboard(page)["polls"] == 0 and dashboard(page)["errors"] == 0

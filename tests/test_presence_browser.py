@@ -37,7 +37,7 @@ from websockets.sync.client import connect as ws_connect
 from fasthub import HubConfig
 from fasthub.auth import JWTAuthenticator
 from tests import test_demo_browser as demo
-from tests.conftest import serve
+from tests.conftest import serve, wait_in_page
 
 # the browser fixture is conftest's; the ``fasthub serve`` fixture is the demo test's
 server = demo.server
@@ -427,7 +427,7 @@ def test_client_presence_promises_and_typing(browser: Any, server: str) -> None:
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     try:
         page.goto(server + "/")
-        page.wait_for_function("typeof window.FastHubClient === 'function'")
+        wait_in_page(page, "typeof window.FastHubClient === 'function'")
         members_a, members_b, user_a, user_b = page.evaluate(CLIENTS, [ws_url, room])
         assert (members_a, members_b) == (1, 2)
 
@@ -476,7 +476,7 @@ def test_client_presence_promises_and_typing(browser: Any, server: str) -> None:
         )
         assert sent == [True, False, False, False, False, True, False]
         # B got one: the server relays at most one per 2 s per connection and room
-        page.wait_for_function("window.__b.events.length >= 1")
+        wait_in_page(page, "window.__b.events.length >= 1")
         time.sleep(0.5)
         assert page.evaluate("window.__b.events") == [["typing", room, user_a]]
         assert page.evaluate("window.__a.events") == []  # never to the sender
@@ -487,7 +487,7 @@ def test_client_presence_promises_and_typing(browser: Any, server: str) -> None:
         assert rejection("(() => { const p = window.__b.presence(args[0]); window.__b.close(); return p; })()", room)[
             :2
         ] == [True, "disconnected"]
-        page.wait_for_function("window.__b.state === 'closed'")
+        wait_in_page(page, "window.__b.state === 'closed'")
         assert rejection("window.__b.presence(args[0])", room)[:2] == [True, "not_connected"]
         assert page.evaluate("(room) => window.__b.typing(room)", room) is False
         # B's leaving shows in A's presence
@@ -668,7 +668,7 @@ def test_msgpack_page_and_json_client_share_a_room(browser: Any, server: str) ->
     )
     try:
         page.goto(server + "/")
-        page.wait_for_function("typeof window.FastHubClient === 'function'")
+        wait_in_page(page, "typeof window.FastHubClient === 'function'")
         joined = page.evaluate(MSGPACK_PAGE, [ws_url, room])
         assert joined["room"] == room and joined["members"] == 1
         assert page.evaluate("[window.__hub.ws.protocol, window.__hub.protocol, window.__hub.format]") == [
@@ -699,7 +699,7 @@ def test_msgpack_page_and_json_client_share_a_room(browser: Any, server: str) ->
 
             # JSON client -> page
             raw.send(json.dumps({"type": "room_message", "room": room, "payload": {"text": "from json", "big": 2**60}}))
-            page.wait_for_function("window.__got.some((e) => e.payload.text === 'from json')")
+            wait_in_page(page, "window.__got.some((e) => e.payload.text === 'from json')")
             env = page.evaluate(
                 "(() => { const e = window.__got.find((e) => e.payload.text === 'from json');"
                 " return [e.from, e.room, typeof e.payload.big, String(e.payload.big), typeof e.offset]; })()"
@@ -818,7 +818,7 @@ def test_application_bytes_and_text_reach_both_formats(browser: Any, format_: st
         page = browser.new_page()
         try:
             page.goto(srv.http + "/")
-            page.wait_for_function("typeof window.FastHubClient === 'function'")
+            wait_in_page(page, "typeof window.FastHubClient === 'function'")
             fmt, got = page.evaluate(DATA_PAGE, [srv.ws_url(), format_])
         finally:
             page.close()
@@ -890,7 +890,7 @@ def test_msgpack_with_a_token(browser: Any) -> None:
         page = browser.new_page()
         try:
             page.goto(srv.http + "/")
-            page.wait_for_function("typeof window.FastHubClient === 'function'")
+            wait_in_page(page, "typeof window.FastHubClient === 'function'")
             result = page.evaluate(
                 """([url, token]) => new Promise((resolve, reject) => {
                   const hub = new FastHubClient(url, { format: "msgpack", token: () => token, reconnect: false });
