@@ -192,6 +192,9 @@ def costs_from_bench(doc: dict[str, Any], source: str = "") -> Costs:
         scenarios.add("fanout")
     measured = _measured_phases(runs)
     missing = ({"idle", "fanout"} if measured is not None else {"idle", "ingress", "fanout"}) - scenarios
+    if missing == {"ingress"} and sum(1 for r in runs if (r.get("result") or {}).get("server_cpu_s")) >= 2:
+        raise ValueError(f"{source or 'the file'}: the rooms' measured CPU did not separate a message's cost from a "
+                         "delivery's (too noisy: measure again on a quieter machine), and no ingress run can stand in")
     if missing:
         raise ValueError(f"{source or 'the file'} lacks runs with server stats of: {', '.join(sorted(missing))}")
     common: dict[str, Any] = {
@@ -236,7 +239,7 @@ def _measured_phases(runs: list[dict[str, Any]]) -> tuple[float, list[list[float
 
     Two rooms of different sizes (the two smallest; or an ingress run, a room of one, and the
     smallest room): ``messages * c_in + deliveries * d = cpu`` for each, solved for both with
-    one ``d`` (a delivery costs the same in small rooms). Each bigger room then gives its own
+    one ``d`` (a delivery costs the same in small rooms). Each other room then gives its own
     delivery cost.
     """
     rooms = sorted(
@@ -252,19 +255,35 @@ def _measured_phases(runs: list[dict[str, Any]]) -> tuple[float, list[list[float
         rooms.insert(0, (1.0, float(i["received"]), float(i["received"]), float(i["server_cpu_s"])))
     if len(rooms) < 2:
         return None
-    (_, m0, d0, cpu0), (_, m1, d1, cpu1) = rooms[0], rooms[1]
+    # the two smallest rooms first; when noise leaves that pair no positive answer, the
+    # smallest with each bigger room in turn (a wider spread of fan-out, better conditioned)
+    for j in range(1, len(rooms)):
+        solved = _solve_pair(rooms[0], rooms[j])
+        if solved is not None:
+            break
+    else:
+        return None
+    c_in, d = solved
+    by_size = [[rooms[0][0], d], [rooms[j][0], d]]
+    for k, (size, m, deliveries, cpu) in enumerate(rooms):
+        if k not in (0, j) and deliveries:
+            by_size.append([size, max(0.0, (cpu - m * c_in) / deliveries)])
+    by_size.sort()
+    return c_in, by_size
+
+
+_Room = tuple[float, float, float, float]  # members, messages, deliveries, server CPU
+
+
+def _solve_pair(a: _Room, b: _Room) -> tuple[float, float] | None:
+    """``messages * c_in + deliveries * d = cpu`` for two rooms: (c_in, d), or None unless both > 0."""
+    (_, m0, d0, cpu0), (_, m1, d1, cpu1) = a, b
     det = m0 * d1 - m1 * d0
     if det <= 0 or m0 <= 0 or m1 <= 0:
         return None
     c_in = (cpu0 * d1 - cpu1 * d0) / det
     d = (m0 * cpu1 - m1 * cpu0) / det
-    if d <= 0 or c_in <= 0:
-        return None
-    by_size = [[rooms[0][0], d], [rooms[1][0], d]]
-    for size, m, deliveries, cpu in rooms[2:]:
-        if deliveries:
-            by_size.append([size, max(0.0, (cpu - m * c_in) / deliveries)])
-    return c_in, by_size
+    return (c_in, d) if d > 0 and c_in > 0 else None
 
 
 def _has_stats(run: dict[str, Any]) -> bool:

@@ -231,6 +231,36 @@ def test_costs_from_measured_phases() -> None:
     assert costs.bytes_per_connection == 2000 and costs.frame_overhead_bytes == pytest.approx(140)
 
 
+def test_measured_phases_try_a_wider_pair_when_the_smallest_two_disagree() -> None:
+    """Noise in the room of 101 gives the pair (11, 101) a negative delivery cost: the pair
+    (11, 1,001) answers instead, and 101 gets its own (clamped) figure."""
+    from fasthub.plan import _measured_phases
+
+    c_in, d = 100e-6, 3e-6
+
+    def room(members: int, sent: int, cpu: float) -> dict[str, Any]:
+        return {"scenario": "latency", "params": {"connections": members},
+                "result": {"server_cpu_s": cpu, "sent": sent, "received": sent * members, "pub_echo": sent}}
+
+    runs = [
+        room(10, 2000, 2000 * c_in + 2000 * 11 * d),
+        room(100, 1000, 0.05),  # too little: 1,000 messages alone cost 0.1 s
+        room(1000, 100, 100 * c_in + 100 * 1001 * d),
+    ]
+    measured = _measured_phases(runs)
+    assert measured is not None
+    got_c_in, by_size = measured
+    assert got_c_in == pytest.approx(c_in)
+    assert by_size == [[11.0, pytest.approx(d)], [101.0, 0.0], [1001.0, pytest.approx(d)]]
+    assert _measured_phases(runs[:2]) is None  # one pair, no positive answer: none
+    stats = {"before": {"cpu_s": 0.0, "uptime_s": 0.0, "connections_opened": 0, "messages_in": 0, "messages_out": 0,
+                        "rss_bytes": 40e6, "bytes_out": 0}}
+    stats["after"] = {**stats["before"], "cpu_s": 1.0, "messages_in": 100, "messages_out": 100}
+    idle = {"scenario": "idle", "params": {}, "result": {}, "server_stats": stats}
+    with pytest.raises(ValueError, match="did not separate a message's cost"):
+        costs_from_bench({"runs": [idle, *({**r, "server_stats": stats} for r in runs[:2])]})
+
+
 def test_broker_cost_is_the_extra_cpu_of_the_same_rooms_on_redis() -> None:
     from fasthub.plan import broker_cost
 

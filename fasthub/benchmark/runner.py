@@ -516,7 +516,7 @@ def _run_ingress(pool: Pool, cfg: BenchConfig, res: dict[str, Any]) -> None:
 def _server_figures(res: dict[str, Any], s0: dict[str, Any], s1: dict[str, Any], pid: int | None) -> None:
     if pid:
         cpu0, cpu1 = s0["cpu_s"], s1["cpu_s"]
-        res["server_cpu_s"] = round(cpu1 - cpu0, 2) if cpu0 is not None and cpu1 is not None else None
+        res["server_cpu_s"] = round(cpu1 - cpu0, 4) if cpu0 is not None and cpu1 is not None else None
         res["rss_start_kb"] = s0["rss_kb"]
         res["rss_end_kb"] = s1["rss_kb"]
         res["hwm_end_kb"] = s1["hwm_kb"]

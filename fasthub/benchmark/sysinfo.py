@@ -31,9 +31,28 @@ def proc_status_kb(pid: int | None, key: str) -> int | None:
 
 
 def proc_cpu_s(pid: int | None) -> float | None:
-    """utime + stime of a process in seconds, or None."""
+    """CPU time of a process in seconds, or None.
+
+    The sum of its threads' ``schedstat`` run times (nanoseconds) where the kernel has them:
+    ``stat``'s utime + stime count clock ticks (10 ms), too coarse for the short runs that
+    ``fasthub plan`` solves its costs from.
+    """
     if not pid:
         return None
+    total = read = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        tids = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+            read += 1
+        except (OSError, ValueError, IndexError):  # a thread gone meanwhile, or no schedstat
+            continue
+    if read:
+        return total / 1e9
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rpartition(")")[2].split()
