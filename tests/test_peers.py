@@ -24,12 +24,15 @@ from typing import Any
 import pytest
 import websockets
 
+from fasthub.benchmark.compare import bun_binary
+
 PEERS_DIR = Path(__file__).resolve().parent.parent / "bench" / "peers"
 PEERS = {  # script -> modules it needs
     "starlette_hub": ["starlette", "uvicorn", "uvloop", "httptools"],
     "websockets_hub": ["websockets", "uvloop"],
     "picows_hub": ["picows", "uvloop"],
     "socketify_hub": ["socketify"],
+    "bun_hub": [],  # JavaScript: needs bench/peers/node_modules/.bin/bun (npm install --prefix bench/peers)
 }
 SENDERS = 3
 PER_SENDER = 5
@@ -48,7 +51,13 @@ def free_port() -> int:
 @contextlib.contextmanager
 def peer_server(name: str, log: Path, *extra: str) -> Iterator[int]:
     port = free_port()
-    cmd = [sys.executable, str(PEERS_DIR / f"{name}.py"), "--port", str(port), "--host", "127.0.0.1", *extra]
+    if (PEERS_DIR / f"{name}.js").exists():
+        bun = bun_binary(PEERS_DIR)
+        if bun is None:
+            pytest.skip(f"{name} needs Bun: npm install --prefix bench/peers")
+        cmd = [str(bun), str(PEERS_DIR / f"{name}.js"), "--port", str(port), "--host", "127.0.0.1", *extra]
+    else:
+        cmd = [sys.executable, str(PEERS_DIR / f"{name}.py"), "--port", str(port), "--host", "127.0.0.1", *extra]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -183,3 +192,18 @@ def test_websockets_peer_compression_flag(tmp_path: Path) -> None:
         assert "permessage-deflate" in (asyncio.run(extensions(on)) or "")
     with peer_server("websockets_hub", tmp_path / "off.log") as off:
         assert asyncio.run(extensions(off)) is None
+
+
+def test_compare_finds_the_javascript_peers_only_with_bun(tmp_path: Path) -> None:
+    """``fasthub bench --compare`` runs ``*.js`` peers with the Bun installed beside them."""
+    from fasthub.benchmark.compare import discover_servers
+
+    (tmp_path / "a_hub.py").write_text("")
+    (tmp_path / "b_hub.js").write_text("")
+    assert [s.name for s in discover_servers(tmp_path)] == ["fasthub", "a_hub"]
+    bin_dir = tmp_path / "node_modules" / ".bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "bun").write_text("")
+    specs = discover_servers(tmp_path)
+    assert [s.name for s in specs] == ["fasthub", "a_hub", "b_hub"]
+    assert specs[2].command(9, "idle") == [str(bin_dir / "bun"), str(tmp_path / "b_hub.js"), "--port", "9"]

@@ -54,14 +54,27 @@ def fasthub_spec(extra: tuple[str, ...] = ()) -> ServerSpec:
 
 
 def discover_servers(peers_dir: str | os.PathLike[str], fasthub_args: tuple[str, ...] = ()) -> list[ServerSpec]:
-    """fasthub first, then every ``<peers_dir>/*.py`` not starting with ``_`` (helpers)."""
+    """fasthub first, then every ``<peers_dir>/*.py`` not starting with ``_`` (helpers), then
+    every ``*.js`` there when ``<peers_dir>/node_modules/.bin/bun`` is installed (``npm install
+    --prefix <peers_dir>``)."""
     specs = [fasthub_spec(fasthub_args)]
     folder = Path(peers_dir)
     if folder.is_dir():
         for path in sorted(folder.glob("*.py")):
             if not path.name.startswith("_"):
                 specs.append(ServerSpec(path.stem, (sys.executable, str(path.resolve()), "--port", "{port}")))
+        bun = bun_binary(folder)
+        if bun is not None:
+            for path in sorted(folder.glob("*.js")):
+                if not path.name.startswith("_"):
+                    specs.append(ServerSpec(path.stem, (str(bun), str(path.resolve()), "--port", "{port}")))
     return specs
+
+
+def bun_binary(peers_dir: str | os.PathLike[str]) -> Path | None:
+    """The Bun that ``npm install --prefix bench/peers`` put there, or None."""
+    path = Path(peers_dir) / "node_modules" / ".bin" / "bun"
+    return path.resolve() if path.exists() else None
 
 
 def free_port() -> int:
