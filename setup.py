@@ -26,6 +26,8 @@ COMPILED = [
     ("fasthub._core.outbox_c", "fasthub/_core/outbox_py.py"),
     ("fasthub._core.limits_c", "fasthub/_core/limits_py.py"),
     ("fasthub._core.conn_c", "fasthub/_core/conn_py.py"),
+    ("fasthub._core.relay_c", "fasthub/_core/relay_py.py"),
+    ("fasthub._core.streams_c", "fasthub/_core/streams_py.py"),
     ("fasthub._core.sockio_c", "fasthub/_core/sockio_c.pyx"),
     ("fasthub._wire.frames_c", "fasthub/_wire/frames_py.py"),
     ("fasthub._wire.protocol_c", "fasthub/_wire/protocol_py.py"),

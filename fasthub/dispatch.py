@@ -21,7 +21,8 @@ from typing import Any
 
 import orjson
 
-from ._core import ENC_MSGPACK, KIND_TEXT, Payload
+from ._core import ENC_MSGPACK, KIND_TEXT, RELAY_CONGESTED, RELAY_NOT_HANDLED, Payload, Relay
+from .broker import LocalBroker
 from .connection import Connection
 from .exceptions import EnvelopeError, HubError
 from .hub import Hub
@@ -107,6 +108,19 @@ class Dispatcher:
         self.can_join = can_join
         self.can_publish = can_publish
         self.can_message = can_message
+        # a member's plain room message, relayed in one compiled call (``_core.Relay``) when
+        # no application handler or publish hook has to see it
+        self.relay: Relay | None = None
+        if on_message is None and can_publish is None:
+            self.relay = Relay(
+                hub.room_map, self._publish_room, self._relay_pending, utc_timestamp, hub.room_congested,
+                Published, self.max_depth,
+            )
+            broker = hub.broker
+            if isinstance(broker, LocalBroker) and type(broker).publish_stream is LocalBroker.publish_stream:
+                self.relay.local(
+                    broker.streams, hub.config.history_for, hub.fanout, hub.deliver_room, hub.slow_consumers
+                )
         self._builtins: dict[str, Callable[[Connection, Message], Awaitable[None] | Pause | None]] = {
             MessageType.PING.value: self._ping,
             MessageType.PONG.value: self._pong,
@@ -146,6 +160,11 @@ class Dispatcher:
         hub.messages_in += 1
         if binary:
             return self.binary(conn, data)
+        relay = self.relay
+        if relay is not None:
+            done = relay.room_message(conn, data)
+            if done != RELAY_NOT_HANDLED:
+                return PAUSE if done == RELAY_CONGESTED else None
         # Decode, then dispatch. Synchronous unless a handler or hook is async; then the
         # awaitable finishes the job, and the caller awaits it before the connection's next
         # message (one connection's messages stay in order).
@@ -561,17 +580,33 @@ class Dispatcher:
 
     @staticmethod
     def _stored(conn: Connection, msg: Message, kind: str, name: str, done: asyncio.Future[Published]) -> None:
-        if done.cancelled():
-            exc: BaseException | None = asyncio.CancelledError()
-        else:
-            exc = done.exception()
-        if exc is not None:
-            log.debug("fasthub: storing a message in %s:%s failed: %s", kind, name, exc)
-            if msg.id is not None and not conn.closed:
-                conn.send_json(error_envelope(ErrorCode.UNAVAILABLE, "the message could not be stored; retry", msg.id))
-            return
-        if msg.id is not None and not conn.closed:
-            conn.send_payload(_ack(msg, kind, name, done.result()))
+        _answer_stored(conn, msg.id, kind, name, done)
+
+    def _publish_room(
+        self, name: str, body: bytes, idempotency_key: str | None
+    ) -> Published | Awaitable[Published] | int:
+        """The relay's publish: ``_store``'s, for a room."""
+        return self.hub.publish_stored(ROOM, name, body, None, idempotency_key)
+
+    @staticmethod
+    def _relay_pending(conn: Connection, msg_id: Any, name: str, answer: Awaitable[Published]) -> None:
+        """A relayed message the broker stores later: its ``ack`` or ``error`` then."""
+        future = asyncio.ensure_future(answer)
+        future.add_done_callback(lambda done: _answer_stored(conn, msg_id, ROOM, name, done))
+
+
+def _answer_stored(conn: Connection, msg_id: Any, kind: str, name: str, done: asyncio.Future[Published]) -> None:
+    if done.cancelled():
+        exc: BaseException | None = asyncio.CancelledError()
+    else:
+        exc = done.exception()
+    if exc is not None:
+        log.debug("fasthub: storing a message in %s:%s failed: %s", kind, name, exc)
+        if msg_id is not None and not conn.closed:
+            conn.send_json(error_envelope(ErrorCode.UNAVAILABLE, "the message could not be stored; retry", msg_id))
+        return
+    if msg_id is not None and not conn.closed:
+        conn.send_payload(_ack_for(msg_id, kind, name, done.result()))
 
 
 _RESUMED_FIELDS = ("recovered", "reason", "offset", "epoch", "members")
@@ -586,8 +621,12 @@ def _settle_with(fut: asyncio.Future[dict[str, Any]]) -> Callable[[dict[str, Any
 
 
 def _ack(msg: Message, kind: str, name: str, published: Published | None) -> Payload:
+    return _ack_for(msg.id, kind, name, published)
+
+
+def _ack_for(msg_id: Any, kind: str, name: str, published: Published | None) -> Payload:
     """``{"type": "ack", "id": ..., "room"|"to": ..., "payload": {"offset", "epoch"}}``."""
-    out: dict[str, Any] = {"type": MessageType.ACK.value, "id": msg.id}
+    out: dict[str, Any] = {"type": MessageType.ACK.value, "id": msg_id}
     out["room" if kind == ROOM else "to"] = name
     if published is not None:
         body: dict[str, Any] = {"offset": published.offset, "epoch": published.epoch}

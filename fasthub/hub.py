@@ -497,6 +497,11 @@ class Hub:
             self._slow_consumer(conn)  # type: ignore[arg-type]
         return int(count)
 
+    def slow_consumers(self, overflow: list[Connection]) -> None:
+        """Connections a delivery left over budget under policy "close" (``_core.Relay``'s)."""
+        for conn in overflow:
+            self._slow_consumer(conn)
+
     def publish_room(self, name: str, payload: Payload, exclude: Exclude = None) -> int:
         """Send an encoded payload to every member of room ``name`` on every node.
 

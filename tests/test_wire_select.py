@@ -27,6 +27,8 @@ LIVE_KEYS = {
     *wire.TWINS,
     "fasthub._core.outbox_c",
     "fasthub._core.conn_c",
+    "fasthub._core.relay_c",
+    "fasthub._core.streams_c",
     "fasthub._core.limits_c",
     "fasthub._core.sockio_c",
 }

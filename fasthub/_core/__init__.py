@@ -16,9 +16,16 @@ if TYPE_CHECKING:
     from . import conn_py as _conn
     from . import limits_py as _limits
     from . import outbox_py as _outbox
+    from . import relay_py as _relay
+    from . import streams_py as _streams
 else:
-    _outbox, _conn = load_group(
-        [("fasthub._core.outbox_c", "fasthub._core.outbox_py"), ("fasthub._core.conn_c", "fasthub._core.conn_py")]
+    _outbox, _conn, _relay, _streams = load_group(
+        [
+            ("fasthub._core.outbox_c", "fasthub._core.outbox_py"),
+            ("fasthub._core.conn_c", "fasthub._core.conn_py"),
+            ("fasthub._core.relay_c", "fasthub._core.relay_py"),
+            ("fasthub._core.streams_c", "fasthub._core.streams_py"),
+        ]
     )
     _limits = load("fasthub._core.limits_c", "fasthub._core.limits_py")
 
@@ -38,6 +45,13 @@ Outbox = _outbox.Outbox
 Fanout = _outbox.Fanout
 FLUSH_BUCKETS: tuple[int, ...] = _outbox.FLUSH_BUCKETS
 Connection = _conn.Connection
+Relay = _relay.Relay
+MemoryStream = _streams.MemoryStream
+MemoryStreams = _streams.MemoryStreams
+new_epoch = _streams.new_epoch
+with_offset = _streams.with_offset
+RELAY_NOT_HANDLED: int = _relay.NOT_HANDLED
+RELAY_CONGESTED: int = _relay.CONGESTED
 RateLimiter = _limits.RateLimiter
 
 __all__ = [
@@ -53,9 +67,16 @@ __all__ = [
     "KIND_TEXT",
     "OVERFLOW",
     "QUEUED",
+    "RELAY_CONGESTED",
+    "RELAY_NOT_HANDLED",
     "Connection",
     "Fanout",
+    "MemoryStream",
+    "MemoryStreams",
     "Outbox",
     "Payload",
     "RateLimiter",
+    "Relay",
+    "new_epoch",
+    "with_offset",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+import time
 from importlib import metadata
 
 __all__ = ["cpu_busy", "cpu_times", "proc_cpu_s", "proc_status_kb", "versions"]
@@ -31,28 +32,20 @@ def proc_status_kb(pid: int | None, key: str) -> int | None:
 
 
 def proc_cpu_s(pid: int | None) -> float | None:
-    """CPU time of a process in seconds, or None.
+    """CPU time of a process (all its threads) in seconds, or None.
 
-    The sum of its threads' ``schedstat`` run times (nanoseconds) where the kernel has them:
-    ``stat``'s utime + stime count clock ticks (10 ms), too coarse for the short runs that
-    ``fasthub plan`` solves its costs from.
+    Read from the process's CPU-time clock (Linux: ``clock_gettime`` on the clock id
+    ``clock_getcpuclockid(pid)`` would give), which is exact to the nanosecond, including a
+    thread running right now; ``stat``'s utime + stime count clock ticks (10 ms), too coarse for
+    the short runs ``fasthub plan`` solves its costs from, and are the fallback.
     """
     if not pid:
         return None
-    total = read = 0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        tids = []
-    for tid in tids:
+    if sys.platform.startswith("linux"):
         try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-            read += 1
-        except (OSError, ValueError, IndexError):  # a thread gone meanwhile, or no schedstat
-            continue
-    if read:
-        return total / 1e9
+            return time.clock_gettime(((~pid) << 3) | 2)  # MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)
+        except OSError:  # no such process, or not allowed
+            pass
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rpartition(")")[2].split()

@@ -1,0 +1,42 @@
+# Types for relay_py.py compiled as fasthub._core.relay_c.
+cimport cython
+
+from fasthub._core.conn_c cimport Connection
+from fasthub._core.outbox_c cimport Fanout, Payload
+from fasthub._core.streams_c cimport MemoryStream, MemoryStreams
+
+
+@cython.final
+cdef class Relay:
+    cdef public dict rooms
+    cdef public object publish
+    cdef public object pending
+    cdef public object stamp
+    cdef public object congested
+    cdef public object published_type
+    cdef public Py_ssize_t max_depth
+    cdef public unsigned long long relayed
+    cdef public MemoryStreams streams
+    cdef public object history_for
+    cdef public object deliver_room
+    cdef public object overflowed
+    cdef public Fanout fanout
+    cdef public long long stamp_ms
+    cdef public str stamp_text
+    cdef public dict histories
+    cpdef local(self, MemoryStreams streams, object history_for, Fanout fanout, object deliver_room,
+                object overflowed)
+    @cython.locals(envelope=dict, out=dict, known=Py_ssize_t, body=bytes, history=object, streams=MemoryStreams, stream=MemoryStream, stored=Payload,
+                   ms=cython.longlong)
+    cpdef int room_message(self, Connection conn, bytes data)
+    @cython.locals(last_epoch=object)
+    cdef Py_ssize_t _deliver(self, object room, str name, Payload payload, long long offset, str epoch) except -1
+    @cython.locals(members=dict, fanout=Fanout, before=cython.longlong, count=Py_ssize_t, overflow=list)
+    cdef Py_ssize_t _push(self, object room, Payload payload) except -1
+
+
+@cython.locals(n=Py_ssize_t, c=cython.uchar)
+cdef Py_ssize_t _brackets(bytes data)
+
+
+cpdef Payload ack(object msg_id, str name, object published)

@@ -1,0 +1,234 @@
+"""Relay: the common room message, from its bytes to every member, in one compiled call.
+
+Most of what a hub receives is ``{"type": "room_message", "room": R, "payload": ...}`` (maybe
+with an ``id`` and an ``idempotency_key``, as fasthub.js sends) from a member of R. The full
+pipeline builds a ``Message``, walks the dispatcher's layers, then builds the envelope again;
+``Relay.room_message`` takes that one shape straight from ``orjson.loads`` to the stored,
+framed payload instead (``docs/design-notes.md``, "Ingress"). Anything else (another type or
+key, a room it is not a member of, JSON nesting near the limit, bad JSON) is answered
+``NOT_HANDLED`` before anything happened, and the full pipeline takes it with its errors.
+
+Compiled as ``fasthub._core.relay_c`` with ``relay_c.pxd``; this file is also the pure twin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from time import time as _time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from fasthub._wire import _nocython as cython
+else:
+    try:
+        import cython
+    except ImportError:  # pure-Python install: no Cython at run time
+        from fasthub._wire import _nocython as cython
+
+if cython.compiled:
+    from fasthub._core.outbox_c import KIND_TEXT
+else:
+    from fasthub._core.conn_py import Connection
+    from fasthub._core.outbox_py import KIND_TEXT, Fanout, Payload
+    from fasthub._core.streams_py import MemoryStreams
+
+#: ``room_message``'s answers: not this shape (take the full pipeline), done, done and the
+#: room is congested (stop reading the publisher a moment: ``dispatch.PAUSE``)
+NOT_HANDLED = -1
+DONE = 0
+CONGESTED = 1
+
+_ROOM_MESSAGE = "room_message"
+_UNKNOWN = object()
+_MAX_ID_LENGTH = 128  # messages._MAX_ID_LENGTH
+
+
+class Relay:
+    """One per dispatcher: what a room message needs, looked up once.
+
+    ``publish(name, body, idempotency_key)`` stores and delivers (``Hub.publish_stored`` for
+    rooms); ``pending(conn, msg_id, name, answer)`` takes an answer that comes later (a
+    broker's awaitable); ``stamp()`` is the envelope's timestamp; ``congested(name)`` is
+    ``Hub.room_congested``.
+
+    With the in-process broker, ``local(streams, history_for, fanout, deliver_room, overflowed)``
+    lets the relay do ``LocalBroker.publish_stream``'s two steps itself: store in ``streams``,
+    then push to the members through ``fanout`` (``Hub.deliver_room`` for anything but the
+    next message of a room in step; ``overflowed`` closes slow consumers, as the hub does).
+    """
+
+    def __init__(
+        self,
+        rooms: Mapping[str, Any],
+        publish: Callable[[str, bytes, str | None], Any],
+        pending: Callable[[Any, Any, str, Any], None],
+        stamp: Callable[[], str],
+        congested: Callable[[str], bool],
+        published_type: type,
+        max_depth: int,
+    ) -> None:
+        self.rooms = rooms
+        self.publish = publish
+        self.pending = pending
+        self.stamp = stamp
+        self.congested = congested
+        self.published_type = published_type
+        self.max_depth = max_depth
+        self.relayed = 0
+        # set by ``local``; read only while ``streams`` is set
+        self.streams: MemoryStreams | None = None
+        self.history_for: Callable[[str], tuple[int, float] | None] = _unset
+        self.deliver_room: Callable[..., int] = _unset
+        self.overflowed: Callable[[list[Any]], None] = _unset
+        self.fanout: Fanout | None = None
+        self.stamp_ms = 0
+        self.histories: dict[str, tuple[int, float] | None] = {}  # room -> history_for(room)
+        self.stamp_text = ""
+
+    def local(
+        self,
+        streams: MemoryStreams,
+        history_for: Callable[[str], tuple[int, float] | None],
+        fanout: Fanout,
+        deliver_room: Callable[..., int],
+        overflowed: Callable[[list[Any]], None],
+    ) -> None:
+        self.streams = streams
+        self.history_for = history_for
+        self.fanout = fanout
+        self.deliver_room = deliver_room
+        self.overflowed = overflowed
+
+    def room_message(self, conn: Connection, data: bytes) -> int:
+        """Relay ``data`` (a text message's UTF-8 bytes) if it is a member's plain room message."""
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return NOT_HANDLED
+        if type(obj) is not dict:
+            return NOT_HANDLED
+        envelope: dict[str, Any] = obj
+        if envelope.get("type") != _ROOM_MESSAGE:
+            return NOT_HANDLED
+        name = envelope.get("room")
+        if type(name) is not str:
+            return NOT_HANDLED
+        known = 2
+        payload = envelope.get("payload")
+        if payload is not None or "payload" in envelope:
+            known += 1
+        msg_id = envelope.get("id")
+        if msg_id is not None:
+            if not ((type(msg_id) is str and len(msg_id) <= _MAX_ID_LENGTH) or type(msg_id) is int):
+                return NOT_HANDLED
+            known += 1
+        ikey = envelope.get("idempotency_key")
+        if ikey is not None:
+            if type(ikey) is not str or not 0 < len(ikey) <= _MAX_ID_LENGTH:
+                return NOT_HANDLED
+            known += 1
+        if len(envelope) != known:  # timestamp, metadata, to, ...: the full pipeline's
+            return NOT_HANDLED
+        if _brackets(data) > self.max_depth:  # maybe too deep: the full pipeline looks
+            return NOT_HANDLED
+        room = self.rooms.get(name)
+        if room is None or conn.id not in room.member_map:
+            return NOT_HANDLED
+        # the envelope as Message.to_dict writes it: type, payload, room, from, timestamp, id
+        out: dict[str, Any] = {"type": _ROOM_MESSAGE}
+        if payload is not None:
+            out["payload"] = payload
+        out["room"] = name
+        out["from"] = conn.user_id
+        ms = int(_time() * 1000.0)
+        if ms != self.stamp_ms:  # the same string within a millisecond
+            self.stamp_ms = ms
+            self.stamp_text = self.stamp()
+        out["timestamp"] = self.stamp_text
+        if msg_id is not None:
+            out["id"] = msg_id
+        body = orjson.dumps(out)
+        streams = self.streams
+        if streams is None:
+            answer = self.publish(name, body, ikey)
+        else:  # LocalBroker.publish_stream, inline
+            history: Any = self.histories.get(name, _UNKNOWN)
+            if history is _UNKNOWN:
+                history = self.history_for(name)
+                if len(self.histories) >= 10_000:  # bounded: room names come from clients
+                    self.histories.clear()
+                self.histories[name] = history
+            if history is None:
+                answer = self._push(room, Payload(KIND_TEXT, body))
+            else:
+                stream = streams.stream("r:" + name)
+                stored = streams.store(stream, body, history[0], history[1], ikey)
+                if stored is not None:
+                    self._deliver(room, name, stored, stream.answer, stream.epoch)
+                if msg_id is None:
+                    answer = None
+                else:
+                    answer = self.published_type(stream.answer, stream.epoch, stored is None)
+        self.relayed += 1
+        if msg_id is not None:
+            if type(answer) is int:  # sent, not stored (no history): an ack without position
+                conn.send_payload(Payload(KIND_TEXT, orjson.dumps({"type": "ack", "id": msg_id, "room": name})))
+            elif type(answer) is self.published_type:
+                conn.send_payload(ack(msg_id, name, answer))
+            else:
+                self.pending(conn, msg_id, name, answer)
+        elif answer is not None and type(answer) is not int and type(answer) is not self.published_type:
+            self.pending(conn, msg_id, name, answer)  # stored later: errors are only logged
+        if room.congested and self.congested(name):
+            return CONGESTED
+        return DONE
+
+
+    def _deliver(self, room: Any, name: str, payload: Payload, offset: int, epoch: str) -> int:
+        """``Hub.deliver_room`` for the next message of a room in step (the common case); any
+        other case (a new epoch, a gap, members still reading history) is the hub's."""
+        last_epoch = room.epoch
+        if room.syncing is not None or (
+            last_epoch is not None and (last_epoch != epoch or (room.offset and offset > room.offset + 1))
+        ):
+            return int(self.deliver_room(name, payload, None, offset, epoch))
+        room.offset = offset
+        room.epoch = epoch
+        return self._push(room, payload)
+
+    def _push(self, room: Any, payload: Payload) -> int:
+        """``Hub._deliver`` to the room's members, with the room's congestion flag."""
+        members: dict[str, Any] = room.member_map
+        if not members:
+            return 0
+        fanout = self.fanout
+        assert fanout is not None  # set with streams
+        before = fanout.congested
+        count, overflow = fanout.push_many(members, payload, None)
+        if overflow:
+            self.overflowed(overflow)
+        room.congested = fanout.congested != before
+        return int(count)
+
+
+def _brackets(data: bytes) -> int:
+    """``{`` and ``[`` in ``data``: above the depth limit, the message may nest too deep."""
+    n = 0
+    for c in data:
+        if c == 123 or c == 91:
+            n += 1
+    return n
+
+
+def _unset(*args: Any) -> Any:
+    raise RuntimeError("Relay.local was not called")
+
+
+def ack(msg_id: Any, name: str, published: Any) -> Payload:
+    """``{"type": "ack", "id": ..., "room": ..., "payload": {"offset", "epoch"[, "duplicate"]}}``."""
+    body: dict[str, Any] = {"offset": published.offset, "epoch": published.epoch}
+    if published.duplicate:
+        body["duplicate"] = True
+    return Payload(KIND_TEXT, orjson.dumps({"type": "ack", "id": msg_id, "room": name, "payload": body}))

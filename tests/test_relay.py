@@ -1,0 +1,116 @@
+"""``_core.Relay``: the compiled room-message path answers exactly as the full pipeline does.
+
+Every message below goes through two in-memory hubs, one with the relay and one without it
+(``dispatcher.relay = None``: decode, dispatch, ``_store``); what each member gets, acks and
+errors included, must be the same (timestamps and epochs aside, which differ by nature). The
+relay must take the plain shapes and leave every other one to the full pipeline.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fasthub import HubConfig
+from fasthub.testing import Harness
+
+DEEP: Any = {"x": 1}
+for _ in range(40):
+    DEEP = {"d": DEEP}
+
+# (message, whether the relay takes it)
+CASES: list[tuple[Any, bool]] = [
+    ({"type": "room_message", "room": "r", "payload": {"a": 1, "t": "é✓"}}, True),
+    ({"type": "room_message", "room": "r", "payload": [1, 2, 3], "id": "m1"}, True),
+    ({"type": "room_message", "room": "r", "payload": "x", "id": 7, "idempotency_key": "k1"}, True),
+    ({"type": "room_message", "room": "r", "payload": "x", "id": 8, "idempotency_key": "k1"}, True),  # repeated key
+    ({"type": "room_message", "room": "r", "payload": None}, True),
+    ({"type": "room_message", "room": "r"}, True),
+    ({"room": "r", "payload": 1, "type": "room_message"}, True),  # key order does not matter
+    ({"type": "room_message", "room": "r", "payload": 1, "timestamp": "then"}, False),
+    ({"type": "room_message", "room": "r", "payload": 1, "metadata": {"k": "v"}}, False),
+    ({"type": "room_message", "room": "r", "payload": 1, "extra": True}, False),
+    ({"type": "room_message", "room": "elsewhere", "payload": 1}, False),  # not a member
+    ({"type": "room_message", "room": "nowhere!", "payload": 1}, False),  # no such room, bad name
+    ({"type": "room_message", "room": "r", "payload": DEEP}, False),  # too deep
+    ({"type": "room_message", "room": "r", "payload": 1, "id": True}, False),
+    ({"type": "room_message", "room": "r", "payload": 1, "id": "x" * 129}, False),
+    ({"type": "room_message", "room": "r", "payload": 1, "idempotency_key": ""}, False),
+    ({"type": "room_message", "room": 5, "payload": 1}, False),
+    ({"type": "ping", "id": 1}, False),
+    ([1, 2], False),
+    ("{not json", False),
+]
+
+
+def normalize(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: ("T" if k == "timestamp" else "E" if k == "epoch" else normalize(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [normalize(v) for v in value]
+    return value
+
+
+def run(config: HubConfig, relay: bool, cases: list[tuple[Any, bool]]) -> tuple[list[Any], list[Any], int]:
+    with Harness(config) as h:
+        dispatcher = h.app.dispatcher
+        if not relay:
+            dispatcher.relay = None
+        alice, bob = h.connect("alice"), h.connect(None)
+        h.hub.create_room("elsewhere")
+        for c in (alice, bob):
+            c.send({"type": "join_room", "room": "r"})
+        alice.received(), bob.received()
+        for message, _ in cases:
+            alice.send(message)
+        got = normalize(alice.received()), normalize(bob.received())
+        relayed = dispatcher.relay.relayed if dispatcher.relay is not None else 0
+        return got[0], got[1], relayed
+
+
+@pytest.mark.parametrize("history", [100, 0], ids=["history", "no-history"])
+def test_relay_answers_as_the_full_pipeline(history: int) -> None:
+    config = HubConfig(rate_limit=0, history_size=history)
+    fast_alice, fast_bob, relayed = run(config, True, CASES)
+    slow_alice, slow_bob, _ = run(config, False, CASES)
+    assert fast_alice == slow_alice
+    assert fast_bob == slow_bob
+    assert relayed == sum(1 for _, fast in CASES if fast)
+    # something was delivered and answered: the comparison is not of two empty lists
+    kinds = [m["type"] for m in fast_alice]
+    assert kinds.count("room_message") >= 8 and "ack" in kinds and "error" in kinds
+    if history:
+        offsets = [m["offset"] for m in fast_bob if m["type"] == "room_message"]
+        assert offsets == list(range(1, len(offsets) + 1))  # a repeated key is stored once
+        acks = [m for m in fast_alice if m["type"] == "ack"]
+        assert acks[2]["payload"] == {"offset": acks[1]["payload"]["offset"], "epoch": "E", "duplicate": True}
+
+
+def test_a_message_handler_or_publish_hook_turns_the_relay_off() -> None:
+    with Harness(HubConfig(rate_limit=0), on_message=lambda conn, msg: None) as h:
+        assert h.app.dispatcher.relay is None
+    with Harness(HubConfig(rate_limit=0), can_publish=lambda conn, room: True) as h:
+        assert h.app.dispatcher.relay is None
+    with Harness(HubConfig(rate_limit=0)) as h:
+        assert h.app.dispatcher.relay is not None
+
+
+def test_relay_closes_a_slow_consumer_as_the_hub_does() -> None:
+    """A member over its budget under policy "close" is closed by the relay's delivery."""
+    config = HubConfig(
+        rate_limit=0, send_buffer_size=4096, max_message_size=4096, slow_consumer="close", history_size=0
+    )
+    with Harness(config) as h:
+        alice, bob = h.connect("alice"), h.connect("bob")
+        for c in (alice, bob):
+            c.send({"type": "join_room", "room": "r"})
+        relay = h.app.dispatcher.relay
+        assert relay is not None
+        bob.sink.flush = lambda: None  # type: ignore[method-assign]  # bob stops reading
+        for i in range(20):
+            alice.send({"type": "room_message", "room": "r", "payload": "x" * 400 + str(i)})
+        assert relay.relayed >= 11  # the relay took them (a congested room pauses, not refuses)
+        assert bob.conn.closed
+        assert h.hub.slow_consumer_closes == 1
+        assert len([m for m in alice.received() if m["type"] == "room_message"]) == 20
