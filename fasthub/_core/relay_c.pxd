@@ -26,7 +26,7 @@ cdef class Relay:
     cdef public dict histories
     cpdef local(self, MemoryStreams streams, object history_for, Fanout fanout, object deliver_room,
                 object overflowed)
-    @cython.locals(envelope=dict, out=dict, known=Py_ssize_t, body=bytes, history=object, streams=MemoryStreams, stream=MemoryStream, stored=Payload,
+    @cython.locals(envelope=dict, out=dict, known=Py_ssize_t, history=object, streams=MemoryStreams, stream=MemoryStream, stored=Payload,
                    ms=cython.longlong)
     cpdef int room_message(self, Connection conn, bytes data)
     @cython.locals(last_epoch=object)

@@ -136,7 +136,8 @@ class Relay:
         room = self.rooms.get(name)
         if room is None or conn.id not in room.member_map:
             return NOT_HANDLED
-        # the envelope as Message.to_dict writes it: type, payload, room, from, timestamp, id
+        # the envelope as Message.to_dict writes it (type, payload, room, from, timestamp, id),
+        # then the stream's offset as streams.with_offset adds it
         out: dict[str, Any] = {"type": _ROOM_MESSAGE}
         if payload is not None:
             out["payload"] = payload
@@ -149,10 +150,9 @@ class Relay:
         out["timestamp"] = self.stamp_text
         if msg_id is not None:
             out["id"] = msg_id
-        body = orjson.dumps(out)
         streams = self.streams
         if streams is None:
-            answer = self.publish(name, body, ikey)
+            answer = self.publish(name, orjson.dumps(out), ikey)
         else:  # LocalBroker.publish_stream, inline
             history: Any = self.histories.get(name, _UNKNOWN)
             if history is _UNKNOWN:
@@ -161,11 +161,13 @@ class Relay:
                     self.histories.clear()
                 self.histories[name] = history
             if history is None:
-                answer = self._push(room, Payload(KIND_TEXT, body))
+                answer = self._push(room, Payload(KIND_TEXT, orjson.dumps(out)))
             else:
                 stream = streams.stream("r:" + name)
-                stored = streams.store(stream, body, history[0], history[1], ikey)
-                if stored is not None:
+                stored = None
+                if ikey is None or not streams.repeated(stream, ikey):
+                    out["offset"] = stream.offset + 1
+                    stored = streams.store_encoded(stream, orjson.dumps(out), history[0], history[1], ikey)
                     self._deliver(room, name, stored, stream.answer, stream.epoch)
                 if msg_id is None:
                     answer = None

@@ -4,6 +4,7 @@ cimport cython
 from fasthub._core.outbox_c cimport Payload
 
 
+cdef double _NEVER
 cpdef bytes with_offset(bytes body, long long offset)
 
 
@@ -15,6 +16,7 @@ cdef class MemoryStream:
     cdef public dict keys
     cdef public double last_publish
     cdef public long long answer
+    cdef public double expires
     @cython.locals(key=object)
     cpdef prune(self, double now, Py_ssize_t size)
 
@@ -31,5 +33,9 @@ cdef class MemoryStreams:
     @cython.locals(stream=MemoryStream, payload=Payload)
     cpdef tuple append(self, str key, bytes body, Py_ssize_t size, double ttl, object idempotency_key=*)
     cpdef MemoryStream stream(self, str key)
-    @cython.locals(now=double, offset=cython.longlong, payload=Payload)
     cpdef Payload store(self, MemoryStream stream, bytes body, Py_ssize_t size, double ttl, object idempotency_key=*)
+    @cython.locals(keys=dict)
+    cpdef bint repeated(self, MemoryStream stream, str idempotency_key) except -1
+    @cython.locals(now=double, offset=cython.longlong, payload=Payload)
+    cpdef Payload store_encoded(self, MemoryStream stream, bytes data, Py_ssize_t size, double ttl,
+                                object idempotency_key=*)

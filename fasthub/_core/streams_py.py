@@ -29,6 +29,9 @@ else:
     from fasthub._core.outbox_py import KIND_TEXT, Payload
 
 
+_NEVER = float("inf")
+
+
 def new_epoch() -> str:
     """A fresh epoch: 8 URL-safe characters (48 random bits)."""
     return secrets.token_urlsafe(6)
@@ -44,7 +47,7 @@ def with_offset(body: bytes, offset: int) -> bytes:
 class MemoryStream:
     """One stream: its position and its last messages (offset, expiry, payload, idempotency key)."""
 
-    __slots__ = ("answer", "entries", "epoch", "keys", "last_publish", "offset")
+    __slots__ = ("answer", "entries", "epoch", "expires", "keys", "last_publish", "offset")
 
     def __init__(self, now: float, epoch: str) -> None:
         self.epoch = epoch
@@ -54,6 +57,8 @@ class MemoryStream:
         self.last_publish = now
         #: the last ``MemoryStreams.store``'s offset: the new message's, or a repeated key's first
         self.answer = 0
+        #: when the oldest kept message expires (a store looks at nothing else while it is later)
+        self.expires = _NEVER
 
     def prune(self, now: float, size: int) -> None:
         entries = self.entries
@@ -61,6 +66,7 @@ class MemoryStream:
             _, _, _, key = entries.popleft()
             if key is not None and self.keys is not None:
                 self.keys.pop(key, None)
+        self.expires = entries[0][1] if entries else _NEVER
 
 
 class MemoryStreams:
@@ -122,24 +128,41 @@ class MemoryStreams:
     def store(
         self, stream: MemoryStream, body: bytes, size: int, ttl: float, idempotency_key: str | None = None
     ) -> Payload | None:
-        """``append`` without the ``Published`` (the relay's): the payload to deliver, or None for
-        a repeated ``idempotency_key``; ``stream.answer`` is the offset either way."""
-        now = self.clock()
-        if idempotency_key is not None and stream.keys is not None:
-            first = stream.keys.get(idempotency_key)
+        """``append`` without the ``Published``: the payload to deliver, or None for a repeated
+        ``idempotency_key``; ``stream.answer`` is the offset either way."""
+        if idempotency_key is not None and self.repeated(stream, idempotency_key):
+            return None
+        return self.store_encoded(stream, with_offset(body, stream.offset + 1), size, ttl, idempotency_key)
+
+    def repeated(self, stream: MemoryStream, idempotency_key: str) -> bool:
+        """Whether ``idempotency_key`` was stored and is still kept (``stream.answer``: its offset)."""
+        keys = stream.keys
+        if keys is not None:
+            first = keys.get(idempotency_key)
             if first is not None:
                 stream.answer = first
-                return None
+                return True
+        return False
+
+    def store_encoded(
+        self, stream: MemoryStream, data: bytes, size: int, ttl: float, idempotency_key: str | None = None
+    ) -> Payload:
+        """Store ``data``, an envelope that already carries ``"offset": stream.offset + 1`` (the
+        relay encodes it so, once), as the stream's next message."""
+        now = self.clock()
         offset = stream.offset = stream.offset + 1
         stream.answer = offset
         stream.last_publish = now
-        payload = Payload(KIND_TEXT, with_offset(body, offset))
+        payload = Payload(KIND_TEXT, data)
         stream.entries.append((offset, now + ttl, payload, idempotency_key))
         if idempotency_key is not None:
             if stream.keys is None:
                 stream.keys = {}
             stream.keys[idempotency_key] = offset
-        stream.prune(now, size)
+        if len(stream.entries) > size or stream.expires <= now:
+            stream.prune(now, size)
+        elif stream.expires == _NEVER:
+            stream.expires = now + ttl
         self.stored += 1
         return payload
 
