@@ -83,6 +83,7 @@ def main(what: str, n: int) -> None:
     )
     state = SimpleNamespace(connections=set(), tasks=set(), default_headers=[(b"server", b"uvicorn")])
     protocol_class = listener_protocol(10.0, 16384)
+    app_state: dict[str, Any] = {}  # one per server, as uvicorn passes its lifespan state
 
     def tick() -> None:
         loop.run_until_complete(asyncio.sleep(0))
@@ -91,7 +92,7 @@ def main(what: str, n: int) -> None:
     if what == "connect":
         opened = []
         for i in range(n):
-            p = protocol_class(config, state, {}, _loop=loop)
+            p = protocol_class(config, state, app_state, _loop=loop)
             p.connection_made(Transport())
             p.data_received(REQUEST)
             opened.append(p)
@@ -102,7 +103,7 @@ def main(what: str, n: int) -> None:
             p.connection_lost(None)
         tick()
     else:
-        p = protocol_class(config, state, {}, _loop=loop)
+        p = protocol_class(config, state, app_state, _loop=loop)
         p.connection_made(Transport())
         p.data_received(REQUEST)
         tick()

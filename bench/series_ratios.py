@@ -2,7 +2,7 @@
 
 Each round's figure is fasthub's (or base's) result divided by limit_server's result of the same
 round and row; the table gives the median round and every round. Idle memory is absolute (bytes
-per connection), latency is p50 and the p99 ratio, connect is limit's connect time / ours.
+per connection), latency (and p99_1k) is p50 and the p99 ratio, connect is limit's connect time / ours.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def main(path: str) -> None:
                     if row == "scale":
                         text = f"{res.get('connected')} connected, {res.get('probe_members_reached')} got the probe"
                     figures.append((float(per), text))
-                elif row == "latency" and base:
+                elif row in ("latency", "p99_1k") and base:
                     ratio = res["lat_p99_ms"] / base["lat_p99_ms"]
                     figures.append((ratio, f"p50 {res['lat_p50_ms']:.2f} ms, p99 {ratio:.2f} x"))
                 elif base:
