@@ -116,6 +116,7 @@ class Dispatcher:
                 hub.room_map, self._publish_room, self._relay_pending, utc_timestamp, hub.room_congested,
                 Published, self.max_depth,
             )
+            self.relay.limits(self.max_size, self.limited, self.rate, self.byte_rate, self._count)
             broker = hub.broker
             if isinstance(broker, LocalBroker) and type(broker).publish_stream is LocalBroker.publish_stream:
                 self.relay.local(
@@ -165,15 +166,28 @@ class Dispatcher:
             done = relay.room_message(conn, data)
             if done != RELAY_NOT_HANDLED:
                 return PAUSE if done == RELAY_CONGESTED else None
-        # Decode, then dispatch. Synchronous unless a handler or hook is async; then the
-        # awaitable finishes the job, and the caller awaits it before the connection's next
-        # message (one connection's messages stay in order).
+        return self.decoded(conn, data)
+
+    def decoded(self, conn: Connection, data: bytes) -> Awaitable[None] | Pause | None:
+        """A text message ``receive`` has counted and let through (and the relay did not take):
+        decode, then dispatch.
+
+        Synchronous unless a handler or hook is async; then the awaitable finishes the job, and
+        the caller awaits it before the connection's next message (one connection's messages
+        stay in order).
+        """
         try:
             msg = decode(data, self.max_depth, self.max_metadata)
         except EnvelopeError as exc:
             conn.send_json(error_envelope(exc.code, exc.message, exc.msg_id))
             return None
         return self.dispatch(conn, msg)
+
+    def _count(self, nbytes: int, messages: int) -> None:
+        """``Relay.feed``'s counts, once per read."""
+        hub = self.hub
+        hub.bytes_in += nbytes
+        hub.messages_in += messages
 
     def dispatch(self, conn: Connection, msg: Message) -> Awaitable[None] | Pause | None:
         """A decoded message: the application's ``on_message``, then the built-in for its type."""

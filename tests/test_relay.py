@@ -8,12 +8,17 @@ relay must take the plain shapes and leave every other one to the full pipeline.
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from typing import Any
 
 import pytest
 
 from fasthub import HubConfig
+from fasthub._wire.testing import encode_frame
 from fasthub.testing import Harness
+from tests.conftest import RawClient, serve
 
 DEEP: Any = {"x": 1}
 for _ in range(40):
@@ -114,3 +119,67 @@ def test_relay_closes_a_slow_consumer_as_the_hub_does() -> None:
         assert bob.conn.closed
         assert h.hub.slow_consumer_closes == 1
         assert len([m for m in alice.received() if m["type"] == "room_message"]) == 20
+
+
+def frames(*messages: Any) -> bytes:
+    """Client frames in one write: dicts as JSON text, bytes as binary, str as raw text."""
+    out = b""
+    for m in messages:
+        if isinstance(m, bytes):
+            out += encode_frame(0x2, m, mask=os.urandom(4))
+        else:
+            data = m.encode() if isinstance(m, str) else json.dumps(m).encode()
+            out += encode_frame(0x1, data, mask=os.urandom(4))
+    return out
+
+
+def test_one_read_mixing_relayed_and_other_messages_keeps_their_order() -> None:
+    """On the fast path a read's plain room messages go through ``Relay.feed``; a ping, bad
+    JSON, a binary frame or a message with metadata among them is answered in its place."""
+    rm = {"type": "room_message", "room": "r"}
+    with serve(config=HubConfig(rate_limit=0), ws="fasthub") as server:
+        c = RawClient(server, "")
+        assert c.json()["payload"]["event"] == "connected"
+        c.send_json({"type": "join_room", "room": "r"})
+        assert c.json()["payload"]["event"] == "joined"
+        relay = server.app.dispatcher.relay
+        assert relay is not None
+        before = relay.relayed
+        c.sock.sendall(frames(
+            {**rm, "payload": 1}, {"type": "ping", "id": "p"}, {**rm, "payload": 2}, "{bad",
+            {**rm, "payload": 3}, b"\x00", {**rm, "payload": 4, "metadata": {"m": 1}}, {**rm, "payload": 5, "id": 9},
+        ))
+        got = [c.json() for _ in range(9)]
+        summary = [(m["type"], m.get("payload") if m["type"] == "room_message" else m.get("id")) for m in got]
+        assert summary == [
+            ("room_message", 1), ("pong", "p"), ("room_message", 2), ("error", None), ("room_message", 3),
+            ("error", None), ("room_message", 4), ("room_message", 5), ("ack", 9),
+        ]
+        assert got[3]["payload"]["code"] == "invalid_json"
+        assert got[5]["payload"]["code"] == "unsupported_data"
+        assert got[6]["metadata"] == {"m": 1}
+        assert relay.relayed - before == 4  # 1, 2, 3 and 5: the one with metadata is the pipeline's
+        c.close()
+
+
+def test_feed_spends_the_rate_limit_as_receive_does() -> None:
+    """Past the burst, the relay's loop refuses as the pipeline does: ``rate_limited``, and the
+    messages after the pause still arrive in order."""
+    config = HubConfig(rate_limit=5, rate_limit_bytes=0, rate_limit_strikes=1000)
+    with serve(config=config, ws="fasthub") as server:
+        c = RawClient(server, "")
+        assert c.json()["payload"]["event"] == "connected"
+        c.send_json({"type": "join_room", "room": "r"})
+        assert c.json()["payload"]["event"] == "joined"
+        c.sock.sendall(frames(*({"type": "room_message", "room": "r", "payload": i} for i in range(30))))
+        seen, limited = [], 0
+        deadline = time.monotonic() + 10
+        while len(seen) + limited < 30 and time.monotonic() < deadline:
+            m = c.json()
+            if m["type"] == "error":
+                assert m["payload"]["code"] == "rate_limited"
+                limited += 1
+            else:
+                seen.append(m["payload"])
+        assert limited >= 1 and seen == sorted(seen) and len(seen) >= 5
+        c.close()

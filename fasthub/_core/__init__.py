@@ -52,6 +52,10 @@ new_epoch = _streams.new_epoch
 with_offset = _streams.with_offset
 RELAY_NOT_HANDLED: int = _relay.NOT_HANDLED
 RELAY_CONGESTED: int = _relay.CONGESTED
+RELAY_FED: int = _relay.FED
+RELAY_ACCOUNTED: int = _relay.ACCOUNTED
+RELAY_REFUSED: int = _relay.REFUSED
+RELAY_PAUSED: int = _relay.PAUSED
 RateLimiter = _limits.RateLimiter
 
 __all__ = [
@@ -67,8 +71,12 @@ __all__ = [
     "KIND_TEXT",
     "OVERFLOW",
     "QUEUED",
+    "RELAY_ACCOUNTED",
     "RELAY_CONGESTED",
+    "RELAY_FED",
     "RELAY_NOT_HANDLED",
+    "RELAY_PAUSED",
+    "RELAY_REFUSED",
     "Connection",
     "Fanout",
     "MemoryStream",

@@ -24,6 +24,17 @@ cdef class Relay:
     cdef public long long stamp_ms
     cdef public str stamp_text
     cdef public dict histories
+    cdef public Py_ssize_t max_size
+    cdef public bint limited
+    cdef public double rate
+    cdef public double byte_rate
+    cdef public object count
+    cdef public int status
+    cdef public double wait
+    cpdef limits(self, Py_ssize_t max_size, bint limited, double rate, double byte_rate, object count)
+    @cython.locals(i=Py_ssize_t, n=Py_ssize_t, n_bytes=Py_ssize_t, n_msgs=Py_ssize_t, status=int, event=tuple,
+                   data=bytes, wait=double, done=int)
+    cpdef Py_ssize_t feed(self, Connection conn, list events, Py_ssize_t stop, double now) except -1
     cpdef local(self, MemoryStreams streams, object history_for, Fanout fanout, object deliver_room,
                 object overflowed)
     @cython.locals(envelope=dict, out=dict, known=Py_ssize_t, history=object, streams=MemoryStreams, stream=MemoryStream, stored=Payload,
@@ -37,6 +48,8 @@ cdef class Relay:
 
 @cython.locals(n=Py_ssize_t, c=cython.uchar)
 cdef Py_ssize_t _brackets(bytes data)
+
+cdef int _OP_TEXT
 
 
 cpdef Payload ack(object msg_id, str name, object published)

@@ -40,6 +40,15 @@ NOT_HANDLED = -1
 DONE = 0
 CONGESTED = 1
 
+#: ``feed``'s ``status``: how far it got with ``events[i]``, the event it stopped at (see there)
+FED = 0
+UNTOUCHED = 1
+ACCOUNTED = 2
+REFUSED = 3
+PAUSED = 4
+
+_OP_TEXT = 1
+
 _ROOM_MESSAGE = "room_message"
 _UNKNOWN = object()
 _MAX_ID_LENGTH = 128  # messages._MAX_ID_LENGTH
@@ -84,6 +93,14 @@ class Relay:
         self.overflowed: Callable[[list[Any]], None] = _unset
         self.fanout: Fanout | None = None
         self.stamp_ms = 0
+        # ``feed``: Dispatcher.receive's limits and counters (``limits``), and its answers
+        self.max_size = 0
+        self.limited = False
+        self.rate = 0.0
+        self.byte_rate = 0.0
+        self.count: Callable[[int, int], None] = _unset
+        self.status = FED
+        self.wait = 0.0
         self.histories: dict[str, tuple[int, float] | None] = {}  # room -> history_for(room)
         self.stamp_text = ""
 
@@ -100,6 +117,67 @@ class Relay:
         self.fanout = fanout
         self.deliver_room = deliver_room
         self.overflowed = overflowed
+
+    def limits(
+        self, max_size: int, limited: bool, rate: float, byte_rate: float, count: Callable[[int, int], None]
+    ) -> None:
+        """What ``feed`` checks as ``Dispatcher.receive`` does, and ``count(bytes_in, messages_in)``
+        to add its counts to the hub's, once per ``feed``."""
+        self.max_size = max_size
+        self.limited = limited
+        self.rate = rate
+        self.byte_rate = byte_rate
+        self.count = count
+
+    def feed(self, conn: Connection, events: list[tuple[int, Any]], stop: int, now: float) -> int:
+        """``Dispatcher.receive`` for ``events[:stop]`` (one read's ``(opcode, data)``) while each is
+        a text message the relay takes; returns the index ``i`` of the first it did not finish,
+        and ``status`` says what became of ``events[i]``:
+
+        - ``FED``: ``i == stop``, all of them done;
+        - ``UNTOUCHED``: not a text message, or over ``max_size``: ``receive`` it as usual;
+        - ``ACCOUNTED``: counted and its rate-limit tokens spent, not a shape the relay takes:
+          ``Dispatcher.decoded`` it;
+        - ``REFUSED``: the rate limit refused it (``wait``: seconds until the next may pass);
+        - ``PAUSED``: relayed, and its room is congested: pause before the next.
+        """
+        i = 0
+        n_bytes = 0
+        n_msgs = 0
+        status = FED
+        while i < stop:
+            event = events[i]
+            if event[0] != _OP_TEXT:
+                status = UNTOUCHED
+                break
+            data: bytes = event[1]
+            n = len(data)
+            if n > self.max_size:
+                status = UNTOUCHED
+                break
+            n_bytes += n
+            if conn.closing:  # the rest of a closing connection's read is dropped, as receive does
+                i += 1
+                continue
+            if self.limited:
+                wait = conn.spend(now, n, self.rate, self.byte_rate)
+                if wait:
+                    self.wait = wait
+                    status = REFUSED
+                    break
+            n_msgs += 1
+            done = self.room_message(conn, data)
+            if done == NOT_HANDLED:
+                status = ACCOUNTED
+                break
+            if done == CONGESTED:
+                status = PAUSED
+                break
+            i += 1
+        self.status = status
+        if n_bytes:
+            self.count(n_bytes, n_msgs)
+        return i
 
     def room_message(self, conn: Connection, data: bytes) -> int:
         """Relay ``data`` (a text message's UTF-8 bytes) if it is a member's plain room message."""

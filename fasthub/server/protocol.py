@@ -26,10 +26,10 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .._core import ENC_MSGPACK, KIND_CLOSE, KIND_RAW, Payload
+from .._core import ENC_MSGPACK, KIND_CLOSE, KIND_RAW, RELAY_ACCOUNTED, RELAY_FED, RELAY_PAUSED, RELAY_REFUSED, Payload
 from .._wire import OP_BINARY, OP_CLOSE, OP_TEXT, OPEN, ServerProtocol, build_frame, deflate
 from ..auth import MSGPACK_SUBPROTOCOL
-from ..dispatch import Pause
+from ..dispatch import PAUSE, Pause
 from . import handshake
 from .uvicorn import Shared
 
@@ -50,6 +50,8 @@ LINGERING = 5  # close frame sent and our side shut down; reading and discarding
 HANDED_OFF = 6  # the connection belongs to uvicorn's HTTP protocol now (listener)
 
 _TURN = 64  # frames one connection may have handled per loop iteration (fair scheduling)
+_NOTHING = object()
+FED, ACCOUNTED, REFUSED, PAUSED = RELAY_FED, RELAY_ACCOUNTED, RELAY_REFUSED, RELAY_PAUSED
 _EARLY_MAX = 64 * 1024  # bytes kept from a client that sends frames before the 101
 CLOSE_TIMEOUT = 5.0  # seconds to wait for the peer's close frame before dropping TCP
 # A failing connection (flood, slow consumer, oversize, protocol error, dead peer) is not read
@@ -459,14 +461,34 @@ class HubProtocol(asyncio.Protocol):
         assert conn is not None and dispatcher is not None
         receive = dispatcher.receive
         now = conn.last_seen
-        for i, (opcode, data) in enumerate(events):
+        start = 0
+        first: Any = _NOTHING  # the result for events[start] when the relay has produced it
+        relay = dispatcher.relay
+        if relay is not None:  # plain room messages, relayed in one compiled loop
+            start = relay.feed(conn, events, len(events) if len(events) < _TURN else _TURN, now)
+            status = relay.status
+            if status == FED:
+                if start == len(events):
+                    return
+            elif status == ACCOUNTED:
+                first = dispatcher.decoded(conn, events[start][1])  # type: ignore[arg-type]
+            elif status == REFUSED:
+                dispatcher.rate_limited(conn)
+                first = relay.wait
+            elif status == PAUSED:
+                first = PAUSE
+        for i in range(start, len(events)):
+            opcode, data = events[i]
             if i == _TURN:
                 self.backlog = collections.deque(events[i:])
                 self.hold_reading()
                 self.loop.call_soon(self._next_turn)
                 return
             if opcode in (OP_TEXT, OP_BINARY):
-                result = receive(conn, data, opcode == OP_BINARY, now)  # type: ignore[arg-type]
+                if first is not _NOTHING:
+                    result, first = first, _NOTHING
+                else:
+                    result = receive(conn, data, opcode == OP_BINARY, now)  # type: ignore[arg-type]
                 if result is None:
                     continue
                 if result.__class__ is float:  # refused by the rate limit: stop reading a while
