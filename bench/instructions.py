@@ -3,6 +3,7 @@
 Wall-clock figures on a shared VM drift by 10-30%; instructions do not. This drives the real
 ``ListenerProtocol`` (``fasthub serve``'s) over a stand-in transport: ``connect`` opens N
 connections (request head -> direct open -> 101 and ``connected`` flushed) and closes them;
+``join`` does the same with a ``join_room`` from each (N a multiple of 256);
 ``ingress`` sends N ``room_message`` frames (masked, 16 per read, as the loadgen's ingress
 does) to a room whose only member is the sender, each relayed back. Run it through
 ``bench/instructions.sh``, which subtracts a short run from a long one (start-up cancels out).
@@ -89,8 +90,9 @@ def main(what: str, n: int) -> None:
         loop.run_until_complete(asyncio.sleep(0))
 
     gc.disable()
-    if what == "connect":
+    if what in ("connect", "join"):
         opened = []
+        join = encode_frame(1, b'{"type":"join_room","room":"lobby"}', mask=b"\x01\x02\x03\x04")
         for i in range(n):
             p = protocol_class(config, state, app_state, _loop=loop)
             p.connection_made(Transport())
@@ -98,6 +100,10 @@ def main(what: str, n: int) -> None:
             opened.append(p)
             if i % 256 == 255:
                 tick()
+                if what == "join":  # as the loadgen's idle does: each joins one room once open
+                    for q in opened[-256:]:
+                        q.data_received(join)
+                    tick()
         tick()
         for p in opened:
             p.connection_lost(None)
