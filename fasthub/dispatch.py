@@ -374,6 +374,10 @@ class Dispatcher:
         room = self.rooms.get(name) if name is not None else None
         if room is None:
             name = self._room_name(msg)
+        if room is not None and room.syncing and conn.id in room.syncing:
+            joining = self.hub.join_pending(conn.id, name)  # type: ignore[arg-type]
+            if joining is not None:  # its own join still reads the room's position: after it
+                return self._after_join(joining, conn, msg)
         if self.can_publish is None:
             if room is None or conn.id not in room.member_map:
                 raise EnvelopeError(ErrorCode.NOT_MEMBER, f"join {name!r} before sending to it")
@@ -391,6 +395,22 @@ class Dispatcher:
 
         denied = EnvelopeError(ErrorCode.FORBIDDEN, f"not allowed to publish to {name!r}")
         return self._gate(conn, msg, self.can_publish(conn, name), publish, denied)
+
+    async def _after_join(self, joining: Awaitable[None], conn: Connection, msg: Message) -> None:
+        """A room message sent while the sender's own join of the room was still answered:
+        published once the join is (the connection's later messages wait for it)."""
+        await joining
+        if conn.closed:
+            return
+        try:
+            rest = self._room_message(conn, msg)
+        except EnvelopeError as exc:
+            conn.send_json(error_envelope(exc.code, exc.message, msg.id))
+            return
+        if isinstance(rest, Pause):
+            await asyncio.sleep(rest)
+        elif rest is not None:
+            await rest
 
     def _user_message(self, conn: Connection, msg: Message) -> Awaitable[None] | None:
         to = msg.to

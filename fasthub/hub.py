@@ -132,6 +132,8 @@ class Hub:
         self._user_syncing: dict[str, dict[str, list[Held]]] = {}
         # (connection id, room) -> called with the joined reply's payload (a session resume waits)
         self._join_done: dict[tuple[str, str], Callable[[dict[str, Any]], None]] = {}
+        # (connection id, room) -> done when that pending join is answered (``join_pending``)
+        self._join_waiters: dict[tuple[str, str], asyncio.Future[None]] = {}
         self.signer = Signer(self.config.session_secret)
         self.sessions_saved = 0
         self.joins_unavailable = 0  # joins refused because the room's position could not be read
@@ -403,6 +405,29 @@ class Hub:
 
     def shared_secret(self, secret: bytes) -> None:
         self.signer.share(secret)
+
+    def join_pending(self, conn_id: str, name: str) -> asyncio.Future[None] | None:
+        """Done when ``conn_id``'s join of ``name``, still waiting for the broker, is answered;
+        None when no join of it waits.
+
+        A member's own message published meanwhile would be stored before the position its
+        join reads, so the joined reply would count it as seen and it would never reach that
+        member (with Redis, a client that sends right after ``join_room``): the pipeline
+        publishes it after this.
+        """
+        key = (conn_id, name)
+        if key not in self._pending_joins:
+            return None
+        waiter = self._join_waiters.get(key)
+        if waiter is None:
+            loop = self._loop if self._loop is not None else asyncio.get_event_loop()
+            waiter = self._join_waiters[key] = loop.create_future()
+        return waiter
+
+    def _join_answered(self, key: tuple[str, str]) -> None:
+        waiter = self._join_waiters.pop(key, None) if self._join_waiters else None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def forget_join(self, conn_id: str, name: str) -> None:
         """Drop the ``on_joined`` callback of a join that failed or is no longer waited for."""
@@ -980,6 +1005,7 @@ class Hub:
         held = self._end_sync(room, conn.id)
         answer = answer if history is not None else False
         self._finish_join(conn, room, entry[1], entry[2], since, answer, held, counted)
+        self._join_answered(key)
 
     def streams_reconnected(self) -> None:
         """The broker was away: every room served here is checked against its stream, and the
@@ -1217,6 +1243,7 @@ class Hub:
             _, first, more = self._pending_joins.pop((conn.id, name))
             self._end_sync(room, conn.id)
             self._announce_join(conn, room, first, more)
+            self._join_answered((conn.id, name))
         elif room.syncing:
             self._end_sync(room, conn.id)
         del room.member_map[conn.id]

@@ -183,3 +183,31 @@ def test_feed_spends_the_rate_limit_as_receive_does() -> None:
                 seen.append(m["payload"])
         assert limited >= 1 and seen == sorted(seen) and len(seen) >= 5
         c.close()
+
+
+@pytest.mark.parametrize("with_id", [False, True], ids=["plain", "with-id"])
+def test_a_message_sent_right_after_join_reaches_its_sender_through_redis(redis_server: Any, with_id: bool) -> None:
+    """With Redis a join reads the room's position from the broker. A message the new member
+    sends before the ``joined`` reply (in the same write, as a load generator does) is published
+    after that read: the reply's offset is before it, and the member gets it (it was stored
+    first, counted as seen, and never delivered before)."""
+    from fasthub.broker import RedisBroker
+
+    broker = RedisBroker(redis_server.url, prefix=f"joinrace{os.getpid()}", ttl=2.0)
+    with serve(config=HubConfig(rate_limit=0), ws="fasthub", broker=broker) as server:
+        c = RawClient(server, "")
+        assert c.json()["payload"]["event"] == "connected"
+        extra = {"id": "m1"} if with_id else {}
+        c.sock.sendall(frames(
+            {"type": "join_room", "room": "race"},
+            {"type": "room_message", "room": "race", "payload": {"n": 1}, **extra},
+            {"type": "room_message", "room": "race", "payload": {"n": 2}},
+        ))
+        joined = c.json()
+        assert joined["payload"]["event"] == "joined" and joined["payload"]["offset"] == 0
+        got = [c.json() for _ in range(3 if with_id else 2)]
+        messages = [m for m in got if m["type"] == "room_message"]
+        assert [(m["payload"]["n"], m["offset"]) for m in messages] == [(1, 1), (2, 2)]
+        if with_id:
+            assert next(m for m in got if m["type"] == "ack")["payload"]["offset"] == 1
+        c.close()

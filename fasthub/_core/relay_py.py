@@ -214,6 +214,9 @@ class Relay:
         room = self.rooms.get(name)
         if room is None or conn.id not in room.member_map:
             return NOT_HANDLED
+        syncing = room.syncing
+        if syncing and conn.id in syncing:  # its join may still be reading history: the pipeline waits
+            return NOT_HANDLED
         # the envelope as Message.to_dict writes it (type, payload, room, from, timestamp, id),
         # then the stream's offset as streams.with_offset adds it
         out: dict[str, Any] = {"type": _ROOM_MESSAGE}
