@@ -33,7 +33,6 @@ cdef class MemoryStreams:
     @cython.locals(stream=MemoryStream, payload=Payload)
     cpdef tuple append(self, str key, bytes body, Py_ssize_t size, double ttl, object idempotency_key=*)
     cpdef MemoryStream stream(self, str key)
-    cpdef Payload store(self, MemoryStream stream, bytes body, Py_ssize_t size, double ttl, object idempotency_key=*)
     @cython.locals(keys=dict)
     cpdef bint repeated(self, MemoryStream stream, str idempotency_key) except -1
     @cython.locals(now=double, offset=cython.longlong, payload=Payload)

@@ -55,7 +55,7 @@ class MemoryStream:
         self.entries: deque[tuple[int, float, Payload, str | None]] = deque()
         self.keys: dict[str, int] | None = None  # idempotency key -> offset, while the entry is kept
         self.last_publish = now
-        #: the last ``MemoryStreams.store``'s offset: the new message's, or a repeated key's first
+        #: the offset the last store answered: the new message's, or a repeated key's first
         self.answer = 0
         #: when the oldest kept message expires (a store looks at nothing else while it is later)
         self.expires = _NEVER
@@ -116,23 +116,14 @@ class MemoryStreams:
         publish's position and None for a repeated ``idempotency_key``.
         """
         stream = self.stream(key)
-        payload = self.store(stream, body, size, ttl, idempotency_key)
-        if payload is None:
+        if idempotency_key is not None and self.repeated(stream, idempotency_key):
             return Published(stream.answer, stream.epoch, duplicate=True), None
+        payload = self.store_encoded(stream, with_offset(body, stream.offset + 1), size, ttl, idempotency_key)
         return Published(stream.answer, stream.epoch), payload
 
     def stream(self, key: str) -> MemoryStream:
-        """The stream ``key``, made if need be (``store``'s first argument)."""
+        """The stream ``key``, made if need be (``repeated``'s and ``store_encoded``'s first argument)."""
         return self._stream(key, self.clock())
-
-    def store(
-        self, stream: MemoryStream, body: bytes, size: int, ttl: float, idempotency_key: str | None = None
-    ) -> Payload | None:
-        """``append`` without the ``Published``: the payload to deliver, or None for a repeated
-        ``idempotency_key``; ``stream.answer`` is the offset either way."""
-        if idempotency_key is not None and self.repeated(stream, idempotency_key):
-            return None
-        return self.store_encoded(stream, with_offset(body, stream.offset + 1), size, ttl, idempotency_key)
 
     def repeated(self, stream: MemoryStream, idempotency_key: str) -> bool:
         """Whether ``idempotency_key`` was stored and is still kept (``stream.answer``: its offset)."""
