@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -260,3 +261,28 @@ def test_serve_compression_options() -> None:
         raw = open_raw(ctx)
         assert raw.headers["sec-websocket-extensions"] == "permessage-deflate; server_no_context_takeover"
         raw.close()
+
+
+def test_serve_on_a_busy_port_exits_with_redis_connecting(redis_server: Any) -> None:
+    """A port it cannot bind ends `fasthub serve --redis` at once (exit 3), as without Redis.
+
+    The lifespan's shutdown cancels the broker while redis-py is still connecting; redis-py
+    swallowed that cancel and the shutdown waited for the broker forever."""
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        port = busy.getsockname()[1]
+        started = time.monotonic()
+        out = subprocess.run(
+            [sys.executable, "-m", "fasthub", "serve", "--port", str(port), "--redis", redis_server.url],
+            capture_output=True,
+            timeout=30,
+        )
+        took = time.monotonic() - started
+    finally:
+        busy.close()
+    assert out.returncode == 3, out.stderr[-2000:]
+    assert b"address already in use" in out.stderr
+    assert b"Application shutdown complete" in out.stderr
+    assert took < 10

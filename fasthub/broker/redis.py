@@ -249,9 +249,14 @@ class RedisBroker:
             await self.flush(1.0)
         main, self._main = self._main, None
         if main is not None:
-            main.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await main
+            # redis-py can swallow a cancel that lands inside its connect: cancel until it ends
+            for _ in range(20):
+                main.cancel()
+                await asyncio.wait([main], timeout=0.25)
+                if main.done():
+                    break
+            if main.done() and not main.cancelled():
+                main.exception()  # retrieved: an ending connect's error is not news at close
         if self._link is not None and self.up:
             me = self.node_id
             with contextlib.suppress(Exception):
@@ -275,6 +280,9 @@ class RedisBroker:
         while True:
             try:
                 await self._connect()
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError  # close() cancelled the connect; redis-py swallowed it
                 delay = 0.05
                 if self.outages:
                     log.warning("fasthub: broker: Redis at %s is back", redact(self.url))
