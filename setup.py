@@ -29,6 +29,7 @@ COMPILED = [
     ("fasthub._core.relay_c", "fasthub/_core/relay_py.py"),
     ("fasthub._core.streams_c", "fasthub/_core/streams_py.py"),
     ("fasthub._core.sockio_c", "fasthub/_core/sockio_c.pyx"),
+    ("fasthub._core.reactor_c", "fasthub/_core/reactor_c.pyx"),
     ("fasthub._wire.frames_c", "fasthub/_wire/frames_py.py"),
     ("fasthub._wire.protocol_c", "fasthub/_wire/protocol_py.py"),
     ("fasthub._wire.mask_c", "fasthub/_wire/mask_c.pyx"),

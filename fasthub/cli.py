@@ -157,6 +157,13 @@ def _parser() -> argparse.ArgumentParser:
         "uvicorn's httptools protocol (the portable path; needs pip install 'fasthub[portable]')",
     )
     serve.add_argument(
+        "--io",
+        default="fasthub",
+        choices=["fasthub", "uvloop"],
+        help="socket layer of the fast path over plain TCP: fasthub's own epoll set (default; less memory and "
+        "work per connection) or uvloop's transports (TLS always uses uvloop's)",
+    )
+    serve.add_argument(
         "--echo",
         action="store_true",
         help="conformance/debug mode: echo every message back unchanged (no hub); for Autobahn runs",
@@ -327,10 +334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"fasthub: {exc}", file=sys.stderr)
             return 2
         if args.echo:
-            import uvicorn
-
             from .server.echo import ECHO_MAX_MESSAGE_SIZE, echo_app
             from .server.run import uvicorn_config
+            from .server.serving import HubServer
 
             max_size = args.max_message_size or ECHO_MAX_MESSAGE_SIZE
             try:
@@ -341,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except MissingWebSocketImplementation as exc:
                 print(f"fasthub: {exc}", file=sys.stderr)
                 return 2
-            uvicorn.Server(echo_config).run()
+            HubServer(echo_config, args.io).run()
             return 0
         try:
             authenticate = _authenticator(args)
@@ -416,7 +422,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 server_options["proxy_headers"] = True
                 if args.forwarded_allow_ips is not None:
                     server_options["forwarded_allow_ips"] = args.forwarded_allow_ips
-            run(app, args.host, args.port, args.log_level, ws=args.ws, reuse_port=args.reuse_port, **server_options)
+            run(
+                app, args.host, args.port, args.log_level, ws=args.ws, reuse_port=args.reuse_port, io=args.io,
+                **server_options,
+            )
         except OSError as exc:  # the port (with --reuse-port: bound here, not by uvicorn)
             print(f"fasthub: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
             return 2

@@ -122,9 +122,13 @@ def serve(
 def uvicorn_thread(
     config: uvicorn.Config, sock: socket.socket | None = None
 ) -> Iterator[tuple[uvicorn.Server, threading.Thread]]:
-    """Run a uvicorn server in a thread on ``sock`` (a free loopback port if omitted)."""
+    """Run a uvicorn server in a thread on ``sock`` (a free loopback port if omitted): a
+    ``HubServer``, as ``fasthub serve`` runs (fasthub's socket layer on the fast path, unless
+    ``FASTHUB_TEST_IO=uvloop``)."""
+    from fasthub.server.serving import HubServer
+
     sock = sock if sock is not None else free_socket()
-    server = uvicorn.Server(config)
+    server = HubServer(config, os.environ.get("FASTHUB_TEST_IO", "fasthub"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

@@ -31,6 +31,7 @@ LIVE_KEYS = {
     "fasthub._core.streams_c",
     "fasthub._core.limits_c",
     "fasthub._core.sockio_c",
+    "fasthub._core.reactor_c",
 }
 
 #: FASTHUB_NO_EXTENSIONS values -> pure twins?

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from . import conn_py as _conn
     from . import limits_py as _limits
     from . import outbox_py as _outbox
+    from . import reactor_py as _reactor
     from . import relay_py as _relay
     from . import streams_py as _streams
 else:
@@ -28,6 +29,7 @@ else:
         ]
     )
     _limits = load("fasthub._core.limits_c", "fasthub._core.limits_py")
+    _reactor = load("fasthub._core.reactor_c", "fasthub._core.reactor_py")
 
 KIND_TEXT = _outbox.KIND_TEXT
 KIND_BINARY = _outbox.KIND_BINARY
@@ -57,6 +59,8 @@ RELAY_ACCOUNTED: int = _relay.ACCOUNTED
 RELAY_REFUSED: int = _relay.REFUSED
 RELAY_PAUSED: int = _relay.PAUSED
 RateLimiter = _limits.RateLimiter
+Reactor = _reactor.Reactor
+SocketTransport = _reactor.SocketTransport
 
 __all__ = [
     "CLOSED",
@@ -84,7 +88,9 @@ __all__ = [
     "Outbox",
     "Payload",
     "RateLimiter",
+    "Reactor",
     "Relay",
+    "SocketTransport",
     "new_epoch",
     "with_offset",
 ]

@@ -141,11 +141,14 @@ def run(
     port: int = 8080,
     log_level: str = "info",
     reuse_port: bool = False,
+    io: str = "fasthub",
     **uvicorn_options: Any,
 ) -> None:
     """Serve ``app`` (or a hub, or a new default hub) until interrupted.
 
     ``reuse_port``: bind with ``SO_REUSEPORT`` (several processes on one port, as ``--workers``).
+    ``io``: ``"fasthub"`` serves plain-TCP connections of the fast path with fasthub's own
+    socket layer (``HubServer``), ``"uvloop"`` with uvloop's transports.
     """
 
     if not isinstance(app, FasthubApp):
@@ -160,11 +163,11 @@ def run(
     # generation less often, and move everything alive at start-up out of the collector's way.
     gc.set_threshold(20_000, 50, 100)
     gc.freeze()
-    server = draining_server(uvicorn_config(app, host, port, log_level, **uvicorn_options), app, reuse_port)
+    server = draining_server(uvicorn_config(app, host, port, log_level, **uvicorn_options), app, reuse_port, io)
     server.run(sockets=[reuse_port_socket(host, port)] if reuse_port else None)
 
 
-def draining_server(config: Any, app: FasthubApp, stop_listening: bool) -> Any:
+def draining_server(config: Any, app: FasthubApp, stop_listening: bool, io: str = "fasthub") -> Any:
     """A ``uvicorn.Server`` whose first SIGTERM drains ``app`` before the usual shutdown.
 
     The drain (``FasthubApp.drain``) refuses new connections with 503 (``/readyz`` says
@@ -175,9 +178,9 @@ def draining_server(config: Any, app: FasthubApp, stop_listening: bool) -> Any:
     """
     import signal
 
-    import uvicorn
+    from .serving import HubServer
 
-    class DrainingServer(uvicorn.Server):
+    class DrainingServer(HubServer):
         drain_task: asyncio.Task[None] | None = None
         loop: asyncio.AbstractEventLoop | None = None
 
@@ -212,4 +215,4 @@ def draining_server(config: Any, app: FasthubApp, stop_listening: bool) -> Any:
                 logging.getLogger("fasthub").exception("fasthub: drain failed")
             self.should_exit = True
 
-    return DrainingServer(config)
+    return DrainingServer(config, io)
