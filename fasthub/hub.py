@@ -941,10 +941,10 @@ class Hub:
             counted = remote.presence_change(name, conn.user_id, 1, self._info(conn, name))
         history = self.config.history_for(name)
         answer: Any = None
-        later = inspect.isawaitable(counted)
+        later = _pending(counted)
         if history is not None and waiter is None:
             answer = self._read_position(name, since, history)
-            if not later and not inspect.isawaitable(answer):
+            if not later and not _pending(answer):
                 self._finish_join(conn, room, reply_id, (), since, answer, [], counted)
                 return room
         elif history is None and waiter is None and not later:
@@ -1265,11 +1265,11 @@ class Hub:
         if 0 < size < self.config.member_events_limit and self._alone(conn, room):
             # once per user: only when its last connection in the room, on every node, left
             event = self._member_event("user_left", room, conn, size)
-            if inspect.isawaitable(counted):
+            if _pending(counted):
                 counted.add_done_callback(lambda done: self._left_everywhere(done, name, event))  # type: ignore[attr-defined]
             elif not counted:
                 self.publish_room(name, event)
-        elif inspect.isawaitable(counted):
+        elif _pending(counted):
             _settled(counted)
         return True
 
@@ -1524,6 +1524,15 @@ class Hub:
 
 
 _background: set[asyncio.Future[Any]] = set()
+
+
+def _pending(answer: Any) -> bool:
+    """``inspect.isawaitable`` for a broker's answer, without its ABC checks for the usual plain
+    answers (None, a count, a ``Position``): a join and a leave ask this up to three times."""
+    return answer is not None and type(answer) not in _PLAIN_ANSWERS and inspect.isawaitable(answer)
+
+
+_PLAIN_ANSWERS = frozenset({int, bool, Position, Recovery, tuple})
 
 
 def _settled(answer: Any) -> None:
