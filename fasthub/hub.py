@@ -1266,7 +1266,7 @@ class Hub:
             # once per user: only when its last connection in the room, on every node, left
             event = self._member_event("user_left", room, conn, size)
             if _pending(counted):
-                counted.add_done_callback(lambda done: self._left_everywhere(done, name, event))  # type: ignore[attr-defined]
+                counted.add_done_callback(lambda done: self._left_everywhere(done, name, event))
             elif not counted:
                 self.publish_room(name, event)
         elif _pending(counted):
