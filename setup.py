@@ -28,6 +28,7 @@ COMPILED = [
     ("fasthub._core.conn_c", "fasthub/_core/conn_py.py"),
     ("fasthub._core.relay_c", "fasthub/_core/relay_py.py"),
     ("fasthub._core.streams_c", "fasthub/_core/streams_py.py"),
+    ("fasthub._core.splice_c", "fasthub/_core/splice_c.pyx"),
     ("fasthub._core.sockio_c", "fasthub/_core/sockio_c.pyx"),
     ("fasthub._core.reactor_c", "fasthub/_core/reactor_c.pyx"),
     ("fasthub._wire.frames_c", "fasthub/_wire/frames_py.py"),

@@ -33,6 +33,12 @@ CASES: list[tuple[Any, bool]] = [
     ({"type": "room_message", "room": "r", "payload": None}, True),
     ({"type": "room_message", "room": "r"}, True),
     ({"room": "r", "payload": 1, "type": "room_message"}, True),  # key order does not matter
+    # as json.dumps and hand-written JSON put it: spaces, escapes, floats (the payload's bytes
+    # are passed as sent; members read the same values the full pipeline writes)
+    ('{"type": "room_message", "room": "r", "payload": {"a": 1.50, "b": "\\u00e9\\ud83d\\ude00", "c": [1e3]}}', True),
+    ('{ "type" : "room_message" , "room" : "r" , "payload" : -0.0 , "id" : "s" }', True),
+    ('{"type": "room_message", "room": "r", "payload": "\\ud800"}', False),  # a lone surrogate: invalid JSON
+    ('{"type": "room_message", "room": "r", "payload": 1e999}', False),  # infinity: invalid JSON
     ({"type": "room_message", "room": "r", "payload": 1, "timestamp": "then"}, False),
     ({"type": "room_message", "room": "r", "payload": 1, "metadata": {"k": "v"}}, False),
     ({"type": "room_message", "room": "r", "payload": 1, "extra": True}, False),
@@ -160,6 +166,33 @@ def test_one_read_mixing_relayed_and_other_messages_keeps_their_order() -> None:
         assert got[6]["metadata"] == {"m": 1}
         assert relay.relayed - before == 4  # 1, 2, 3 and 5: the one with metadata is the pipeline's
         c.close()
+
+
+def test_members_get_the_payload_bytes_as_sent() -> None:
+    """The relay splices the delivered envelope around the sender's payload bytes: spaces,
+    escapes and number forms reach the other members as written, and read as the same values."""
+    payload_text = '{ "price": 1.50, "name": "caf\\u00e9 \\ud83d\\ude00", "n": [1e3, -0, true, null] }'
+    with serve(config=HubConfig(rate_limit=0), ws="fasthub") as server:
+        alice, bob = RawClient(server, ""), RawClient(server, "")
+        for c in (alice, bob):  # one after the other: alice then hears of bob's join
+            assert c.json()["payload"]["event"] == "connected"
+            c.send_json({"type": "join_room", "room": "r"})
+            assert c.json()["payload"]["event"] == "joined"
+        assert alice.json()["payload"]["event"] == "user_joined"
+        relay = server.app.dispatcher.relay
+        before = relay.relayed
+        alice.sock.sendall(frames('{"type":"room_message", "room":"r", "payload": ' + payload_text + ', "id": 5}'))
+        got = bob.frame()
+        assert got is not None and got[0] == 0x1
+        assert b'"payload":' + payload_text.encode() + b',"room":"r"' in got[1]
+        message = json.loads(got[1])
+        assert message["payload"] == json.loads(payload_text) and message["id"] == 5
+        assert message["payload"]["name"] == "caf\u00e9 \U0001f600"
+        assert alice.json()["payload"] == json.loads(payload_text)  # the sender is a member too
+        assert alice.json()["type"] == "ack"
+        assert relay.relayed - before == 1
+        alice.close()
+        bob.close()
 
 
 def test_feed_spends_the_rate_limit_as_receive_does() -> None:

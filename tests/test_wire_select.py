@@ -32,6 +32,7 @@ LIVE_KEYS = {
     "fasthub._core.limits_c",
     "fasthub._core.sockio_c",
     "fasthub._core.reactor_c",
+    "fasthub._core.splice_c",
 }
 
 #: FASTHUB_NO_EXTENSIONS values -> pure twins?

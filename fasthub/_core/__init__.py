@@ -18,13 +18,15 @@ if TYPE_CHECKING:
     from . import outbox_py as _outbox
     from . import reactor_py as _reactor
     from . import relay_py as _relay
+    from . import splice_py as _splice
     from . import streams_py as _streams
 else:
-    _outbox, _conn, _relay, _streams = load_group(
+    _outbox, _conn, _relay, _splice, _streams = load_group(
         [
             ("fasthub._core.outbox_c", "fasthub._core.outbox_py"),
             ("fasthub._core.conn_c", "fasthub._core.conn_py"),
             ("fasthub._core.relay_c", "fasthub._core.relay_py"),
+            ("fasthub._core.splice_c", "fasthub._core.splice_py"),
             ("fasthub._core.streams_c", "fasthub._core.streams_py"),
         ]
     )
@@ -61,6 +63,7 @@ RELAY_PAUSED: int = _relay.PAUSED
 RateLimiter = _limits.RateLimiter
 Reactor = _reactor.Reactor
 SocketTransport = _reactor.SocketTransport
+Splice = _splice.Splice
 
 __all__ = [
     "CLOSED",
@@ -91,6 +94,7 @@ __all__ = [
     "Reactor",
     "Relay",
     "SocketTransport",
+    "Splice",
     "new_epoch",
     "with_offset",
 ]

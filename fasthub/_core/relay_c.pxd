@@ -3,6 +3,7 @@ cimport cython
 
 from fasthub._core.conn_c cimport Connection
 from fasthub._core.outbox_c cimport Fanout, Payload
+from fasthub._core.splice_c cimport Splice
 from fasthub._core.streams_c cimport MemoryStream, MemoryStreams
 
 
@@ -22,7 +23,10 @@ cdef class Relay:
     cdef public object overflowed
     cdef public Fanout fanout
     cdef public long long stamp_ms
-    cdef public str stamp_text
+    cdef public bytes stamp_json
+    cdef public Splice splice
+    cdef public object sender_id
+    cdef public bytes sender
     cdef public dict histories
     cdef public Py_ssize_t max_size
     cdef public bint limited
@@ -37,17 +41,14 @@ cdef class Relay:
     cpdef Py_ssize_t feed(self, Connection conn, list events, Py_ssize_t stop, double now) except -1
     cpdef local(self, MemoryStreams streams, object history_for, Fanout fanout, object deliver_room,
                 object overflowed)
-    @cython.locals(envelope=dict, out=dict, known=Py_ssize_t, history=object, streams=MemoryStreams, stream=MemoryStream, stored=Payload,
-                   ms=cython.longlong)
+    @cython.locals(splice=Splice, history=object, streams=MemoryStreams, stream=MemoryStream, stored=Payload,
+                   ms=cython.longlong, body=bytes, name=str)
     cpdef int room_message(self, Connection conn, bytes data)
     @cython.locals(last_epoch=object)
     cdef Py_ssize_t _deliver(self, object room, str name, Payload payload, long long offset, str epoch) except -1
     @cython.locals(members=dict, fanout=Fanout, before=cython.longlong, count=Py_ssize_t, overflow=list)
     cdef Py_ssize_t _push(self, object room, Payload payload) except -1
 
-
-@cython.locals(n=Py_ssize_t, c=cython.uchar)
-cdef Py_ssize_t _brackets(bytes data)
 
 cdef int _OP_TEXT
 

@@ -3,10 +3,12 @@
 Most of what a hub receives is ``{"type": "room_message", "room": R, "payload": ...}`` (maybe
 with an ``id`` and an ``idempotency_key``, as fasthub.js sends) from a member of R. The full
 pipeline builds a ``Message``, walks the dispatcher's layers, then builds the envelope again;
-``Relay.room_message`` takes that one shape straight from ``orjson.loads`` to the stored,
-framed payload instead (``docs/design-notes.md``, "Ingress"). Anything else (another type or
-key, a room it is not a member of, JSON nesting near the limit, bad JSON) is answered
-``NOT_HANDLED`` before anything happened, and the full pipeline takes it with its errors.
+``Relay.room_message`` takes that one shape from its bytes to the stored, framed payload
+instead, the delivered envelope spliced around the sender's payload bytes (``Splice``: no
+Python object of the payload is built; ``docs/design-notes.md``, "Ingress"). Anything else
+(another type or key, a room it is not a member of, nesting over the limit, bad JSON) is
+answered ``NOT_HANDLED`` before anything happened, and the full pipeline takes it with its
+errors.
 
 Compiled as ``fasthub._core.relay_c`` with ``relay_c.pxd``; this file is also the pure twin.
 """
@@ -29,9 +31,11 @@ else:
 
 if cython.compiled:
     from fasthub._core.outbox_c import KIND_TEXT
+    from fasthub._core.splice_c import Splice
 else:
     from fasthub._core.conn_py import Connection
     from fasthub._core.outbox_py import KIND_TEXT, Fanout, Payload
+    from fasthub._core.splice_py import Splice
     from fasthub._core.streams_py import MemoryStreams
 
 #: ``room_message``'s answers: not this shape (take the full pipeline), done, done and the
@@ -102,7 +106,10 @@ class Relay:
         self.status = FED
         self.wait = 0.0
         self.histories: dict[str, tuple[int, float] | None] = {}  # room -> history_for(room)
-        self.stamp_text = ""
+        self.stamp_json = b""  # the timestamp of stamp_ms, encoded
+        self.splice = Splice()
+        self.sender_id: Any = _UNKNOWN  # the last sender's user id, and it encoded
+        self.sender = b""
 
     def local(
         self,
@@ -181,36 +188,20 @@ class Relay:
 
     def room_message(self, conn: Connection, data: bytes) -> int:
         """Relay ``data`` (a text message's UTF-8 bytes) if it is a member's plain room message."""
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError:
+        splice = self.splice
+        if not splice.scan(data, self.max_depth):
             return NOT_HANDLED
-        if type(obj) is not dict:
-            return NOT_HANDLED
-        envelope: dict[str, Any] = obj
-        if envelope.get("type") != _ROOM_MESSAGE:
-            return NOT_HANDLED
-        name = envelope.get("room")
-        if type(name) is not str:
-            return NOT_HANDLED
-        known = 2
-        payload = envelope.get("payload")
-        if payload is not None or "payload" in envelope:
-            known += 1
-        msg_id = envelope.get("id")
-        if msg_id is not None:
+        name = splice.room
+        msg_id: Any = None
+        if splice.id_end:
+            msg_id = orjson.loads(data[splice.id_start : splice.id_end])
             if not ((type(msg_id) is str and len(msg_id) <= _MAX_ID_LENGTH) or type(msg_id) is int):
                 return NOT_HANDLED
-            known += 1
-        ikey = envelope.get("idempotency_key")
-        if ikey is not None:
+        ikey: Any = None
+        if splice.key_end:
+            ikey = orjson.loads(data[splice.key_start : splice.key_end])
             if type(ikey) is not str or not 0 < len(ikey) <= _MAX_ID_LENGTH:
                 return NOT_HANDLED
-            known += 1
-        if len(envelope) != known:  # timestamp, metadata, to, ...: the full pipeline's
-            return NOT_HANDLED
-        if _brackets(data) > self.max_depth:  # maybe too deep: the full pipeline looks
-            return NOT_HANDLED
         room = self.rooms.get(name)
         if room is None or conn.id not in room.member_map:
             return NOT_HANDLED
@@ -218,22 +209,18 @@ class Relay:
         if syncing and conn.id in syncing:  # its join may still be reading history: the pipeline waits
             return NOT_HANDLED
         # the envelope as Message.to_dict writes it (type, payload, room, from, timestamp, id),
-        # then the stream's offset as streams.with_offset adds it
-        out: dict[str, Any] = {"type": _ROOM_MESSAGE}
-        if payload is not None:
-            out["payload"] = payload
-        out["room"] = name
-        out["from"] = conn.user_id
+        # then the stream's offset as streams.with_offset adds it: spliced around the payload
+        user = conn.user_id
+        if user is not self.sender_id:
+            self.sender_id = user
+            self.sender = orjson.dumps(user)
         ms = int(_time() * 1000.0)
         if ms != self.stamp_ms:  # the same string within a millisecond
             self.stamp_ms = ms
-            self.stamp_text = self.stamp()
-        out["timestamp"] = self.stamp_text
-        if msg_id is not None:
-            out["id"] = msg_id
+            self.stamp_json = orjson.dumps(self.stamp())
         streams = self.streams
         if streams is None:
-            answer = self.publish(name, orjson.dumps(out), ikey)
+            answer = self.publish(name, splice.build(data, self.sender, self.stamp_json, -1), ikey)
         else:  # LocalBroker.publish_stream, inline
             history: Any = self.histories.get(name, _UNKNOWN)
             if history is _UNKNOWN:
@@ -242,13 +229,13 @@ class Relay:
                     self.histories.clear()
                 self.histories[name] = history
             if history is None:
-                answer = self._push(room, Payload(KIND_TEXT, orjson.dumps(out)))
+                answer = self._push(room, Payload(KIND_TEXT, splice.build(data, self.sender, self.stamp_json, -1)))
             else:
                 stream = streams.stream("r:" + name)
                 stored = None
                 if ikey is None or not streams.repeated(stream, ikey):
-                    out["offset"] = stream.offset + 1
-                    stored = streams.store_encoded(stream, orjson.dumps(out), history[0], history[1], ikey)
+                    body = splice.build(data, self.sender, self.stamp_json, stream.offset + 1)
+                    stored = streams.store_encoded(stream, body, history[0], history[1], ikey)
                     self._deliver(room, name, stored, stream.answer, stream.epoch)
                 if msg_id is None:
                     answer = None
@@ -294,15 +281,6 @@ class Relay:
             self.overflowed(overflow)
         room.congested = fanout.congested != before
         return int(count)
-
-
-def _brackets(data: bytes) -> int:
-    """``{`` and ``[`` in ``data``: above the depth limit, the message may nest too deep."""
-    n = 0
-    for c in data:
-        if c == 123 or c == 91:
-            n += 1
-    return n
 
 
 def _unset(*args: Any) -> Any:
