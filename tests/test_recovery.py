@@ -374,3 +374,28 @@ def test_the_history_endpoint_serves_what_a_join_would_recover(make_server: Any)
     assert httpx.get(base, params={"room": "", "user": "a"}).status_code == 400
     assert httpx.get(base, params={"room": "r", "since": -1, "user": "a"}).status_code == 400
     assert httpx.get(base, params={"room": "r", "limit": 100000, "user": "a"}).status_code == 400
+
+
+def test_epochs_are_random_and_a_forked_worker_draws_its_own() -> None:
+    """Epochs come from a pool of random bytes (the Redis broker passes one with every publish):
+    8 URL-safe characters, none repeated, and a forked ``--workers`` child never repeats its
+    parent's next ones (it refills its own pool)."""
+    import os
+    import re
+
+    from fasthub.streams import new_epoch
+
+    drawn = [new_epoch() for _ in range(5000)]
+    assert len(set(drawn)) == len(drawn)
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{8}", e) for e in drawn)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next epochs, to the parent
+        os.write(write, " ".join(new_epoch() for _ in range(50)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 65536).decode().split()
+    os.close(read)
+    parent = [new_epoch() for _ in range(50)]
+    assert len(child) == 50 and not set(child) & set(parent)
