@@ -11,7 +11,6 @@ and registers each connection with a sink that drains its outbox (``register``/`
 from __future__ import annotations
 
 import asyncio
-import base64
 import concurrent.futures
 import contextlib
 import inspect
@@ -27,6 +26,7 @@ import orjson
 from . import _ext
 from ._core import KIND_BINARY, KIND_PLAIN, KIND_TEXT, Connection, Fanout, Payload, RateLimiter
 from ._core.forms import Forms
+from ._core.tokens import TokenPool
 from .broker import Broker, LocalBroker
 from .config import HubConfig
 from .costs import CostMeter, cpu_seconds
@@ -58,36 +58,8 @@ class Sink(Protocol):
         """Drop the connection now (used when a close cannot be written)."""
 
 
-class _Ids:
-    """Unguessable connection ids (16 URL-safe characters): one ``urandom`` per 4,096 of them.
-
-    ``secrets.token_urlsafe`` costs a syscall per connection, which shows in a reconnect storm.
-    A forked child starts a pool of its own, so processes never share ids.
-    """
-
-    __slots__ = ("pool", "pos")
-
-    _SIZE = 12 * 4096
-
-    def __init__(self) -> None:
-        self.pool = b""
-        self.pos = 0
-        os.register_at_fork(after_in_child=self.reset)
-
-    def reset(self) -> None:
-        self.pool = b""
-        self.pos = 0
-
-    def next(self) -> str:
-        pos = self.pos
-        if pos + 12 > len(self.pool):
-            self.pool = os.urandom(self._SIZE)
-            pos = 0
-        self.pos = pos + 12
-        return base64.urlsafe_b64encode(self.pool[pos : pos + 12]).decode()
-
-
-_ids = _Ids()
+#: connection ids: 16 URL-safe characters (96 random bits)
+_ids = TokenPool(12)
 _HOSTNAME = socket.gethostname()
 
 

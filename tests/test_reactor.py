@@ -65,6 +65,21 @@ def serve(factory: Callable[[], asyncio.Protocol]) -> tuple[Reactor, int]:
     return reactor, sock.getsockname()[1]
 
 
+def serve_recorders(
+    on_data: Callable[[Recorder, bytes], None] | None = None,
+) -> tuple[Reactor, int, list[Recorder]]:
+    """``serve`` with a ``Recorder`` per connection, listed as they are made."""
+    made: list[Recorder] = []
+
+    def factory() -> Recorder:
+        p = Recorder(on_data)
+        made.append(p)
+        return p
+
+    reactor, port = serve(factory)
+    return reactor, port, made
+
+
 def run(coro: Any) -> Any:
     return uvloop.run(coro)
 
@@ -86,14 +101,7 @@ def test_the_live_twin_is_the_expected_one() -> None:
 
 def test_accept_read_write_and_the_peers_close() -> None:
     async def main() -> None:
-        made: list[Recorder] = []
-
-        def factory() -> Recorder:
-            p = Recorder(lambda p, d: p.transport.write(d.upper()))
-            made.append(p)
-            return p
-
-        reactor, port = serve(factory)
+        reactor, port, made = serve_recorders(lambda p, d: p.transport.write(d.upper()))
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"hello")
         assert await reader.readexactly(5) == b"HELLO"
@@ -119,14 +127,7 @@ def test_a_big_write_is_buffered_paused_and_resumed_in_order() -> None:
     payload = bytes(range(256)) * 40_000  # 10 MB: far past the socket's buffer
 
     async def main() -> None:
-        made: list[Recorder] = []
-
-        def factory() -> Recorder:
-            p = Recorder()
-            made.append(p)
-            return p
-
-        reactor, port = serve(factory)
+        reactor, port, made = serve_recorders()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         await until(lambda: made)
         t = made[0].transport
@@ -150,14 +151,7 @@ def test_close_sends_what_is_buffered_first_and_abort_does_not() -> None:
     payload = b"x" * 8_000_000
 
     async def main() -> None:
-        made: list[Recorder] = []
-
-        def factory() -> Recorder:
-            p = Recorder()
-            made.append(p)
-            return p
-
-        reactor, port = serve(factory)
+        reactor, port, made = serve_recorders()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         await until(lambda: made)
         t = made[0].transport
@@ -192,14 +186,7 @@ def test_close_sends_what_is_buffered_first_and_abort_does_not() -> None:
 
 def test_pause_reading_holds_data_until_resume() -> None:
     async def main() -> None:
-        made: list[Recorder] = []
-
-        def factory() -> Recorder:
-            p = Recorder()
-            made.append(p)
-            return p
-
-        reactor, port = serve(factory)
+        reactor, port, made = serve_recorders()
         _reader, writer = await asyncio.open_connection("127.0.0.1", port)
         await until(lambda: made)
         t = made[0].transport
@@ -218,14 +205,7 @@ def test_pause_reading_holds_data_until_resume() -> None:
 
 def test_write_eof_half_closes_and_the_peer_can_still_send() -> None:
     async def main() -> None:
-        made: list[Recorder] = []
-
-        def factory() -> Recorder:
-            p = Recorder()
-            made.append(p)
-            return p
-
-        reactor, port = serve(factory)
+        reactor, port, made = serve_recorders()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         await until(lambda: made)
         t = made[0].transport
@@ -244,14 +224,7 @@ def test_write_eof_half_closes_and_the_peer_can_still_send() -> None:
 
 def test_a_reset_reaches_the_protocol_as_connection_reset() -> None:
     async def main() -> None:
-        made: list[Recorder] = []
-
-        def factory() -> Recorder:
-            p = Recorder()
-            made.append(p)
-            return p
-
-        reactor, port = serve(factory)
+        reactor, port, made = serve_recorders()
         client = socket.create_connection(("127.0.0.1", port))
         await until(lambda: made)
         made[0].transport.write(b"unread")  # unread data makes the close a reset
@@ -270,19 +243,13 @@ def test_a_failing_protocol_ends_its_connection_only() -> None:
         loop = asyncio.get_running_loop()
         errors: list[dict[str, Any]] = []
         loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx))
-        made: list[Recorder] = []
 
         def on_data(p: Recorder, data: bytes) -> None:
             if data == b"boom":
                 raise RuntimeError("a bug")
             p.transport.write(data)
 
-        def factory() -> Recorder:
-            p = Recorder(on_data)
-            made.append(p)
-            return p
-
-        reactor, port = serve(factory)
+        reactor, port, made = serve_recorders(on_data)
         r1, w1 = await asyncio.open_connection("127.0.0.1", port)
         r2, w2 = await asyncio.open_connection("127.0.0.1", port)
         await until(lambda: len(made) == 2)
@@ -302,14 +269,7 @@ def test_a_failing_protocol_ends_its_connection_only() -> None:
 
 def test_close_stops_accepting_and_the_open_connections_go_on() -> None:
     async def main() -> None:
-        made: list[Recorder] = []
-
-        def factory() -> Recorder:
-            p = Recorder(lambda p, d: p.transport.write(d))
-            made.append(p)
-            return p
-
-        reactor, port = serve(factory)
+        reactor, port, made = serve_recorders(lambda p, d: p.transport.write(d))
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         await until(lambda: made)
         assert reactor.is_serving() and len(reactor.sockets) == 1

@@ -7,14 +7,13 @@ store, on the ingress path of every stored room message. Compiled as
 
 from __future__ import annotations
 
-import base64
-import os
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fasthub._core.positions import Position, Published, Recovery
+from fasthub._core.tokens import TokenPool
 
 if TYPE_CHECKING:
     from fasthub._wire import _nocython as cython
@@ -33,33 +32,7 @@ else:
 _NEVER = float("inf")
 
 
-class _Epochs:
-    """Random epochs from a pool of ``os.urandom`` bytes: the Redis broker passes a fresh epoch
-    with every publish and read (used only if the stream must be made), so one ``getrandom``
-    call per 512 epochs instead of one per message. A forked child (a ``--workers`` worker)
-    draws a pool of its own."""
-
-    __slots__ = ("pool", "pos")
-
-    def __init__(self) -> None:
-        self.pool = b""
-        self.pos = 0
-        os.register_at_fork(after_in_child=self.reset)
-
-    def reset(self) -> None:
-        self.pool = b""
-        self.pos = 0
-
-    def next(self) -> str:
-        pos = self.pos
-        if pos + 6 > len(self.pool):
-            self.pool = os.urandom(6 * 512)
-            pos = 0
-        self.pos = pos + 6
-        return base64.urlsafe_b64encode(self.pool[pos : pos + 6]).decode()
-
-
-_epochs = _Epochs()
+_epochs = TokenPool(6)
 
 
 def new_epoch() -> str:
