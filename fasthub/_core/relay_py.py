@@ -53,7 +53,6 @@ PAUSED = 4
 
 _OP_TEXT = 1
 
-_ROOM_MESSAGE = "room_message"
 _UNKNOWN = object()
 _MAX_ID_LENGTH = 128  # messages._MAX_ID_LENGTH
 
