@@ -61,6 +61,10 @@ class ErrorCode(StrEnum):
 
 
 MESSAGE_TYPES: frozenset[str] = frozenset(t.value for t in MessageType)
+# plain strings for the envelopes every connect and join sends (an enum member's ``.value`` is
+# a descriptor call)
+_SYSTEM: str = MessageType.SYSTEM.value
+_ERROR: str = MessageType.ERROR.value
 _ID_TYPES = (str, int)
 _MAX_ID_LENGTH = 128
 
@@ -240,9 +244,7 @@ def position(value: Any, msg_id: Any = None) -> tuple[int, str]:
             and len(epoch) <= _MAX_ID_LENGTH
         ):
             return offset, epoch
-    raise EnvelopeError(
-        ErrorCode.INVALID_MESSAGE, 'a position is {"offset": integer >= 0, "epoch": string}', msg_id
-    )
+    raise EnvelopeError(ErrorCode.INVALID_MESSAGE, 'a position is {"offset": integer >= 0, "epoch": string}', msg_id)
 
 
 def encode(obj: Any) -> bytes:
@@ -252,7 +254,7 @@ def encode(obj: Any) -> bytes:
 
 def system_envelope(payload: dict[str, Any], room: str | None = None, reply_id: Any = None) -> dict[str, Any]:
     """A ``system`` envelope (joined, left, user_joined, connected, token_refreshed, ...)."""
-    out: dict[str, Any] = {"type": MessageType.SYSTEM.value, "payload": payload, "timestamp": utc_timestamp()}
+    out: dict[str, Any] = {"type": _SYSTEM, "payload": payload, "timestamp": utc_timestamp()}
     if room is not None:
         out["room"] = room
     if reply_id is not None:
@@ -262,7 +264,7 @@ def system_envelope(payload: dict[str, Any], room: str | None = None, reply_id: 
 
 def error_envelope(code: str, message: str, msg_id: Any = None) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "type": MessageType.ERROR.value,
+        "type": _ERROR,
         "payload": {"code": str(code), "message": message},
         "timestamp": utc_timestamp(),
     }

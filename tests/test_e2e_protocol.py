@@ -10,6 +10,7 @@ import asyncio
 import json
 from typing import Any
 
+import orjson
 import pytest
 import websockets
 
@@ -35,6 +36,26 @@ def test_connected_message_and_anonymous_users_are_distinct(server: Server) -> N
         assert local_totals(server) == {"connections": 3, "users": 3}
         for x in (a, b, c):
             await x.close()
+
+    run(scenario())
+
+
+def test_the_connected_message_is_what_orjson_writes(server: Server) -> None:
+    """An anonymous connect's ``connected`` envelope is written as text on the fast path: the
+    same bytes orjson writes for the same fields, and a token that resumes the session."""
+
+    async def scenario() -> None:
+        async with websockets.connect(server.ws_url()) as ws:
+            text = await asyncio.wait_for(ws.recv(), 5)
+            assert isinstance(text, str)
+            hello = json.loads(text)
+            assert text.encode() == orjson.dumps(hello)
+            assert list(hello) == ["type", "payload", "timestamp"]
+            assert hello["type"] == "system"
+            payload = hello["payload"]
+            assert payload["event"] == "connected"
+            assert payload["user_id"] == "anon-" + payload["connection_id"]
+            assert payload["session"].startswith(payload["connection_id"] + ".")
 
     run(scenario())
 

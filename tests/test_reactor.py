@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import struct
 import time
@@ -118,6 +119,27 @@ def test_accept_read_write_and_the_peers_close() -> None:
         assert p.events == ["made", "eof", ("lost", None)]
         assert reactor.connections == 0
         assert t.is_closing() and t.get_extra_info("peername") is None
+        reactor.close()
+
+    run(main())
+
+
+def test_accepted_sockets_have_nagle_off() -> None:
+    """TCP_NODELAY on every accepted socket (on Linux inherited from the listening socket, so
+    no ``setsockopt`` per connect): small frames are not held back for an ACK."""
+
+    async def main() -> None:
+        reactor, port, made = serve_recorders(lambda p, d: p.transport.write(d))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"x")
+        assert await reader.readexactly(1) == b"x"
+        probe = socket.socket(fileno=os.dup(made[0].transport.get_extra_info("socket").fileno()))
+        try:
+            assert probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        finally:
+            probe.close()
+        writer.close()
+        await asyncio.wait_for(made[0].lost, 5)
         reactor.close()
 
     run(main())

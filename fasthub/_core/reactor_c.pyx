@@ -14,7 +14,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from libc.errno cimport EAGAIN, EINTR, ECONNABORTED, EMFILE, ENFILE, ENOBUFS, ENOMEM, errno
 from libc.stdlib cimport free, malloc
 
-from fasthub._core.reactor_py import ACCEPT_BATCH, ACCEPT_PAUSE, MAX_EVENTS, READ_SIZE, FdSocket
+from fasthub._core.reactor_py import ACCEPT_BATCH, ACCEPT_PAUSE, MAX_EVENTS, NODELAY_INHERITED, READ_SIZE, FdSocket
 
 
 cdef extern from "errno.h":
@@ -336,6 +336,7 @@ cdef class Reactor:
     cdef object listener
     cdef readonly int family
     cdef bint tcp
+    cdef bint nodelay_each  # TCP_NODELAY per accepted socket (where it is not inherited)
     cdef int epfd
     cdef readonly int lfd
     cdef list transports  # by descriptor
@@ -356,6 +357,9 @@ cdef class Reactor:
         self.family = sock.family
         self.factory = factory
         self.tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
+        if self.tcp:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.nodelay_each = self.tcp and not NODELAY_INHERITED
         self.transports = []
         self.count = 0
         self.rbuf = <char *>malloc(_READ_SIZE)
@@ -498,7 +502,7 @@ cdef class Reactor:
                 if err == EMFILE or err == ENFILE or err == ENOBUFS or err == ENOMEM:
                     self._pause_accept(_os_error(err))
                 return  # EAGAIN; ECONNABORTED and the like: that client is gone
-            if self.tcp:
+            if self.nodelay_each:
                 setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
             self._serve(fd)
 

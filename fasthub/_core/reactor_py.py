@@ -19,6 +19,7 @@ import contextlib
 import errno
 import select
 import socket
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -30,10 +31,13 @@ ACCEPT_BATCH = 128
 MAX_EVENTS = 1024
 #: a full process (EMFILE) stops accepting for this long; the backlog keeps the clients waiting
 ACCEPT_PAUSE = 0.1
+#: Linux copies ``TCP_NODELAY`` from the listening socket to every socket accepted from it:
+#: set once there, it spares a ``setsockopt`` per connect (elsewhere each accepted socket gets it)
+NODELAY_INHERITED = sys.platform.startswith("linux")
 
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
-_FAILED = (select.EPOLLERR | select.EPOLLHUP)
+_FAILED = select.EPOLLERR | select.EPOLLHUP
 _TOO_MANY = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
@@ -312,6 +316,9 @@ class Reactor:
         self.family = sock.family
         self.factory = factory
         self.tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
+        if self.tcp:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.nodelay_each = self.tcp and not NODELAY_INHERITED
         self.epoll = select.epoll()
         self.transports: dict[int, SocketTransport] = {}
         self.accept_paused = False
@@ -412,7 +419,7 @@ class Reactor:
                     self._pause_accept(exc)
                 return  # ECONNABORTED and the like: that client is gone
             conn.setblocking(False)
-            if self.tcp:
+            if self.nodelay_each:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._serve(conn)
 

@@ -8,8 +8,10 @@ child (a ``--workers`` worker) starts a pool of its own, so processes never shar
 
 from __future__ import annotations
 
-import base64
 import os
+from binascii import b2a_base64
+
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
 class TokenPool:
@@ -37,4 +39,4 @@ class TokenPool:
             self.pool = os.urandom(n * self.PER_DRAW)
             pos = 0
         self.pos = pos + n
-        return base64.urlsafe_b64encode(self.pool[pos : pos + n]).decode()
+        return b2a_base64(self.pool[pos : pos + n], newline=False).translate(_URLSAFE).decode()

@@ -25,13 +25,13 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from .._core import ENC_MSGPACK
+from .._core import ENC_MSGPACK, KIND_TEXT, Payload
 from ..auth import MSGPACK_SUBPROTOCOL, SUBPROTOCOL, Identity, OriginPolicy, token_from_scope
 from ..connection import Connection
 from ..dispatch import BinaryHandler, Dispatcher, MessageHandler, Pause, RoomHooks, UserHook, room_hook
 from ..exceptions import Denied
 from ..hub import Hub, client_ip
-from ..messages import system_envelope
+from ..messages import system_envelope, utc_timestamp
 from ..metrics import CONTENT_TYPE, Exporter
 from ..streams import Position
 from .asgi_sink import AsgiSink
@@ -345,8 +345,19 @@ class FasthubApp:
         stream of direct messages, where it is (``stream``)."""
         if identity is not None and identity.expires_at is not None:
             self.hub.set_expiry(conn, identity.expires_at)
-        hello: dict[str, Any] = {"event": "connected", "connection_id": conn.id, "user_id": conn.user_id}
         token = self.hub.session_token(conn)
+        if conn.anonymous and stream is None:
+            # the usual connect: ids, token and time are URL-safe ASCII, so the envelope is
+            # written as text, byte for byte what orjson writes for the dict below
+            cid = conn.id
+            session = "" if token is None else f',"session":"{token}"'
+            text = (
+                f'{{"type":"system","payload":{{"event":"connected","connection_id":"{cid}",'
+                f'"user_id":"anon-{cid}"{session}}},"timestamp":"{utc_timestamp()}"}}'
+            )
+            conn.send_payload(Payload(KIND_TEXT, text.encode()))
+            return
+        hello: dict[str, Any] = {"event": "connected", "connection_id": conn.id, "user_id": conn.user_id}
         if token is not None:
             hello["session"] = token
         if stream is not None:
@@ -470,7 +481,6 @@ class FasthubApp:
             await _respond(send, 200, data, content_type, [(b"cache-control", b"no-cache")])
         else:
             await _respond(send, 404, b"not found", b"text/plain")
-
 
     async def _dashboard(self, scope: Scope, send: Send) -> None:
         """The live stats page, with the mount point and the stats path filled in (it polls them)."""

@@ -6,9 +6,9 @@ listener) share one strict implementation.
 
 from __future__ import annotations
 
-import base64
-import hashlib
+from binascii import b2a_base64
 from dataclasses import dataclass
+from hashlib import sha1
 from http import HTTPStatus
 
 import orjson
@@ -31,7 +31,7 @@ class UpgradeRequest:
 
 def accept_key(key: bytes) -> bytes:
     """``Sec-WebSocket-Accept`` for a ``Sec-WebSocket-Key`` (RFC 6455 4.2.2 step 5.4)."""
-    return base64.b64encode(hashlib.sha1(key + _GUID).digest())
+    return b2a_base64(sha1(key + _GUID).digest(), newline=False)
 
 
 def parse_request(data: bytes) -> UpgradeRequest:
@@ -42,17 +42,23 @@ def parse_request(data: bytes) -> UpgradeRequest:
     return UpgradeRequest(*parse_upgrade(data))
 
 
+_101 = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "
+# the header lines after the accept key, for the last headers seen: every connect of a second
+# sends the same ones (the server's ``server`` and ``date``)
+_tail_of: list[tuple[bytes, bytes]] | None = None
+_tail = b""
+
+
 def accept_response(key: bytes, extra: list[tuple[bytes, bytes]]) -> bytes:
     """The 101 response (RFC 6455 4.2.2)."""
-    out = [
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
-        accept_key(key),
-        b"\r\n",
-    ]
-    for name, value in extra:
-        out += [name, b": ", value, b"\r\n"]
-    out.append(b"\r\n")
-    return b"".join(out)
+    global _tail_of, _tail
+    if extra != _tail_of:
+        out = [b"\r\n"]
+        for name, value in extra:
+            out += [name, b": ", value, b"\r\n"]
+        out.append(b"\r\n")
+        _tail, _tail_of = b"".join(out), list(extra)
+    return _101 + b2a_base64(sha1(key + _GUID).digest(), newline=False) + _tail
 
 
 def http_response(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:

@@ -26,7 +26,17 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .._core import ENC_MSGPACK, KIND_CLOSE, KIND_RAW, RELAY_ACCOUNTED, RELAY_FED, RELAY_PAUSED, RELAY_REFUSED, Payload
+from .._core import (
+    ENC_MSGPACK,
+    KIND_CLOSE,
+    KIND_RAW,
+    RELAY_ACCOUNTED,
+    RELAY_FED,
+    RELAY_PAUSED,
+    RELAY_REFUSED,
+    Payload,
+    SocketTransport,
+)
 from .._wire import OP_BINARY, OP_CLOSE, OP_TEXT, OPEN, ServerProtocol, build_frame, deflate
 from ..auth import MSGPACK_SUBPROTOCOL
 from ..dispatch import PAUSE, Pause
@@ -69,6 +79,8 @@ _generic_deflater = deflate.Deflater()
 
 def _plain_fd(transport: Any) -> int:
     """The socket's descriptor for direct writes; -1 for TLS or anything that is not a plain socket."""
+    if transport.__class__ is SocketTransport:  # the Reactor's: always a plain socket
+        return int(transport.fd)
     if transport.get_extra_info("sslcontext") is not None:
         return -1
     sock = transport.get_extra_info("socket")
