@@ -348,20 +348,18 @@ class Dispatcher:
 
     def _join_room(self, conn: Connection, msg: Message) -> Awaitable[None] | None:
         room = self._room_name(msg)
-
-        def join() -> None:
-            limit = self.hub.config.max_rooms_per_connection
-            if not conn.in_room(room) and conn.room_count() >= limit:
-                raise EnvelopeError(ErrorCode.TOO_MANY_ROOMS, f"a connection may be in at most {limit} rooms")
-            if not self.hub.is_registered(conn):  # closed while an async hook ran
-                return
-            self.hub.join_room(conn.id, room, reply_id=msg.id, since=msg.since)
-
         if self.can_join is None:
-            join()
+            self._join(conn, msg, room)
             return None
         denied = EnvelopeError(ErrorCode.FORBIDDEN, f"not allowed to join {room!r}")
-        return self._gate(conn, msg, self.can_join(conn, room), join, denied)
+        return self._gate(conn, msg, self.can_join(conn, room), lambda: self._join(conn, msg, room), denied)
+
+    def _join(self, conn: Connection, msg: Message, room: str) -> None:
+        limit = self.hub.config.max_rooms_per_connection
+        if not conn.in_room(room) and conn.room_count() >= limit:
+            raise EnvelopeError(ErrorCode.TOO_MANY_ROOMS, f"a connection may be in at most {limit} rooms")
+        if self.hub.is_registered(conn):  # else closed while an async hook ran
+            self.hub.join_connection(conn, room, msg.id, msg.since)
 
     def _leave_room(self, conn: Connection, msg: Message) -> None:
         room = self._room_name(msg)

@@ -877,7 +877,17 @@ class Hub:
         has at most ``member_events_limit`` members, the others get ``user_joined`` when this is
         the user's first connection in the room (on every node, with a clustered broker).
         """
-        conn = self._conn(conn_id)
+        return self.join_connection(self._conn(conn_id), name, reply_id, since, on_joined)
+
+    def join_connection(
+        self,
+        conn: Connection,
+        name: str,
+        reply_id: Any = None,
+        since: Position | tuple[int, str] | None = None,
+        on_joined: Callable[[dict[str, Any]], None] | None = None,
+    ) -> Room:
+        """``join_room`` for a registered connection object (the dispatcher has it at hand)."""
         room = self._rooms.get(name)
         if on_joined is not None:
             self._join_done[(conn.id, name)] = on_joined
@@ -889,7 +899,7 @@ class Hub:
                 here = Position(room.offset, room.epoch) if room.epoch is not None else None
                 self._reply_membership(conn, room, "joined", reply_id, extra=_position_fields(here))
             return room
-        if not self.config.valid_room_name(name):
+        if room is None and not self.config.valid_room_name(name):  # an existing room's was checked
             raise HubError(f"invalid room name {name!r}")
         if conn.room_count() >= self.config.max_rooms_per_connection:
             raise HubError(f"connection is in {conn.room_count()} rooms already (max_rooms_per_connection)")
@@ -1132,7 +1142,9 @@ class Hub:
             return
         extra: dict[str, Any] = {}
         position: Position | None = None
-        if isinstance(answer, Recovery):
+        if answer.__class__ is Position:  # the usual join: where the room's stream is
+            position = answer
+        elif isinstance(answer, Recovery):
             position = answer.position
             if answer.recovered and since is not None:
                 reached, held = self._merge(conn, since, answer.payloads, held)
@@ -1312,7 +1324,7 @@ class Hub:
         payload = {"event": action, "action": action, "room": room.name, "members": members}
         if extra:
             payload.update(extra)
-        conn.send_payload(self._system(payload, room.name, reply_id))
+        conn.send_payload(Payload(KIND_TEXT, encode(system_envelope(payload, room.name, reply_id))))
         if self._join_done and action == "joined":
             done = self._join_done.pop((conn.id, room.name), None)
             if done is not None:

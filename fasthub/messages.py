@@ -130,6 +130,26 @@ class Message:
         return out
 
 
+#: an envelope with no other keys than these: a join, leave, ping or presence question
+_PLAIN_KEYS = frozenset({"type", "room", "id"})
+
+
+def _plain(obj: dict[str, Any]) -> Message | None:
+    """The ``Message`` of a valid envelope of only ``type``, ``room`` and ``id`` (all scalars,
+    so nothing nests), or None for ``decode``'s full checks and their error messages."""
+    mtype = obj.get("type")
+    room = obj.get("room")
+    msg_id = obj.get("id")
+    if (
+        mtype.__class__ is str
+        and mtype in MESSAGE_TYPES
+        and (room is None or room.__class__ is str)
+        and (msg_id is None or msg_id.__class__ is int or (msg_id.__class__ is str and len(msg_id) <= _MAX_ID_LENGTH))
+    ):
+        return Message(mtype, None, room, None, None, None, None, msg_id)
+    return None
+
+
 def _depth_exceeds(value: Any, limit: int) -> bool:
     """True when containers nest deeper than ``limit`` (the envelope object is level 1)."""
     stack: list[tuple[Any, int]] = [(value, 1)]
@@ -152,6 +172,10 @@ def decode(data: bytes | str, max_depth: int = 32, max_metadata_bytes: int = 0) 
         raise EnvelopeError(ErrorCode.INVALID_JSON, f"message is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise EnvelopeError(ErrorCode.INVALID_MESSAGE, "message must be a JSON object")
+    if obj.keys() <= _PLAIN_KEYS:
+        plain = _plain(obj)
+        if plain is not None:
+            return plain
     msg_id = obj.get("id")
     if msg_id is not None and (
         not isinstance(msg_id, _ID_TYPES)

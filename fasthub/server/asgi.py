@@ -329,7 +329,10 @@ class FasthubApp:
             protocol.deny(refused.status, refused.reason)
             return True
         conn = hub.register(protocol, None, None)
-        protocol.open_hub(conn, self.dispatcher, self._on_lost, _subprotocol(request.subprotocols))
+        subprotocol = _subprotocol(request.subprotocols)
+        if subprotocol is None and protocol.open_plain(conn, self.dispatcher, self._on_lost, self._hello_text(conn)):
+            return True
+        protocol.open_hub(conn, self.dispatcher, self._on_lost, subprotocol)
         self.hello(conn, None)
         return True
 
@@ -345,24 +348,27 @@ class FasthubApp:
         stream of direct messages, where it is (``stream``)."""
         if identity is not None and identity.expires_at is not None:
             self.hub.set_expiry(conn, identity.expires_at)
-        token = self.hub.session_token(conn)
         if conn.anonymous and stream is None:
-            # the usual connect: ids, token and time are URL-safe ASCII, so the envelope is
-            # written as text, byte for byte what orjson writes for the dict below
-            cid = conn.id
-            session = "" if token is None else f',"session":"{token}"'
-            text = (
-                f'{{"type":"system","payload":{{"event":"connected","connection_id":"{cid}",'
-                f'"user_id":"anon-{cid}"{session}}},"timestamp":"{utc_timestamp()}"}}'
-            )
-            conn.send_payload(Payload(KIND_TEXT, text.encode()))
+            conn.send_payload(Payload(KIND_TEXT, self._hello_text(conn)))
             return
+        token = self.hub.session_token(conn)
         hello: dict[str, Any] = {"event": "connected", "connection_id": conn.id, "user_id": conn.user_id}
         if token is not None:
             hello["session"] = token
         if stream is not None:
             hello["stream"] = {"offset": stream.offset, "epoch": stream.epoch}
         conn.send_json(system_envelope(hello))
+
+    def _hello_text(self, conn: Connection) -> bytes:
+        """An anonymous connection's ``connected`` envelope: its id, token and time are URL-safe
+        ASCII, so it is written as text, byte for byte what orjson writes for ``hello``'s dict."""
+        cid = conn.id
+        token = self.hub.session_token(conn)
+        session = "" if token is None else f',"session":"{token}"'
+        return (
+            f'{{"type":"system","payload":{{"event":"connected","connection_id":"{cid}",'
+            f'"user_id":"anon-{cid}"{session}}},"timestamp":"{utc_timestamp()}"}}'
+        ).encode()
 
     async def connected(self, conn: Connection) -> None:
         """Run ``on_connect``; then let go of the scope unless ``HubConfig.keep_scope``."""

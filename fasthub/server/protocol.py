@@ -450,6 +450,42 @@ class HubProtocol(asyncio.Protocol):
         if early:  # handled after the open completes, so the replies follow ``connected``
             self.loop.call_soon(self._feed, early)
 
+    def open_plain(
+        self, conn: Connection, dispatcher: Dispatcher, on_lost: Callable[[Connection], None], hello: bytes
+    ) -> bool:
+        """``open_hub`` and the ``connected`` message (``hello``, JSON) for the usual connect:
+        no subprotocol, no extension offered, no early frames. The 101 and the first frame go
+        out as one buffer, built here. False (nothing done) for any other upgrade."""
+        p = self.pending
+        if (
+            p is None
+            or p.__class__ is not Handshake
+            or p.offers is not None
+            or p.request_buffer
+            or self.lost
+            or self.phase != HANDSHAKE
+        ):
+            return False
+        self.conn = conn
+        self.dispatcher = dispatcher
+        self.on_lost = on_lost
+        self.pending = None
+        high = conn.hub.config.transport_high_water
+        self.phase = OPEN_
+        self.wire = ServerProtocol(self.shared.max_size, deflate.INFLATE_OFF)
+        transport = self.transport
+        transport.set_write_buffer_limits(high=high, low=high // 4)
+        conn.transport = transport  # the compiled flush writes here directly
+        conn.fd = _plain_fd(transport)
+        n = len(hello)
+        head = bytes((0x81, n)) if n < 126 else b"\x81\x7e" + n.to_bytes(2, "big")
+        conn.push(Payload(KIND_RAW, handshake.accept_response(p.key, self.shared.default_headers) + head + hello))
+        fanout = conn.fanout  # counted as ``send_payload`` counts a message
+        fanout.delivered += 1
+        fanout.bytes_out += n
+        conn.mark_dirty()
+        return True
+
     def _feed(self, data: bytes) -> None:
         if not self.lost and self.phase == OPEN_:
             self.data_received(data)
