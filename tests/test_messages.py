@@ -393,3 +393,34 @@ def test_fuzz_valid_envelopes_round_trip(env: dict[str, Any]) -> None:
     if "to" in expected:
         expected["to"] = str(expected["to"])
     assert msg.to_dict() == expected
+
+
+_PLAIN_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=140),
+    st.sampled_from([t.value for t in MessageType]),
+    st.lists(st.integers(min_value=0, max_value=9), max_size=2),
+    st.recursive(st.dictionaries(st.text(max_size=3), st.none(), max_size=2), lambda c: st.lists(c, max_size=2)),
+)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(["type", "room", "id"]), _PLAIN_VALUES))
+def test_envelopes_of_type_room_and_id_decode_as_the_full_checks_do(obj: dict[str, Any]) -> None:
+    """Joins, leaves and pings (only ``type``/``room``/``id``) take a shorter decode; it gives
+    the same message or the same refusal as the full checks, which run when another key is
+    present (``"payload": null`` decodes as no payload)."""
+    plain = orjson.dumps(obj)
+    full = orjson.dumps({**obj, "payload": None})
+    try:
+        expected: Any = decode(full)
+    except EnvelopeError as exc:
+        expected = (exc.code, exc.message, exc.msg_id)
+    try:
+        got: Any = decode(plain)
+    except EnvelopeError as exc:
+        got = (exc.code, exc.message, exc.msg_id)
+    assert got == expected
