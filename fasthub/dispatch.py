@@ -181,6 +181,8 @@ class Dispatcher:
         except EnvelopeError as exc:
             conn.send_json(error_envelope(exc.code, exc.message, exc.msg_id))
             return None
+        if self.on_message is None:
+            return self._builtin(conn, msg)
         return self.dispatch(conn, msg)
 
     def _count(self, nbytes: int, messages: int) -> None:

@@ -927,7 +927,10 @@ class Hub:
         if history is not None and waiter is None:
             answer = self._read_position(name, since, history)
             if not later and not _pending(answer):
-                self._finish_join(conn, room, reply_id, (), since, answer, [], counted)
+                if answer.__class__ is Position and counted is None:
+                    self._joined_at(conn, room, reply_id, answer)
+                else:
+                    self._finish_join(conn, room, reply_id, (), since, answer, [], counted)
                 return room
         elif history is None and waiter is None and not later:
             self._announce_join(conn, room, reply_id, count=counted)
@@ -1166,6 +1169,24 @@ class Hub:
         self._announce_join(conn, room, reply_id, again, extra, count)
         if held and position is not None:
             self._send_after(conn, room, position, held)
+
+    def _joined_at(self, conn: Connection, room: Room, reply_id: Any, position: Position) -> None:
+        """The usual join, answered at once: ``_finish_join`` with the room's stream position
+        for an answer, nothing held back, and this node counting the user's connections."""
+        offset, epoch = position.offset, position.epoch
+        if room.epoch is None or room.offset < offset:
+            room.offset, room.epoch = offset, epoch
+        name = room.name
+        size = self.broker.room_size(name)
+        if 1 < size <= self.config.member_events_limit and self._alone(conn, room):
+            self.publish_room(name, self._member_event("user_joined", room, conn, size), conn.id)
+        payload = {"event": "joined", "action": "joined", "room": name, "members": size}
+        payload["offset"], payload["epoch"] = offset, epoch
+        conn.send_payload(Payload(KIND_TEXT, orjson.dumps(system_envelope(payload, name, reply_id))))
+        if self._join_done:
+            done = self._join_done.pop((conn.id, name), None)
+            if done is not None:
+                done(payload)
 
     def _join_failed(self, conn: Connection, room: Room, reply_ids: list[Any]) -> None:
         """A join into a room with history whose position could not be read (the broker is

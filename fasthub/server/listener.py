@@ -86,12 +86,14 @@ class ListenerProtocol(HubProtocol):
     max_head_size: int = 16 * 1024
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
+        self.transport = transport  # type: ignore[assignment]
+        shared = self.shared
+        shared.track(self)
         if self.head_timeout > 0:
-            shared = self.shared
-            if shared.heads is None:
-                shared.heads = HeadDeadlines(self.loop, self.head_timeout)
-            shared.heads.add(self)
+            heads = shared.heads
+            if heads is None:
+                heads = shared.heads = HeadDeadlines(self.loop, self.head_timeout)
+            heads.add(self)
 
     def _head_late(self) -> None:
         """Slowloris: the request head did not arrive in time."""
