@@ -117,6 +117,8 @@ class Dispatcher:
                 Published, self.max_depth,
             )
             self.relay.limits(self.max_size, self.limited, self.rate, self.byte_rate, self._count)
+            if can_join is None:
+                self.relay.joins(self._join_read)
             broker = hub.broker
             if isinstance(broker, LocalBroker) and type(broker).publish_stream is LocalBroker.publish_stream:
                 self.relay.local(
@@ -338,6 +340,9 @@ class Dispatcher:
         room = msg.room
         if room is None:
             raise EnvelopeError(ErrorCode.MISSING_FIELD, f"{msg.type} needs a 'room'")
+        return self._check_room(room)
+
+    def _check_room(self, room: str) -> str:
         if room in self.rooms:  # an existing room's name was validated when it was made
             return room
         if not self.hub.config.valid_room_name(room):
@@ -351,17 +356,27 @@ class Dispatcher:
     def _join_room(self, conn: Connection, msg: Message) -> Awaitable[None] | None:
         room = self._room_name(msg)
         if self.can_join is None:
-            self._join(conn, msg, room)
+            self._join(conn, room, msg.id, msg.since)
             return None
         denied = EnvelopeError(ErrorCode.FORBIDDEN, f"not allowed to join {room!r}")
-        return self._gate(conn, msg, self.can_join(conn, room), lambda: self._join(conn, msg, room), denied)
+        return self._gate(
+            conn, msg, self.can_join(conn, room), lambda: self._join(conn, room, msg.id, msg.since), denied
+        )
 
-    def _join(self, conn: Connection, msg: Message, room: str) -> None:
+    def _join_read(self, conn: Connection, room: str, msg_id: Any) -> None:
+        """A plain join the relay read (only ``type``, ``room`` and ``id``; no ``can_join``
+        hook): ``_join_room`` without decoding it into a ``Message``."""
+        try:
+            self._join(conn, self._check_room(room), msg_id, None)
+        except EnvelopeError as exc:
+            conn.send_json(error_envelope(exc.code, exc.message, msg_id))
+
+    def _join(self, conn: Connection, room: str, msg_id: Any, since: tuple[int, str] | None) -> None:
         limit = self.hub.config.max_rooms_per_connection
         if not conn.in_room(room) and conn.room_count() >= limit:
             raise EnvelopeError(ErrorCode.TOO_MANY_ROOMS, f"a connection may be in at most {limit} rooms")
         if self.hub.is_registered(conn):  # else closed while an async hook ran
-            self.hub.join_connection(conn, room, msg.id, msg.since)
+            self.hub.join_connection(conn, room, msg_id, since)
 
     def _leave_room(self, conn: Connection, msg: Message) -> None:
         room = self._room_name(msg)

@@ -889,10 +889,11 @@ class Hub:
     ) -> Room:
         """``join_room`` for a registered connection object (the dispatcher has it at hand)."""
         room = self._rooms.get(name)
+        cid = conn.id
         if on_joined is not None:
-            self._join_done[(conn.id, name)] = on_joined
-        if room is not None and conn.id in room.member_map:
-            pending = self._pending_joins.get((conn.id, name))
+            self._join_done[(cid, name)] = on_joined
+        if room is not None and cid in room.member_map:
+            pending = self._pending_joins.get((cid, name))
             if pending is not None:  # the first join's reply is still waiting: answer after it
                 pending[2].append(reply_id)
             else:
@@ -908,7 +909,7 @@ class Hub:
         if room is None:
             room = self._rooms[name] = Room(name)
         members = room.member_map
-        members[conn.id] = conn
+        members[cid] = conn
         conn.add_room(room.name)  # the room's own name string: one copy however many members
         remote = self._remote
         waiter = None
@@ -923,9 +924,12 @@ class Hub:
             counted = remote.presence_change(name, conn.user_id, 1, self._info(conn, name))
         history = self.config.history_for(name)
         answer: Any = None
-        later = _pending(counted)
+        later = counted is not None and _pending(counted)
         if history is not None and waiter is None:
-            answer = self._read_position(name, since, history)
+            if since is None:
+                answer = self.broker.stream_top(ROOM, name)
+            else:
+                answer = self._read_position(name, since, history)
             if not later and not _pending(answer):
                 if answer.__class__ is Position and counted is None:
                     self._joined_at(conn, room, reply_id, answer)

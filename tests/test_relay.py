@@ -98,6 +98,50 @@ def test_relay_answers_as_the_full_pipeline(history: int) -> None:
         assert acks[2]["payload"] == {"offset": acks[1]["payload"]["offset"], "epoch": "E", "duplicate": True}
 
 
+# plain joins (only type, room and id) are read by the relay and handed to the dispatcher
+JOIN_CASES: list[tuple[Any, bool]] = [
+    ({"type": "join_room", "room": "j1"}, True),
+    ({"type": "join_room", "room": "j1", "id": 5}, True),  # already a member
+    ({"type": "join_room", "room": "j2", "id": "x"}, True),
+    ({"type": "join_room", "room": "bad name!", "id": 6}, True),  # an invalid name: the error has the id
+    ({"type": "join_room", "room": "r", "id": 7}, True),
+    ({"type": "join_room", "room": "j3", "payload": None, "id": 8}, False),
+    ('{ "type" : "join_room" , "room" : "j4" }', True),  # a fifth room: max_rooms_per_connection
+    ({"type": "join_room", "room": "j5", "id": True}, False),
+    ({"type": "join_room", "room": "j5", "since": {"offset": 0, "epoch": "e"}}, False),
+]
+
+
+def test_plain_joins_through_the_relay_answer_as_the_full_pipeline() -> None:
+    config = HubConfig(rate_limit=0, history_size=100, max_rooms_per_connection=4)
+    fast_alice, fast_bob, _ = run(config, True, JOIN_CASES)
+    slow_alice, slow_bob, _ = run(config, False, JOIN_CASES)
+    assert fast_alice == slow_alice
+    assert fast_bob == slow_bob
+    events = [(m["type"], m["payload"].get("event") or m["payload"].get("code")) for m in fast_alice]
+    assert events.count(("system", "joined")) >= 5
+    assert ("error", "invalid_room") in events and ("error", "too_many_rooms") in events
+
+
+def test_a_plain_join_is_not_decoded_again_unless_a_join_hook_must_see_it() -> None:
+    for hook in (None, lambda conn, room: True):
+        with Harness(HubConfig(rate_limit=0), can_join=hook) as h:
+            dispatcher = h.app.dispatcher
+            decoded: list[bytes] = []
+            full = dispatcher.decoded
+            def counting(conn: Any, data: bytes, full: Any = full, decoded: list[bytes] = decoded) -> Any:
+                decoded.append(data)
+                return full(conn, data)
+
+            dispatcher.decoded = counting  # type: ignore[method-assign]
+            c = h.connect("alice")
+            c.send({"type": "join_room", "room": "r", "id": 1})
+            reply = c.received()[-1]
+            assert reply["payload"]["event"] == "joined" and reply["id"] == 1
+            assert (dispatcher.relay.join is None) == (hook is not None)
+            assert len(decoded) == (0 if hook is None else 1)
+
+
 def test_a_message_handler_or_publish_hook_turns_the_relay_off() -> None:
     with Harness(HubConfig(rate_limit=0), on_message=lambda conn, msg: None) as h:
         assert h.app.dispatcher.relay is None

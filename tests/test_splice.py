@@ -64,11 +64,16 @@ def check(data: bytes, max_depth: int = 32, offset: int = 3) -> bool:
     answers = []
     for splice in twins():
         taken = splice.scan(data, max_depth)
-        built = splice.build(data, SENDER, STAMP, offset) if taken else None
-        answers.append((taken, splice.room if taken else None, built))
+        join = bool(taken and splice.join)
+        built = splice.build(data, SENDER, STAMP, offset) if taken and not join else None
+        answers.append((taken, join, splice.room if taken else None, built))
     assert all(a == answers[0] for a in answers), (data, answers)
-    taken, room, built = answers[0]
-    if taken:
+    taken, join, room, built = answers[0]
+    if taken and join:  # a plain join: the relay hands its room and id to the dispatcher
+        obj = orjson.loads(data)
+        assert type(obj) is dict and set(obj) <= {"type", "room", "id"} and obj["type"] == "join_room"
+        assert room == obj["room"] and type(room) is str
+    elif taken:
         obj = orjson.loads(data)  # orjson takes whatever the splice takes
         assert type(obj) is dict and set(obj) <= TOP_KEYS and obj["type"] == "room_message"
         assert room == obj["room"] and type(room) is str
@@ -132,6 +137,40 @@ DECLINED = [
     b'{"type":"room_message","payload":1}',  # no room
     b'{"room":"r","payload":1}',  # no type
 ]
+
+
+JOINS = [
+    b'{"type":"join_room","room":"r"}',
+    b'{"room":"lobby","type":"join_room","id":3}',
+    b' { "type" : "join_room" , "room" : "\xc3\xa9t\xc3\xa9" , "id" : "j1" } ',
+]
+
+NOT_JOINS = [
+    b'{"type":"join_room","room":"r","payload":null}',  # a join with a payload or a key: the pipeline's
+    b'{"type":"join_room","room":"r","idempotency_key":"k"}',
+    b'{"type":"join_room","room":"r","since":{"offset":1,"epoch":"e"}}',  # a position: the pipeline's
+    b'{"type":"join_room","room":"r\\u0041"}',
+    b'{"type":"join_room"}',
+    b'{"type":"join_roo","room":"r"}',
+    b'{"type":"join_room","room":["r"]}',
+]
+
+
+@pytest.mark.parametrize("data", JOINS)
+def test_takes_plain_joins(data: bytes) -> None:
+    assert check(data)
+    assert all(splice.scan(data, 32) and splice.join for splice in twins())
+
+
+@pytest.mark.parametrize("data", NOT_JOINS)
+def test_declines_joins_with_anything_more(data: bytes) -> None:
+    assert not check(data)
+
+
+def test_a_room_message_after_a_join_is_not_a_join() -> None:
+    for splice in twins():
+        assert splice.scan(b'{"type":"join_room","room":"r"}', 32) and splice.join
+        assert splice.scan(b'{"type":"room_message","room":"r","payload":1}', 32) and not splice.join
 
 
 @pytest.mark.parametrize("data", TAKEN)
@@ -220,4 +259,6 @@ TOKENS = st.sampled_from(
 def test_twins_agree_on_mangled_messages(piece: bytes, cut: int) -> None:
     base = b'{"type":"room_message","room":"r","payload":{"a":[1,"\\u00e9",2.5]},"id":"x"}'
     check(base[:cut] + piece + base[cut:])
+    join = b'{"type":"join_room","room":"r","id":"x"}'
+    check(join[: cut % 40] + piece + join[cut % 40 :])
     check(piece)

@@ -27,6 +27,7 @@ cdef class Relay:
     cdef public Splice splice
     cdef public object sender_id
     cdef public bytes sender
+    cdef public object join
     cdef public dict histories
     cdef public Py_ssize_t max_size
     cdef public bint limited
@@ -35,6 +36,7 @@ cdef class Relay:
     cdef public object count
     cdef public int status
     cdef public double wait
+    cpdef joins(self, object join)
     cpdef limits(self, Py_ssize_t max_size, bint limited, double rate, double byte_rate, object count)
     @cython.locals(i=Py_ssize_t, n=Py_ssize_t, n_bytes=Py_ssize_t, n_msgs=Py_ssize_t, status=int, event=tuple,
                    data=bytes, wait=double, done=int)

@@ -109,6 +109,8 @@ class Relay:
         self.splice = Splice()
         self.sender_id: Any = _UNKNOWN  # the last sender's user id, and it encoded
         self.sender = b""
+        # ``join(conn, room, msg_id)`` for a plain ``join_room`` (``joins``); None: not taken
+        self.join: Callable[[Any, str, Any], None] | None = None
 
     def local(
         self,
@@ -123,6 +125,11 @@ class Relay:
         self.fanout = fanout
         self.deliver_room = deliver_room
         self.overflowed = overflowed
+
+    def joins(self, join: Callable[[Any, str, Any], None]) -> None:
+        """Take plain joins too (only ``type``, ``room`` and ``id``): ``join(conn, room, msg_id)``
+        does what the dispatcher does with one, without decoding it again."""
+        self.join = join
 
     def limits(
         self, max_size: int, limited: bool, rate: float, byte_rate: float, count: Callable[[int, int], None]
@@ -186,7 +193,8 @@ class Relay:
         return i
 
     def room_message(self, conn: Connection, data: bytes) -> int:
-        """Relay ``data`` (a text message's UTF-8 bytes) if it is a member's plain room message."""
+        """Relay ``data`` (a text message's UTF-8 bytes) if it is a member's plain room message;
+        hand a plain join to ``join``."""
         splice = self.splice
         if not splice.scan(data, self.max_depth):
             return NOT_HANDLED
@@ -196,6 +204,11 @@ class Relay:
             msg_id = orjson.loads(data[splice.id_start : splice.id_end])
             if not ((type(msg_id) is str and len(msg_id) <= _MAX_ID_LENGTH) or type(msg_id) is int):
                 return NOT_HANDLED
+        if splice.join:
+            if self.join is None:
+                return NOT_HANDLED
+            self.join(conn, name, msg_id)
+            return DONE
         ikey: Any = None
         if splice.key_end:
             ikey = orjson.loads(data[splice.key_start : splice.key_end])

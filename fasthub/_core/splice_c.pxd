@@ -2,6 +2,7 @@
 
 cdef class Splice:
     cdef public str room
+    cdef public bint join
     cdef public Py_ssize_t room_start, room_end
     cdef public Py_ssize_t payload_start, payload_end
     cdef public Py_ssize_t id_start, id_end

@@ -12,6 +12,7 @@ cdef Py_ssize_t _MAGNITUDE_CAP = 300
 
 cdef const char* _HEAD = b'{"type":"room_message"'
 cdef const char* _TYPE = b'"room_message"'
+cdef const char* _JOIN = b'"join_room"'
 
 cdef enum:
     K_NONE = 0
@@ -204,6 +205,7 @@ cdef class Splice:
 
     def __init__(self):
         self.room = ""
+        self.join = False
 
     cpdef bint scan(self, bytes data, Py_ssize_t max_depth) except -1:
         cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(data)
@@ -211,6 +213,7 @@ cdef class Splice:
         cdef Py_ssize_t limit = max_depth if max_depth < _DEPTH_CAP else _DEPTH_CAP
         cdef Py_ssize_t i, j, start, end, room_start = 0, room_end = 0
         cdef int seen = 0, key
+        cdef bint join = False
         cdef const unsigned char* q
         i = _skip_ws(s, 0, n)
         if i >= n or s[i] != 123 or limit < 1:
@@ -237,7 +240,9 @@ cdef class Splice:
             if end < 0:
                 return False
             if key == K_TYPE:
-                if end - start != 14 or memcmp(s + start, _TYPE, 14) != 0:
+                if end - start == 11 and memcmp(s + start, _JOIN, 11) == 0:
+                    join = True
+                elif end - start != 14 or memcmp(s + start, _TYPE, 14) != 0:
                     return False
             elif key == K_ROOM:
                 if s[start] != 34 or memchr(s + start, 92, end - start) != NULL:
@@ -265,12 +270,15 @@ cdef class Splice:
             break
         if _skip_ws(s, i + 1, n) != n or not seen & (1 << K_TYPE) or not seen & (1 << K_ROOM):
             return False
+        if join and seen & (1 << K_PAYLOAD | 1 << K_KEY):
+            return False
         try:
             self.room = (<const char*>s)[room_start + 1 : room_end - 1].decode("utf-8")
         except UnicodeDecodeError:
             return False
         self.room_start = room_start
         self.room_end = room_end
+        self.join = join
         return True
 
     cpdef bytes build(self, bytes data, bytes sender, bytes stamp, long long offset):

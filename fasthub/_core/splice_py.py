@@ -2,7 +2,8 @@
 the sender's payload bytes, so the relay builds no Python object of the payload.
 
 ``Splice.scan`` takes ``{"type": "room_message", "room": R, "payload": P[, "id": I]
-[, "idempotency_key": K]}`` (any key order, JSON whitespace allowed) and records where each
+[, "idempotency_key": K]}`` and ``{"type": "join_room", "room": R[, "id": I]}`` (``join`` set;
+any key order, JSON whitespace allowed) and records where each
 value is; ``Splice.build`` writes ``{"type":"room_message","payload":P,"room":R,"from":F,
 "timestamp":T[,"id":I][,"offset":N]}`` with P and I as the sender wrote them (a JSON parser
 reads the same values: centrifuge and Socket.IO pass a publication's data through the same way).
@@ -31,6 +32,7 @@ _HEX = frozenset(b"0123456789abcdefABCDEF")
 _SIMPLE_ESCAPES = frozenset(b'"\\/bfnrt')
 
 _TYPE = b'"room_message"'
+_JOIN = b'"join_room"'
 _HEAD = b'{"type":"room_message"'
 
 # envelope keys (what scan records for each)
@@ -42,11 +44,12 @@ class Splice:
     """One per relay, reused: what the last ``scan`` found (spans are ``data[start:end]``; an
     absent value has ``end == 0``; a ``null`` payload counts as absent)."""
 
-    __slots__ = ("id_end", "id_start", "key_end", "key_start", "payload_end", "payload_start", "room", "room_end",
-                 "room_start")
+    __slots__ = ("id_end", "id_start", "join", "key_end", "key_start", "payload_end", "payload_start", "room",
+                 "room_end", "room_start")
 
     def __init__(self) -> None:
         self.room = ""
+        self.join = False  # the last scan's message is a join (only ``type``, ``room``, ``id``)
         self.room_start = self.room_end = 0
         self.payload_start = self.payload_end = 0
         self.id_start = self.id_end = 0
@@ -60,6 +63,7 @@ class Splice:
         if i >= n or data[i] != 123 or limit < 1:
             return False
         seen = 0
+        join = False
         self.payload_start = self.payload_end = self.id_start = self.id_end = self.key_start = self.key_end = 0
         room_start = room_end = 0
         i += 1
@@ -82,7 +86,9 @@ class Splice:
             if end < 0:
                 return False
             if key == _K_TYPE:
-                if data[start:end] != _TYPE:
+                if data[start:end] == _JOIN:
+                    join = True
+                elif data[start:end] != _TYPE:
                     return False
             elif key == _K_ROOM:
                 if data[start] != 34 or data.find(b"\\", start, end) >= 0:
@@ -106,11 +112,14 @@ class Splice:
             break
         if _skip_ws(data, i + 1, n) != n or not seen & (1 << _K_TYPE) or not seen & (1 << _K_ROOM):
             return False
+        if join and seen & (1 << _K_PAYLOAD | 1 << _K_KEY):
+            return False  # a join with a payload or a key: the full pipeline says what it makes of them
         try:
             self.room = data[room_start + 1 : room_end - 1].decode()
         except UnicodeDecodeError:  # not from the wire, which checked; declined all the same
             return False
         self.room_start, self.room_end = room_start, room_end
+        self.join = join
         return True
 
     def build(self, data: bytes, sender: bytes, stamp: bytes, offset: int) -> bytes:
