@@ -9,6 +9,7 @@ near-miss shape) and also flips random bytes: both twins must return the same tu
 from __future__ import annotations
 
 import base64
+import hashlib
 import importlib
 import importlib.util
 import os
@@ -26,6 +27,7 @@ needs_compiled = pytest.mark.skipif(not COMPILED_BUILT, reason="extension not bu
 TWINS = [pure] + ([importlib.import_module("fasthub._wire.handshake_c")] if COMPILED_BUILT else [])
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 def head(*headers: bytes, line: bytes = b"GET /ws?x=1 HTTP/1.1") -> bytes:
@@ -43,10 +45,43 @@ GOOD = head(
 
 
 def outcome(mod: Any, data: bytes) -> Any:
+    """``parse_upgrade``'s answer and ``plain_upgrade``'s, the second checked against the first:
+    it answers only a request the full parse takes, with no subprotocol or extension header and
+    nothing after the head, and gives its target, key and RFC 6455 accept value."""
+    plain = mod.plain_upgrade(data)
     try:
-        return mod.parse_upgrade(data)
+        parsed = mod.parse_upgrade(data)
     except HandshakeError as exc:
-        return ("error", exc.status, exc.message)
+        assert plain is None, data
+        return ("error", exc.status, exc.message), None
+    if plain is not None:
+        _, target, headers, key, _ = parsed
+        names = {name for name, _ in headers}
+        assert data.find(b"\r\n\r\n") == len(data) - 4
+        assert b"sec-websocket-protocol" not in names and b"sec-websocket-extensions" not in names
+        assert plain == (target, key, base64.b64encode(hashlib.sha1(key + GUID).digest()))
+    return parsed, plain
+
+
+PLAIN = head(b"Host: h", b"Upgrade: websocket", b"Connection: Upgrade", b"Sec-WebSocket-Key: " + KEY,
+             b"Sec-WebSocket-Version: 13")
+
+
+@pytest.mark.parametrize("mod", TWINS, ids=lambda m: m.__name__.rsplit(".", 1)[1])
+def test_the_usual_upgrade_is_answered_without_the_full_parse(mod: Any) -> None:
+    # RFC 6455 1.3's example key and accept value
+    assert mod.plain_upgrade(PLAIN) == (b"/ws?x=1", KEY, b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+    assert outcome(mod, PLAIN)[1] is not None
+    for other in (
+        PLAIN + b"\x81",  # a frame after the head: the full path keeps it for the engine
+        PLAIN[:-2] + b"Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n",
+        PLAIN[:-2] + b"Sec-WebSocket-Protocol: fasthub\r\n\r\n",
+        PLAIN.replace(b"GET", b"PUT"),
+        PLAIN.replace(b"13", b"12"),
+        PLAIN[:-2] + b"Sec-WebSocket-Key: " + KEY + b"\r\n\r\n",
+    ):
+        assert mod.plain_upgrade(other) is None
+        outcome(mod, other)
 
 
 @pytest.mark.parametrize("mod", TWINS, ids=lambda m: m.__name__.rsplit(".", 1)[1])

@@ -42,7 +42,7 @@ TWINS = {
 
 if TYPE_CHECKING:
     from .frames_py import build_close, build_frame, build_header, close_code_allowed
-    from .handshake_py import parse_upgrade
+    from .handshake_py import parse_upgrade, plain_upgrade
     from .mask_py import apply_mask
     from .protocol_py import ServerProtocol
     from .utf8_py import Utf8Validator, is_valid_utf8
@@ -56,6 +56,7 @@ else:
     Utf8Validator, is_valid_utf8 = _utf8.Utf8Validator, _utf8.is_valid_utf8
     ServerProtocol = _mods["fasthub._wire.protocol_c"].ServerProtocol
     parse_upgrade = _mods["fasthub._wire.handshake_c"].parse_upgrade
+    plain_upgrade = _mods["fasthub._wire.handshake_c"].plain_upgrade
 
 __all__ = [
     "CLOSED",
@@ -83,4 +84,5 @@ __all__ = [
     "close_code_allowed",
     "is_valid_utf8",
     "parse_upgrade",
+    "plain_upgrade",
 ]

@@ -162,3 +162,97 @@ def parse_upgrade(bytes data):
     if not _key16(key):
         raise HandshakeError(400, "Sec-WebSocket-Key is not 16 bytes in base64")
     return method, target, headers, key, protocols
+
+
+# -- the usual upgrade, answered without building the request's objects -----------------------------
+
+from hashlib import sha1
+
+cdef bytes _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+cdef const char* _B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+cdef bytes _accept(bytes key):
+    """base64(SHA-1(key + GUID)): OpenSSL's SHA-1 (hardware where the CPU has it), base64 here."""
+    cdef bytes digest = sha1(key + _GUID).digest()
+    cdef const unsigned char* d = <const unsigned char*>PyBytes_AS_STRING(digest)
+    cdef char out[28]
+    cdef unsigned int v
+    cdef int i
+    for i in range(6):  # 20 bytes: six groups of 3, then 2 bytes and one '='
+        v = (<unsigned int>d[3 * i] << 16) | (<unsigned int>d[3 * i + 1] << 8) | <unsigned int>d[3 * i + 2]
+        out[4 * i] = _B64[(v >> 18) & 63]
+        out[4 * i + 1] = _B64[(v >> 12) & 63]
+        out[4 * i + 2] = _B64[(v >> 6) & 63]
+        out[4 * i + 3] = _B64[v & 63]
+    v = (<unsigned int>d[18] << 16) | (<unsigned int>d[19] << 8)
+    out[24] = _B64[(v >> 18) & 63]
+    out[25] = _B64[(v >> 12) & 63]
+    out[26] = _B64[(v >> 6) & 63]
+    out[27] = 61  # '='
+    return PyBytes_FromStringAndSize(out, 28)
+
+
+def plain_upgrade(bytes data):
+    """``(target, Sec-WebSocket-Accept)`` for the usual upgrade (see ``handshake_py``), or None:
+    the same checks as ``parse_upgrade``, no object made for the headers."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef Py_ssize_t end = n - 4
+    cdef Py_ssize_t i, a, b, line_end, s1, s2, spaces, colon, vs, ve, key_at = -1
+    cdef bint upgrade_ok = False, connection_ok = False, version_ok = False
+    cdef bytes key
+    if n < 4 or data.find(b"\r\n\r\n") != end:
+        return None
+    line_end = 0
+    while line_end < end and not (p[line_end] == 13 and line_end + 1 < end and p[line_end + 1] == 10):
+        line_end += 1
+    spaces = 0
+    s1 = s2 = -1
+    for i in range(line_end):
+        if p[i] == 32:
+            spaces += 1
+            if spaces == 1:
+                s1 = i
+            elif spaces == 2:
+                s2 = i
+    if spaces != 2 or line_end - (s2 + 1) < 7 or memcmp_http(p + s2 + 1) == 0:
+        return None
+    if s1 != 3 or p[0] != 71 or p[1] != 69 or p[2] != 84:  # "GET"
+        return None
+    a = line_end + 2
+    while line_end < end and a <= end:
+        b = a
+        while b < end and not (p[b] == 13 and b + 1 < end and p[b + 1] == 10):
+            b += 1
+        colon = a
+        while colon < b and p[colon] != 58:
+            colon += 1
+        if colon >= b or colon == a or _space(p[a]) or _space(p[colon - 1]):
+            return None
+        vs = colon + 1
+        ve = b
+        while vs < ve and _space(p[vs]):
+            vs += 1
+        while ve > vs and _space(p[ve - 1]):
+            ve -= 1
+        if _is(p, a, colon, b"upgrade", 7):
+            upgrade_ok = _has_token(p, vs, ve, b"websocket", 9)
+        elif _is(p, a, colon, b"connection", 10):
+            if _has_token(p, vs, ve, b"upgrade", 7):
+                connection_ok = True
+        elif _is(p, a, colon, b"sec-websocket-key", 17):
+            if key_at >= 0 or ve - vs != 24:
+                return None
+            key_at = vs
+        elif _is(p, a, colon, b"sec-websocket-version", 21):
+            version_ok = ve - vs == 2 and p[vs] == 49 and p[vs + 1] == 51
+        elif _is(p, a, colon, b"sec-websocket-protocol", 22) or _is(p, a, colon, b"sec-websocket-extensions", 24):
+            return None
+        a = b + 2
+    if not (upgrade_ok and connection_ok and version_ok) or key_at < 0:
+        return None
+    key = PyBytes_FromStringAndSize(<const char*>p + key_at, 24)
+    if not _key16(key):
+        return None
+    return PyBytes_FromStringAndSize(<const char*>p + s1 + 1, s2 - s1 - 1), key, _accept(key)

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 
 from .exceptions import HandshakeError
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 #: (method, target, headers with lower-cased names and stripped values, key, subprotocols)
 Upgrade = tuple[bytes, bytes, list[tuple[bytes, bytes]], bytes, list[str]]
@@ -70,3 +73,19 @@ def parse_upgrade(data: bytes) -> Upgrade:
     if len(raw) != 16:
         raise HandshakeError(400, "Sec-WebSocket-Key is not 16 bytes in base64")
     return method, target, headers, key, protocols
+
+
+def plain_upgrade(data: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """``(target, key, Sec-WebSocket-Accept)`` for the usual upgrade, the whole of ``data`` being
+    its head: valid, with no ``Sec-WebSocket-Protocol`` or ``-Extensions`` header. None for
+    anything else (then ``parse_upgrade`` answers it). The accept key is RFC 6455 4.2.2's."""
+    if not data.endswith(b"\r\n\r\n") or data.find(b"\r\n\r\n") != len(data) - 4:
+        return None
+    try:
+        _, target, headers, key, _ = parse_upgrade(data)
+    except HandshakeError:
+        return None
+    for name, _ in headers:
+        if name == b"sec-websocket-protocol" or name == b"sec-websocket-extensions":
+            return None
+    return target, key, base64.b64encode(hashlib.sha1(key + _GUID).digest())

@@ -316,7 +316,14 @@ class FasthubApp:
         the request is for another path or a hook needs the scope: the protocol then runs the
         app through ASGI.
         """
-        target = request.target
+        return self._open(protocol, request.target, request.subprotocols, None)
+
+    def open_plain(self, protocol: Any, target: bytes, accept: bytes) -> bool:
+        """``open_direct`` for the usual upgrade (``_wire.plain_upgrade``: no subprotocol, no
+        extension, nothing after the head), with its ``Sec-WebSocket-Accept`` already made."""
+        return self._open(protocol, target, (), accept)
+
+    def _open(self, protocol: Any, target: bytes, subprotocols: Iterable[str], accept: bytes | None) -> bool:
         if target != self._ws_raw_path and target.partition(b"?")[0] != self._ws_raw_path:
             return False
         if self.reads_scope:
@@ -329,8 +336,10 @@ class FasthubApp:
             protocol.deny(refused.status, refused.reason)
             return True
         conn = hub.register(protocol, None, None)
-        subprotocol = _subprotocol(request.subprotocols)
-        if subprotocol is None and protocol.open_plain(conn, self.dispatcher, self._on_lost, self._hello_text(conn)):
+        subprotocol = _subprotocol(subprotocols)
+        if subprotocol is None and protocol.open_plain(
+            conn, self.dispatcher, self._on_lost, self._hello_text(conn), accept
+        ):
             return True
         protocol.open_hub(conn, self.dispatcher, self._on_lost, subprotocol)
         self.hello(conn, None)

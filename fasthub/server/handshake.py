@@ -51,6 +51,11 @@ _tail = b""
 
 def accept_response(key: bytes, extra: list[tuple[bytes, bytes]]) -> bytes:
     """The 101 response (RFC 6455 4.2.2)."""
+    return switching(b2a_base64(sha1(key + _GUID).digest(), newline=False), extra)
+
+
+def switching(accept: bytes, extra: list[tuple[bytes, bytes]]) -> bytes:
+    """The 101 response with this ``Sec-WebSocket-Accept`` value."""
     global _tail_of, _tail
     if extra != _tail_of:
         out = [b"\r\n"]
@@ -58,7 +63,7 @@ def accept_response(key: bytes, extra: list[tuple[bytes, bytes]]) -> bytes:
             out += [name, b": ", value, b"\r\n"]
         out.append(b"\r\n")
         _tail, _tail_of = b"".join(out), list(extra)
-    return _101 + b2a_base64(sha1(key + _GUID).digest(), newline=False) + _tail
+    return _101 + accept + _tail
 
 
 def http_response(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:

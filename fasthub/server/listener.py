@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from .._wire import plain_upgrade
 from . import handshake
 from .http import GuardedHttpToolsProtocol, guarded_http_protocol
 from .protocol import HANDED_OFF, HANDSHAKE, Handshake, HubProtocol
@@ -118,6 +119,13 @@ class ListenerProtocol(HubProtocol):
         self._head_done()
         # bytes after the head (a client that did not wait for the 101) wait for the engine
         p.request_buffer = buffered[end + 4 :]
+        hub_app = self.shared.hub_app
+        if not p.request_buffer and hub_app is not None:
+            plain = plain_upgrade(buffered)  # the usual upgrade, read without building its objects
+            if plain is not None:
+                p.key = plain[1]
+                if hub_app.open_plain(self, plain[0], plain[2]):
+                    return
         try:
             request = handshake.parse_request(buffered)  # compiled; upgrades are the usual case
         except handshake.HandshakeError as exc:

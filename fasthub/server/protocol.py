@@ -451,11 +451,17 @@ class HubProtocol(asyncio.Protocol):
             self.loop.call_soon(self._feed, early)
 
     def open_plain(
-        self, conn: Connection, dispatcher: Dispatcher, on_lost: Callable[[Connection], None], hello: bytes
+        self,
+        conn: Connection,
+        dispatcher: Dispatcher,
+        on_lost: Callable[[Connection], None],
+        hello: bytes,
+        accept: bytes | None = None,
     ) -> bool:
         """``open_hub`` and the ``connected`` message (``hello``, JSON) for the usual connect:
-        no subprotocol, no extension offered, no early frames. The 101 and the first frame go
-        out as one buffer, built here. False (nothing done) for any other upgrade."""
+        no subprotocol, no extension offered, no early frames. The 101 (``accept``: its
+        ``Sec-WebSocket-Accept``, when the caller has it) and the first frame go out as one
+        buffer, built here. False (nothing done) for any other upgrade."""
         p = self.pending
         if (
             p is None
@@ -479,7 +485,9 @@ class HubProtocol(asyncio.Protocol):
         conn.fd = _plain_fd(transport)
         n = len(hello)
         head = bytes((0x81, n)) if n < 126 else b"\x81\x7e" + n.to_bytes(2, "big")
-        conn.push(Payload(KIND_RAW, handshake.accept_response(p.key, self.shared.default_headers) + head + hello))
+        headers = self.shared.default_headers
+        response = handshake.switching(accept, headers) if accept else handshake.accept_response(p.key, headers)
+        conn.push(Payload(KIND_RAW, response + head + hello))
         fanout = conn.fanout  # counted as ``send_payload`` counts a message
         fanout.delivered += 1
         fanout.bytes_out += n
