@@ -52,22 +52,19 @@ class Signer:
         if not self.fixed:
             self._use(hashlib.blake2b(secret, digest_size=32).digest())
 
-    def _mac(self, session_id: str, user_id: str | None) -> str:
+    def issue(self, session_id: str, user_id: str | None) -> str:
+        """The token of a session (``user_id`` None: an anonymous connection): the id, a dot and
+        the MAC in URL-safe base64 (18 bytes: 24 characters, no padding)."""
         h = self._keyed.copy()
         h.update(f"{session_id}\x00{'' if user_id is None else user_id}".encode())
-        # URL-safe base64 of 18 bytes: 24 characters, no padding
-        return b2a_base64(h.digest(), newline=False).translate(_URLSAFE).decode()
-
-    def issue(self, session_id: str, user_id: str | None) -> str:
-        """The token of a session (``user_id`` None: an anonymous connection)."""
-        return f"{session_id}.{self._mac(session_id, user_id)}"
+        return f"{session_id}.{b2a_base64(h.digest(), newline=False).translate(_URLSAFE).decode()}"
 
     def verify(self, token: object, user_id: str | None) -> str:
         """The session id of ``token`` if it was issued by this key to ``user_id``."""
         if not isinstance(token, str) or len(token) > 256 or token.count(".") != 1:
             raise SessionError("malformed session token")
-        session_id, _, mac = token.partition(".")
-        if not session_id or not hmac.compare_digest(mac.encode(), self._mac(session_id, user_id).encode()):
+        session_id = token.partition(".")[0]
+        if not session_id or not hmac.compare_digest(token.encode(), self.issue(session_id, user_id).encode()):
             raise SessionError("the session token is not this user's, or was not signed by this hub")
         return session_id
 

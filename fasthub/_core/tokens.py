@@ -16,27 +16,33 @@ _URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 class TokenPool:
     """Tokens of ``nbytes`` random bytes each, as unpadded URL-safe base64 (``nbytes`` a
-    multiple of 3: 12 bytes give 16 characters, 6 give 8)."""
+    multiple of 3: 12 bytes give 16 characters, 6 give 8).
 
-    __slots__ = ("nbytes", "pool", "pos")
+    Base64 of whole 3-byte groups is the concatenation of their encodings, so each draw is
+    encoded at once and a token is a slice of that text."""
+
+    __slots__ = ("pool", "pos", "size")
 
     PER_DRAW = 4096
 
     def __init__(self, nbytes: int) -> None:
-        self.nbytes = nbytes
-        self.pool = b""
+        if nbytes % 3:
+            raise ValueError("nbytes must be a multiple of 3")
+        self.size = nbytes // 3 * 4  # characters per token
+        self.pool = ""
         self.pos = 0
         os.register_at_fork(after_in_child=self.reset)
 
     def reset(self) -> None:
-        self.pool = b""
+        self.pool = ""
         self.pos = 0
 
     def next(self) -> str:
         pos = self.pos
-        n = self.nbytes
-        if pos + n > len(self.pool):
-            self.pool = os.urandom(n * self.PER_DRAW)
-            pos = 0
-        self.pos = pos + n
-        return b2a_base64(self.pool[pos : pos + n], newline=False).translate(_URLSAFE).decode()
+        end = pos + self.size
+        if end > len(self.pool):
+            raw = os.urandom(self.size // 4 * 3 * self.PER_DRAW)
+            self.pool = b2a_base64(raw, newline=False).translate(_URLSAFE).decode()
+            pos, end = 0, self.size
+        self.pos = end
+        return self.pool[pos:end]
