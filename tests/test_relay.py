@@ -142,6 +142,33 @@ def test_a_plain_join_is_not_decoded_again_unless_a_join_hook_must_see_it() -> N
             assert len(decoded) == (0 if hook is None else 1)
 
 
+@pytest.mark.parametrize("history", [100, 0], ids=["history", "no-history"])
+def test_a_relayed_message_goes_to_its_sender_first(history: int) -> None:
+    """The publisher joined last, but its own copy is the first one written: a client that waits
+    for its echo before sending the next message is not held for the whole fan-out."""
+    with Harness(HubConfig(rate_limit=0, history_size=history)) as h:
+        clients = [h.connect(None) for _ in range(5)]
+        for c in clients:
+            c.send({"type": "join_room", "room": "r"})
+        for c in clients:
+            c.received()
+        order: list[str] = []
+        for c in clients:
+            def flushed(flush: Any = c.sink.flush, cid: str = c.id) -> None:
+                order.append(cid)
+                flush()
+
+            c.sink.flush = flushed  # type: ignore[method-assign]
+        publisher = clients[-1]
+        for n in range(3):
+            order.clear()
+            publisher.send({"type": "room_message", "room": "r", "payload": n})
+            assert order[0] == publisher.id
+            assert sorted(order) == sorted(c.id for c in clients)
+        for c in clients:
+            assert [m["payload"] for m in c.received()] == [0, 1, 2]  # each member's order kept
+
+
 def test_a_message_handler_or_publish_hook_turns_the_relay_off() -> None:
     with Harness(HubConfig(rate_limit=0), on_message=lambda conn, msg: None) as h:
         assert h.app.dispatcher.relay is None

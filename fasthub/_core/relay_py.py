@@ -234,6 +234,10 @@ class Relay:
         if streams is None:
             answer = self.publish(name, splice.build(data, self.sender, self.stamp_json, -1), ikey)
         else:  # LocalBroker.publish_stream, inline
+            if not conn.scheduled:
+                # the sender's copy leaves first: a publisher that waits for its own message
+                # (or its ack) sends the next one while the others are still being written
+                self.fanout.mark(conn)  # type: ignore[union-attr]
             history: Any = self.histories.get(name, _UNKNOWN)
             if history is _UNKNOWN:
                 history = self.history_for(name)
