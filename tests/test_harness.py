@@ -217,6 +217,9 @@ def test_the_direct_open_takes_a_query_string_too() -> None:
         def open_hub(self, conn: Any, dispatcher: Any, on_lost: Any, subprotocol: Any) -> None:
             opened.append(conn.id)
 
+        def open_plain(self, conn: Any, dispatcher: Any, on_lost: Any, hello: bytes, accept: Any = None) -> bool:
+            return False  # as a protocol that is not in its plain state: open_hub then
+
         def deny(self, status: int, reason: str) -> None:
             raise AssertionError(reason)
 
