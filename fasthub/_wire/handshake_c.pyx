@@ -9,6 +9,8 @@ reconnect storm is mostly handshakes, and the pure twin's per-line ``partition``
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 
+from hashlib import sha1
+
 from fasthub._wire.exceptions import HandshakeError
 
 
@@ -166,8 +168,6 @@ def parse_upgrade(bytes data):
 
 # -- the usual upgrade, answered without building the request's objects -----------------------------
 
-from hashlib import sha1
-
 cdef bytes _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 cdef const char* _B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
@@ -194,8 +194,8 @@ cdef bytes _accept(bytes key):
 
 
 def plain_upgrade(bytes data):
-    """``(target, Sec-WebSocket-Accept)`` for the usual upgrade (see ``handshake_py``), or None:
-    the same checks as ``parse_upgrade``, no object made for the headers."""
+    """``(target, key, Sec-WebSocket-Accept)`` for the usual upgrade (see ``handshake_py``), or
+    None: the same checks as ``parse_upgrade``, no object made for the headers."""
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
     cdef Py_ssize_t end = n - 4
