@@ -80,17 +80,29 @@ cdef bint _is(const unsigned char* p, Py_ssize_t a, Py_ssize_t b, const char* na
 
 def parse_upgrade(bytes data):
     """Parse everything up to the blank line of ``data``; raises ``HandshakeError``."""
+    return _parse(data, True)
+
+
+cdef object _parse(bytes data, bint build):
+    """``parse_upgrade``'s checks. ``build`` false (``plain_upgrade``): no object is made for the
+    method or the headers, None comes back as soon as a ``Sec-WebSocket-Protocol`` or
+    ``-Extensions`` header shows, else ``(target, key, accept)``."""
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef Py_ssize_t end = data.find(b"\r\n\r\n")
     cdef Py_ssize_t i, a, b, line_end, s1, s2, spaces, colon, vs, ve, k
     cdef bytes name, value, method, target
-    cdef list headers = []
-    cdef list protocols = []
+    cdef list headers = None
+    cdef list protocols = None
     cdef bint dup_key = False, upgrade_ok = False, connection_ok = False, version_ok = False
     cdef object key = None
     cdef char* q
     if end < 0:
         raise HandshakeError(400, "incomplete request")
+    if build:
+        headers = []
+        protocols = []
+    elif end != PyBytes_GET_SIZE(data) - 4:
+        return None  # bytes after the head: the full path keeps them for the engine
 
     # request line: exactly three parts split by single spaces, the last "HTTP/1.*"
     line_end = 0
@@ -107,7 +119,8 @@ def parse_upgrade(bytes data):
                 s2 = i
     if spaces != 2 or line_end - (s2 + 1) < 7 or memcmp_http(p + s2 + 1) == 0:
         raise HandshakeError(400, "malformed request line")
-    method = PyBytes_FromStringAndSize(<const char*>p, s1)
+    if build:
+        method = PyBytes_FromStringAndSize(<const char*>p, s1)
     target = PyBytes_FromStringAndSize(<const char*>p + s1 + 1, s2 - s1 - 1)
 
     # header lines: syntax of every line first, what they mean is checked after the method
@@ -121,18 +134,19 @@ def parse_upgrade(bytes data):
             colon += 1
         if colon >= b or colon == a or _space(p[a]) or _space(p[colon - 1]):
             raise HandshakeError(400, "malformed header line")
-        name = PyBytes_FromStringAndSize(NULL, colon - a)
-        q = PyBytes_AS_STRING(name)
-        for k in range(colon - a):
-            q[k] = <char>_lower(p[a + k])
         vs = colon + 1
         ve = b
         while vs < ve and _space(p[vs]):
             vs += 1
         while ve > vs and _space(p[ve - 1]):
             ve -= 1
-        value = PyBytes_FromStringAndSize(<const char*>p + vs, ve - vs)
-        headers.append((name, value))
+        if build:
+            name = PyBytes_FromStringAndSize(NULL, colon - a)
+            q = PyBytes_AS_STRING(name)
+            for k in range(colon - a):
+                q[k] = <char>_lower(p[a + k])
+            value = PyBytes_FromStringAndSize(<const char*>p + vs, ve - vs)
+            headers.append((name, value))
         if _is(p, a, colon, b"upgrade", 7):
             upgrade_ok = _has_token(p, vs, ve, b"websocket", 9)  # the last one counts
         elif _is(p, a, colon, b"connection", 10):
@@ -142,14 +156,18 @@ def parse_upgrade(bytes data):
             if key is not None:
                 dup_key = True
             else:
-                key = value
+                key = value if build else PyBytes_FromStringAndSize(<const char*>p + vs, ve - vs)
         elif _is(p, a, colon, b"sec-websocket-version", 21):
             version_ok = ve - vs == 2 and p[vs] == 49 and p[vs + 1] == 51  # "13"
         elif _is(p, a, colon, b"sec-websocket-protocol", 22):
+            if not build:
+                return None
             protocols.extend(t.strip() for t in value.decode("latin-1").split(",") if t.strip())
+        elif not build and _is(p, a, colon, b"sec-websocket-extensions", 24):
+            return None
         a = b + 2
 
-    if method != b"GET":
+    if (method != b"GET") if build else not (s1 == 3 and p[0] == 71 and p[1] == 69 and p[2] == 84):
         raise HandshakeError(400, "the WebSocket handshake must be a GET")
     if dup_key:
         raise HandshakeError(400, "more than one Sec-WebSocket-Key")
@@ -163,6 +181,8 @@ def parse_upgrade(bytes data):
         raise HandshakeError(400, "missing Sec-WebSocket-Key")
     if not _key16(key):
         raise HandshakeError(400, "Sec-WebSocket-Key is not 16 bytes in base64")
+    if not build:
+        return target, key, _accept(key)
     return method, target, headers, key, protocols
 
 
@@ -195,64 +215,8 @@ cdef bytes _accept(bytes key):
 
 def plain_upgrade(bytes data):
     """``(target, key, Sec-WebSocket-Accept)`` for the usual upgrade (see ``handshake_py``), or
-    None: the same checks as ``parse_upgrade``, no object made for the headers."""
-    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
-    cdef Py_ssize_t end = n - 4
-    cdef Py_ssize_t i, a, b, line_end, s1, s2, spaces, colon, vs, ve, key_at = -1
-    cdef bint upgrade_ok = False, connection_ok = False, version_ok = False
-    cdef bytes key
-    if n < 4 or data.find(b"\r\n\r\n") != end:
+    None: ``parse_upgrade``'s checks, with no object made for the headers."""
+    try:
+        return _parse(data, False)
+    except HandshakeError:
         return None
-    line_end = 0
-    while line_end < end and not (p[line_end] == 13 and line_end + 1 < end and p[line_end + 1] == 10):
-        line_end += 1
-    spaces = 0
-    s1 = s2 = -1
-    for i in range(line_end):
-        if p[i] == 32:
-            spaces += 1
-            if spaces == 1:
-                s1 = i
-            elif spaces == 2:
-                s2 = i
-    if spaces != 2 or line_end - (s2 + 1) < 7 or memcmp_http(p + s2 + 1) == 0:
-        return None
-    if s1 != 3 or p[0] != 71 or p[1] != 69 or p[2] != 84:  # "GET"
-        return None
-    a = line_end + 2
-    while line_end < end and a <= end:
-        b = a
-        while b < end and not (p[b] == 13 and b + 1 < end and p[b + 1] == 10):
-            b += 1
-        colon = a
-        while colon < b and p[colon] != 58:
-            colon += 1
-        if colon >= b or colon == a or _space(p[a]) or _space(p[colon - 1]):
-            return None
-        vs = colon + 1
-        ve = b
-        while vs < ve and _space(p[vs]):
-            vs += 1
-        while ve > vs and _space(p[ve - 1]):
-            ve -= 1
-        if _is(p, a, colon, b"upgrade", 7):
-            upgrade_ok = _has_token(p, vs, ve, b"websocket", 9)
-        elif _is(p, a, colon, b"connection", 10):
-            if _has_token(p, vs, ve, b"upgrade", 7):
-                connection_ok = True
-        elif _is(p, a, colon, b"sec-websocket-key", 17):
-            if key_at >= 0 or ve - vs != 24:
-                return None
-            key_at = vs
-        elif _is(p, a, colon, b"sec-websocket-version", 21):
-            version_ok = ve - vs == 2 and p[vs] == 49 and p[vs + 1] == 51
-        elif _is(p, a, colon, b"sec-websocket-protocol", 22) or _is(p, a, colon, b"sec-websocket-extensions", 24):
-            return None
-        a = b + 2
-    if not (upgrade_ok and connection_ok and version_ok) or key_at < 0:
-        return None
-    key = PyBytes_FromStringAndSize(<const char*>p + key_at, 24)
-    if not _key16(key):
-        return None
-    return PyBytes_FromStringAndSize(<const char*>p + s1 + 1, s2 - s1 - 1), key, _accept(key)
