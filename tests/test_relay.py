@@ -169,6 +169,28 @@ def test_a_relayed_message_goes_to_its_sender_first(history: int) -> None:
             assert [m["payload"] for m in c.received()] == [0, 1, 2]  # each member's order kept
 
 
+def test_a_join_that_raises_still_counts_the_read() -> None:
+    """``Relay.feed`` records a read's bytes and messages even when a handler it calls raises
+    (here a plain join whose hub step fails): the exception goes on, the counts stay."""
+    with Harness(HubConfig(rate_limit=0)) as h:
+        c = h.connect(None)
+        c.received()
+        relay = h.app.dispatcher.relay
+        assert relay is not None and relay.join is not None
+
+        def failing(conn: Any, room: str, msg_id: Any) -> None:
+            raise RuntimeError("join failed")
+
+        relay.join = failing
+        before = (h.hub.bytes_in, h.hub.messages_in)
+        ping = b'{"type":"room_message","room":"nowhere","payload":1}'
+        join = b'{"type":"join_room","room":"r"}'
+        with pytest.raises(RuntimeError):
+            relay.feed(c.conn, [(1, join)], 1, 0.0)
+        assert (h.hub.bytes_in, h.hub.messages_in) == (before[0] + len(join), before[1] + 1)
+        assert relay.feed(c.conn, [(1, ping)], 1, 0.0) == 0  # not a member: the full pipeline's
+
+
 def test_a_message_handler_or_publish_hook_turns_the_relay_off() -> None:
     with Harness(HubConfig(rate_limit=0), on_message=lambda conn, msg: None) as h:
         assert h.app.dispatcher.relay is None

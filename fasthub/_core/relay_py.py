@@ -8,7 +8,8 @@ instead, the delivered envelope spliced around the sender's payload bytes (``Spl
 Python object of the payload is built; ``docs/design-notes.md``, "Ingress"). Anything else
 (another type or key, a room it is not a member of, nesting over the limit, bad JSON) is
 answered ``NOT_HANDLED`` before anything happened, and the full pipeline takes it with its
-errors.
+errors; a plain ``join_room`` (only ``type``, ``room``, ``id``) is handed to ``join`` (the
+dispatcher's, when set) without being decoded again.
 
 Compiled as ``fasthub._core.relay_c`` with ``relay_c.pxd``; this file is also the pure twin.
 """
@@ -158,38 +159,40 @@ class Relay:
         n_bytes = 0
         n_msgs = 0
         status = FED
-        while i < stop:
-            event = events[i]
-            if event[0] != _OP_TEXT:
-                status = UNTOUCHED
-                break
-            data: bytes = event[1]
-            n = len(data)
-            if n > self.max_size:
-                status = UNTOUCHED
-                break
-            n_bytes += n
-            if conn.closing:  # the rest of a closing connection's read is dropped, as receive does
-                i += 1
-                continue
-            if self.limited:
-                wait = conn.spend(now, n, self.rate, self.byte_rate)
-                if wait:
-                    self.wait = wait
-                    status = REFUSED
+        try:  # a handler that raises (a join's) still leaves the read's counts behind
+            while i < stop:
+                event = events[i]
+                if event[0] != _OP_TEXT:
+                    status = UNTOUCHED
                     break
-            n_msgs += 1
-            done = self.room_message(conn, data)
-            if done == NOT_HANDLED:
-                status = ACCOUNTED
-                break
-            if done == CONGESTED:
-                status = PAUSED
-                break
-            i += 1
-        self.status = status
-        if n_bytes:
-            self.count(n_bytes, n_msgs)
+                data: bytes = event[1]
+                n = len(data)
+                if n > self.max_size:
+                    status = UNTOUCHED
+                    break
+                n_bytes += n
+                if conn.closing:  # the rest of a closing connection's read is dropped, as receive does
+                    i += 1
+                    continue
+                if self.limited:
+                    wait = conn.spend(now, n, self.rate, self.byte_rate)
+                    if wait:
+                        self.wait = wait
+                        status = REFUSED
+                        break
+                n_msgs += 1
+                done = self.room_message(conn, data)
+                if done == NOT_HANDLED:
+                    status = ACCOUNTED
+                    break
+                if done == CONGESTED:
+                    status = PAUSED
+                    break
+                i += 1
+        finally:
+            self.status = status
+            if n_bytes:
+                self.count(n_bytes, n_msgs)
         return i
 
     def room_message(self, conn: Connection, data: bytes) -> int:

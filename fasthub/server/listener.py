@@ -120,7 +120,7 @@ class ListenerProtocol(HubProtocol):
         # bytes after the head (a client that did not wait for the 101) wait for the engine
         p.request_buffer = buffered[end + 4 :]
         hub_app = self.shared.hub_app
-        if not p.request_buffer and hub_app is not None:
+        if not p.request_buffer and hub_app is not None and not hub_app.reads_scope:
             plain = plain_upgrade(buffered)  # the usual upgrade, read without building its objects
             if plain is not None:
                 p.key = plain[1]
