@@ -320,13 +320,14 @@ class FasthubApp:
 
     def open_plain(self, protocol: Any, target: bytes, accept: bytes) -> bool:
         """``open_direct`` for the usual upgrade (``_wire.plain_upgrade``: no subprotocol, no
-        extension, nothing after the head), with its ``Sec-WebSocket-Accept`` already made."""
+        extension, nothing after the head), with its ``Sec-WebSocket-Accept`` already made; the
+        caller has checked that ``reads_scope`` is false."""
         return self._open(protocol, target, (), accept)
 
     def _open(self, protocol: Any, target: bytes, subprotocols: Iterable[str], accept: bytes | None) -> bool:
         if target != self._ws_raw_path and target.partition(b"?")[0] != self._ws_raw_path:
             return False
-        if self.reads_scope:
+        if accept is None and self.reads_scope:
             return False
         hub = self.hub
         if hub.loop is None:
