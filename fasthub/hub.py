@@ -1149,9 +1149,7 @@ class Hub:
             return
         extra: dict[str, Any] = {}
         position: Position | None = None
-        if answer.__class__ is Position:  # the usual join: where the room's stream is
-            position = answer
-        elif isinstance(answer, Recovery):
+        if isinstance(answer, Recovery):
             position = answer.position
             if answer.recovered and since is not None:
                 reached, held = self._merge(conn, since, answer.payloads, held)
@@ -1180,17 +1178,7 @@ class Hub:
         offset, epoch = position.offset, position.epoch
         if room.epoch is None or room.offset < offset:
             room.offset, room.epoch = offset, epoch
-        name = room.name
-        size = self.broker.room_size(name)
-        if 1 < size <= self.config.member_events_limit and self._alone(conn, room):
-            self.publish_room(name, self._member_event("user_joined", room, conn, size), conn.id)
-        payload = {"event": "joined", "action": "joined", "room": name, "members": size}
-        payload["offset"], payload["epoch"] = offset, epoch
-        conn.send_payload(Payload(KIND_TEXT, orjson.dumps(system_envelope(payload, name, reply_id))))
-        if self._join_done:
-            done = self._join_done.pop((conn.id, name), None)
-            if done is not None:
-                done(payload)
+        self._announce_join(conn, room, reply_id, (), {"offset": offset, "epoch": epoch})
 
     def _join_failed(self, conn: Connection, room: Room, reply_ids: list[Any]) -> None:
         """A join into a room with history whose position could not be read (the broker is
@@ -1349,7 +1337,7 @@ class Hub:
         payload = {"event": action, "action": action, "room": room.name, "members": members}
         if extra:
             payload.update(extra)
-        conn.send_payload(Payload(KIND_TEXT, encode(system_envelope(payload, room.name, reply_id))))
+        conn.send_payload(self._system(payload, room.name, reply_id))
         if self._join_done and action == "joined":
             done = self._join_done.pop((conn.id, room.name), None)
             if done is not None:

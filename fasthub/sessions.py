@@ -15,13 +15,12 @@ import hashlib
 import hmac
 import os
 import time
-from binascii import b2a_base64
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 
-_URLSAFE = bytes.maketrans(b"+/", b"-_")
+from ._core.tokens import urlsafe_b64
 
 
 class SessionError(Exception):
@@ -42,7 +41,6 @@ class Signer:
         self._use(hashlib.blake2b(secret.encode(), digest_size=32).digest() if secret else os.urandom(32))
 
     def _use(self, key: bytes) -> None:
-        self.key = key
         # the keyed state after the key block, copied per token: one compression instead of two
         self._keyed = hashlib.blake2b(key=key, digest_size=18)
 
@@ -57,7 +55,7 @@ class Signer:
         the MAC in URL-safe base64 (18 bytes: 24 characters, no padding)."""
         h = self._keyed.copy()
         h.update(f"{session_id}\x00{'' if user_id is None else user_id}".encode())
-        return f"{session_id}.{b2a_base64(h.digest(), newline=False).translate(_URLSAFE).decode()}"
+        return f"{session_id}.{urlsafe_b64(h.digest())}"
 
     def verify(self, token: object, user_id: str | None) -> str:
         """The session id of ``token`` if it was issued by this key to ``user_id``."""

@@ -14,6 +14,11 @@ from binascii import b2a_base64
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
+def urlsafe_b64(raw: bytes) -> str:
+    """URL-safe base64 of ``raw``, a multiple of 3 bytes (so no padding), without a newline."""
+    return b2a_base64(raw, newline=False).translate(_URLSAFE).decode()
+
+
 class TokenPool:
     """Tokens of ``nbytes`` random bytes each, as unpadded URL-safe base64 (``nbytes`` a
     multiple of 3: 12 bytes give 16 characters, 6 give 8).
@@ -42,7 +47,7 @@ class TokenPool:
         end = pos + self.size
         if end > len(self.pool):
             raw = os.urandom(self.size // 4 * 3 * self.PER_DRAW)
-            self.pool = b2a_base64(raw, newline=False).translate(_URLSAFE).decode()
+            self.pool = urlsafe_b64(raw)
             pos, end = 0, self.size
         self.pos = end
         return self.pool[pos:end]

@@ -51,7 +51,7 @@ _tail = b""
 
 def accept_response(key: bytes, extra: list[tuple[bytes, bytes]]) -> bytes:
     """The 101 response (RFC 6455 4.2.2)."""
-    return switching(b2a_base64(sha1(key + _GUID).digest(), newline=False), extra)
+    return switching(accept_key(key), extra)
 
 
 def switching(accept: bytes, extra: list[tuple[bytes, bytes]]) -> bytes:

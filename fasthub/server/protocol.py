@@ -476,11 +476,8 @@ class HubProtocol(asyncio.Protocol):
         self.dispatcher = dispatcher
         self.on_lost = on_lost
         self.pending = None
-        high = conn.hub.config.transport_high_water
-        self.phase = OPEN_
-        self.wire = ServerProtocol(self.shared.max_size, deflate.INFLATE_OFF)
+        self._start_engine(conn.hub.config.transport_high_water)
         transport = self.transport
-        transport.set_write_buffer_limits(high=high, low=high // 4)
         conn.transport = transport  # the compiled flush writes here directly
         conn.fd = _plain_fd(transport)
         n = len(hello)
