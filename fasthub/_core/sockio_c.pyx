@@ -15,8 +15,13 @@ cdef extern from "sys/socket.h" nogil:
     int MSG_DONTWAIT
 
 
-cpdef Py_ssize_t send_some(int fd, bytes data):
-    """Bytes the socket took now (0 if it would block); -1 on an error (the transport reports it)."""
+cpdef Py_ssize_t send_some(int fd, bytes data) noexcept:
+    """Bytes the socket took now (0 if it would block); -1 on an error (the transport reports it).
+
+    Never raises (``noexcept``: the flush calls it once per member and checks for no exception
+    after it)."""
+    if data is None:
+        return -1
     cdef const char *buf = data
     cdef Py_ssize_t n = len(data)
     cdef ssize_t r
