@@ -47,3 +47,23 @@ def test_send_some_writes_reports_would_block_and_errors(sockio: ModuleType) -> 
     finally:
         a.close()
         b.close()
+
+
+def test_send_some_never_raises(sockio: ModuleType) -> None:
+    """The flush calls it once per member without an exception check: errors are -1."""
+    a, b = socket.socketpair()
+    try:
+        assert sockio.send_some(a.fileno(), None) == -1  # type: ignore[arg-type]
+        assert sockio.send_some(-1, b"x") == -1  # EBADF
+        assert b"x" not in _drain(b)
+    finally:
+        a.close()
+        b.close()
+
+
+def _drain(sock: socket.socket) -> bytes:
+    sock.setblocking(False)
+    try:
+        return sock.recv(16)
+    except BlockingIOError:
+        return b""
