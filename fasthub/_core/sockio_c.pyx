@@ -18,8 +18,8 @@ cdef extern from "sys/socket.h" nogil:
 cpdef Py_ssize_t send_some(int fd, bytes data) noexcept:
     """Bytes the socket took now (0 if it would block); -1 on an error (the transport reports it).
 
-    Never raises (``noexcept``: the flush calls it once per member and checks for no exception
-    after it)."""
+    Never raises (``noexcept``), so the flush, which calls it once per member, need not look for
+    an exception after each call; ``None`` is an error too."""
     if data is None:
         return -1
     cdef const char *buf = data
