@@ -853,6 +853,7 @@ class Hub:
                 for user, (n, _) in self.local_presence(name, info=False).items():
                     _settled(remote.presence_change(name, user, -n, None))
             members.clear()
+            room.changed()
             if remote is not None:
                 remote.room_resized(name, 0)
                 remote.room_closed(name)
@@ -910,6 +911,7 @@ class Hub:
             room = self._rooms[name] = Room(name)
         members = room.member_map
         members[cid] = conn
+        room.changed()
         conn.add_room(room.name)  # the room's own name string: one copy however many members
         remote = self._remote
         waiter = None
@@ -1185,6 +1187,7 @@ class Hub:
         down): undone without a trace for the others, and answered ``unavailable`` (retry)."""
         name = room.name
         if room.member_map.pop(conn.id, None) is not None:
+            room.changed()
             conn.drop_room(name)
             remote = self._remote
             if remote is not None:
@@ -1244,6 +1247,7 @@ class Hub:
         elif room.syncing:
             self._end_sync(room, conn.id)
         del room.member_map[conn.id]
+        room.changed()
         conn.drop_room(name)
         self._typing.forget(conn.id, name)
         remote = self._remote

@@ -17,7 +17,17 @@ class Room:
     cannot grow the room table without bound.
     """
 
-    __slots__ = ("congested", "epoch", "member_map", "metadata", "name", "offset", "persistent", "syncing")
+    __slots__ = (
+        "_connections",
+        "congested",
+        "epoch",
+        "member_map",
+        "metadata",
+        "name",
+        "offset",
+        "persistent",
+        "syncing",
+    )
 
     def __init__(self, name: str, metadata: dict[str, Any] | None = None, persistent: bool = False) -> None:
         self.name = name
@@ -33,6 +43,20 @@ class Room:
         self.syncing: dict[str, list[tuple[int, Any, Any]]] | None = None
         #: the last delivery left a member over the publish watermark (``Hub.room_congested``)
         self.congested = False
+        self._connections: list[Connection] | None = None  # ``connections``, until ``changed``
+
+    def connections(self) -> list[Connection]:
+        """The members' connections as one list, kept until the membership changes: a broadcast
+        that writes at once walks it (a dict walk would read every key, a cache miss per member
+        of a big room between two sends)."""
+        connections = self._connections
+        if connections is None:
+            connections = self._connections = list(self.member_map.values())
+        return connections
+
+    def changed(self) -> None:
+        """``member_map`` changed: ``connections`` is made again when next asked for."""
+        self._connections = None
 
     @property
     def members(self) -> list[str]:

@@ -889,3 +889,120 @@ def test_flush_counts_connections_per_flush_in_power_of_4_buckets(core: ModuleTy
     assert fan.flush_counts == [1 if i == bucket else 0 for i in range(9)]
     assert fan.flush_total == dirty
     assert core.FLUSH_BUCKETS == (1, 4, 16, 64, 256, 1024, 4096, 16384)
+
+
+# -- send_many: a lone message written at once -----------------------------------------------
+
+
+def _direct_box(core: ModuleType, sock: socket.socket) -> tuple[Any, BufferingTransport]:
+    """An outbox on the fast path, ``sock`` its socket, its transport known to be empty."""
+    sock.setblocking(False)
+    ob = core.Outbox(1 << 20)
+    t = BufferingTransport()
+    ob.transport, ob.fd, ob.unsure = t, sock.fileno(), False
+    return ob, t
+
+
+def test_send_many_writes_at_once_to_empty_outboxes(core: ModuleType) -> None:
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        sched = Scheduler()
+        fan = core.Fanout(sched)
+        boxes = [_direct_box(core, a)[0] for a, _ in pairs]
+        p = text(core, 50, b"m")
+        count, overflow = fan.send_many(boxes, p, boxes[2])
+        assert (count, overflow) == (3, [])
+        for _, b in pairs:  # on every socket before any tick: nothing queued, no flush
+            assert _recv_all(b, len(p.frame())) == p.frame()
+        assert sched.calls == [] and not fan.flush_scheduled
+        assert all(ob.queue is None and not ob.scheduled and not ob.unsure for ob in boxes)
+        assert fan.delivered == 3 and fan.bytes_out == 150 and fan.direct == 1
+        assert fan.flush_total == 3 and fan.flush_counts[1] == 1  # one pass of 3 (the bucket of <= 4)
+        assert not fan.quiet()  # it just wrote
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
+def test_send_many_queues_behind_what_an_outbox_holds(core: ModuleType) -> None:
+    """A member with something queued (or a transport that may hold bytes, or no transport)
+    gets the message pushed after it: nothing overtakes what an outbox holds."""
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        sched = Scheduler()
+        fan = core.Fanout(sched)
+        (busy, _), (idle, _), (unsure, t3) = (_direct_box(core, a) for a, _ in pairs)
+        unsure.unsure = True
+        t3.held = 7  # the transport holds bytes: no direct send may pass them
+        portable = core.Outbox(1 << 20)
+        portable.sink = Sink()
+        earlier = text(core, 5, b"e")
+        fan.push(busy, earlier)
+        p = text(core, 8, b"p")
+        count, _ = fan.send_many([busy, idle, unsure, portable], p)
+        assert count == 4 and fan.direct == 1
+        assert _recv_all(pairs[1][1], len(p.frame())) == p.frame()  # the idle one: at once
+        assert busy.items == [earlier, p] and unsure.items == [p] and portable.items == [p]
+        sched.tick()
+        assert _recv_all(pairs[0][1], len(earlier.frame()) + len(p.frame())) == earlier.frame() + p.frame()
+        assert t3.writes == [p.frame()]  # behind the transport's bytes
+        assert portable.sink.flushes == 1
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
+def test_send_many_leaves_a_partial_write_to_the_transport(core: ModuleType) -> None:
+    a_sock, b_sock = socket.socketpair()
+    a_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    try:
+        sched = Scheduler()
+        fan = core.Fanout(sched)
+        ob, t = _direct_box(core, a_sock)
+        big = text(core, 1 << 20, b"z")
+        count, _ = fan.send_many([ob], big)
+        frame = big.frame()
+        assert count == 1 and len(t.writes) == 1 and 0 < len(t.writes[0]) < len(frame)
+        assert frame.endswith(t.writes[0]) and ob.unsure and ob.buffered == len(t.writes[0])
+        small = text(core, 5, b"s")
+        fan.send_many([ob], small)  # unsure now: queued for the flush, then through the transport
+        assert ob.items == [small] and t.writes[-1] != small.frame()
+        sched.tick()
+        assert t.writes[-1] == small.frame()
+    finally:
+        a_sock.close()
+        b_sock.close()
+
+
+def test_send_many_keeps_the_budget_and_the_slow_consumer_policy(core: ModuleType) -> None:
+    sched = Scheduler()
+    fan = core.Fanout(sched)
+    full = core.Outbox(100)
+    full.sink = Sink()
+    dropping = core.Outbox(100, True)
+    dropping.sink = Sink()
+    for ob in (full, dropping):
+        fan.push(ob, text(core, 90))
+    count, overflow = fan.send_many([full, dropping], text(core, 20))
+    assert count == 0 and overflow == [full] and fan.dropped == 1 and dropping.dropped == 1
+
+
+def test_quiet_after_a_pause_without_writes(core: ModuleType) -> None:
+    import time
+
+    sched = Scheduler()
+    fan = core.Fanout(sched)
+    assert fan.quiet_ns == 1_000_000 and fan.quiet()  # nothing written yet
+    ob = core.Outbox(1 << 20)
+    ob.transport = FakeTransport()
+    fan.push(ob, text(core, 3))
+    assert not fan.quiet()  # a flush is waiting
+    sched.tick()
+    assert not fan.quiet()  # it just wrote
+    fan.quiet_ns = 2_000_000
+    time.sleep(0.003)
+    assert fan.quiet()
+    fan.quiet_ns = 0  # never
+    assert not fan.quiet()

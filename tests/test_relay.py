@@ -342,3 +342,37 @@ def test_a_message_sent_right_after_join_reaches_its_sender_through_redis(redis_
         if with_id:
             assert next(m for m in got if m["type"] == "ack")["payload"]["offset"] == 1
         c.close()
+
+
+def test_a_lone_message_after_a_pause_is_written_at_once_and_a_burst_is_joined() -> None:
+    """On the fast path a message that came alone after a quiet moment skips the queue and
+    the flush (``Fanout.send_many``, the sender's copy first); messages that come together are
+    queued and joined as before. Every member gets every message once, in order, either way."""
+    with serve(config=HubConfig(rate_limit=0), ws="fasthub") as server:
+        clients = [RawClient(server, "") for _ in range(4)]
+        for c in clients:  # one after the other: each hears of the joins after its own
+            assert c.json()["payload"]["event"] == "connected"
+            c.send_json({"type": "join_room", "room": "r"})
+            assert c.json()["payload"]["event"] == "joined"
+        for i, c in enumerate(clients):
+            assert [c.json()["payload"]["event"] for _ in range(len(clients) - 1 - i)] == ["user_joined"] * (3 - i)
+        fanout = server.hub.fanout
+        publisher = clients[1]
+        rm = {"type": "room_message", "room": "r"}
+        for n in range(3):  # each alone, after a pause longer than quiet_ns (1 ms)
+            time.sleep(0.01)
+            before = fanout.direct
+            publisher.sock.sendall(frames({**rm, "payload": n}))
+            for c in clients:
+                assert c.json()["payload"] == n
+            deadline = time.monotonic() + 2  # counted after the pass, in the server's thread
+            while fanout.direct == before and time.monotonic() < deadline:
+                time.sleep(0.001)
+            assert fanout.direct == before + 1
+        before = fanout.direct
+        publisher.sock.sendall(frames(*({**rm, "payload": 10 + k} for k in range(5))))  # one read
+        for c in clients:
+            assert [c.json()["payload"] for _ in range(5)] == [10, 11, 12, 13, 14]
+        assert fanout.direct == before  # queued and flushed, not written at once
+        for c in clients:
+            c.close()

@@ -69,11 +69,20 @@ cdef class Fanout:
     cdef public list flush_counts
     cdef public long long flush_total
     cdef public object forms
+    cdef public long long quiet_ns
+    cdef public long long last_write
+    cdef public long long direct
     cpdef mark(self, Outbox ob)
     cpdef int push(self, Outbox ob, Payload p)
     @cython.locals(count=Py_ssize_t, ob=Outbox, overflow=list)
     cpdef tuple push_many(self, dict members, Payload p, object exclude=*)
     cdef inline int _push_one(self, Outbox ob, Payload p, list overflow) except -1
+    cpdef bint quiet(self)
+    @cython.locals(count=Py_ssize_t, written=Py_ssize_t, r=int, b=Py_ssize_t, ob=Outbox, overflow=list, frame=bytes,
+                   error=object, n=Py_ssize_t, i=Py_ssize_t)
+    cpdef tuple send_many(self, list members, Payload p, object first=*)
+    @cython.locals(n=Py_ssize_t, transport=object)
+    cdef int _send_one(self, Outbox ob, Payload p, bytes frame, list overflow) except -1
     @cython.locals(ob=Outbox, dirty=list, error=object, last=list, joined=bytes, items=list, q=object, data=bytes, transport=object, first=Payload, n=Py_ssize_t, i=Py_ssize_t, count=Py_ssize_t, b=Py_ssize_t, enc=int, last_enc=int)
     cpdef flush(self)
 
@@ -97,3 +106,4 @@ cdef extern from *:
 cdef bint _same(list a, list b)
 
 cdef bytes _join(list items, int enc, object forms)
+

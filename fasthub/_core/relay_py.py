@@ -112,6 +112,10 @@ class Relay:
         self.sender = b""
         # ``join(conn, room, msg_id)`` for a plain ``join_room`` (``joins``); None: not taken
         self.join: Callable[[Any, str, Any], None] | None = None
+        # ``feed``: the read held one message alone (so no burst waits behind it to be joined)
+        self.lone = False
+        # while a message is delivered: its sender, when it is written at once (``Fanout.send_many``)
+        self.first: Any = None
 
     def local(
         self,
@@ -159,6 +163,7 @@ class Relay:
         n_bytes = 0
         n_msgs = 0
         status = FED
+        self.lone = stop == 1
         try:  # a handler that raises (a join's) still leaves the read's counts behind
             while i < stop:
                 event = events[i]
@@ -237,10 +242,14 @@ class Relay:
         if streams is None:
             answer = self.publish(name, splice.build(data, self.sender, self.stamp_json, -1), ikey)
         else:  # LocalBroker.publish_stream, inline
-            if not conn.scheduled:
+            fanout = self.fanout
+            assert fanout is not None  # set with streams
+            # alone after a quiet moment: written at once, the sender's copy first (``_push``)
+            self.first = conn if self.lone and fanout.quiet() else None
+            if self.first is None and not conn.scheduled:
                 # the sender's copy leaves first: a publisher that waits for its own message
                 # (or its ack) sends the next one while the others are still being written
-                self.fanout.mark(conn)  # type: ignore[union-attr]
+                fanout.mark(conn)
             history: Any = self.histories.get(name, _UNKNOWN)
             if history is _UNKNOWN:
                 history = self.history_for(name)
@@ -260,6 +269,7 @@ class Relay:
                     answer = None
                 else:
                     answer = self.published_type(stream.answer, stream.epoch, stored is None)
+            self.first = None
         self.relayed += 1
         if msg_id is not None:
             if type(answer) is int:  # sent, not stored (no history): an ack without position
@@ -295,7 +305,11 @@ class Relay:
         fanout = self.fanout
         assert fanout is not None  # set with streams
         before = fanout.congested
-        count, overflow = fanout.push_many(members, payload, None)
+        first = self.first
+        if first is None:
+            count, overflow = fanout.push_many(members, payload, None)
+        else:
+            count, overflow = fanout.send_many(room.connections(), payload, first)
         if overflow:
             self.overflowed(overflow)
         room.congested = fanout.congested != before
