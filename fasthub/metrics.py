@@ -167,7 +167,11 @@ FAMILIES: dict[str, tuple[str, str, str | None]] = {
     "fasthub_compression_bytes_total": ("counter", "Bytes of the compressed payloads, before and after.", "stage"),
     "fasthub_msgpack_converted_total": ("counter", "Payloads converted to MessagePack (once each).", None),
     "fasthub_event_loop_lag_seconds": ("histogram", "How late a timer set 0.25 s ahead fired.", None),
-    "fasthub_flush_connections": ("histogram", "Connections written by one flush (one per loop tick).", None),
+    "fasthub_flush_connections": (
+        "histogram",
+        "Connections written by one flush (one per loop tick) or one direct pass.",
+        None,
+    ),
 }
 
 #: gauges combined by their worst value across processes instead of their sum

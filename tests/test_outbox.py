@@ -918,7 +918,9 @@ def test_send_many_writes_at_once_to_empty_outboxes(core: ModuleType) -> None:
         assert all(ob.queue is None and not ob.scheduled and not ob.unsure for ob in boxes)
         assert fan.delivered == 3 and fan.bytes_out == 150 and fan.direct == 1
         assert fan.flush_total == 3 and fan.flush_counts[1] == 1  # one pass of 3 (the bucket of <= 4)
-        assert not fan.quiet()  # it just wrote
+        assert fan.last_write > 0
+        fan.quiet_ns = 10**12
+        assert not fan.quiet()  # it wrote
     finally:
         for a, b in pairs:
             a.close()
@@ -994,15 +996,66 @@ def test_quiet_after_a_pause_without_writes(core: ModuleType) -> None:
 
     sched = Scheduler()
     fan = core.Fanout(sched)
-    assert fan.quiet_ns == 1_000_000 and fan.quiet()  # nothing written yet
+    assert fan.quiet_ns == 1_000_000 and fan.quiet() and fan.last_write == 0  # nothing written yet
     ob = core.Outbox(1 << 20)
     ob.transport = FakeTransport()
     fan.push(ob, text(core, 3))
     assert not fan.quiet()  # a flush is waiting
     sched.tick()
-    assert not fan.quiet()  # it just wrote
+    fan.quiet_ns = 10**12
+    assert not fan.quiet()  # it wrote
     fan.quiet_ns = 2_000_000
     time.sleep(0.003)
     assert fan.quiet()
     fan.quiet_ns = 0  # never
     assert not fan.quiet()
+
+
+def test_send_many_pushes_to_whoever_cannot_take_a_direct_write(core: ModuleType) -> None:
+    """Closing, a negotiated encoding, or no fd (TLS): pushed, never written at once."""
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        sched = Scheduler()
+        fan = core.Fanout(sched)
+        closing, encoded, no_fd = (_direct_box(core, a)[0] for a, _ in pairs)
+        closing.closing = True
+        encoded.encoding = 15  # a deflate window
+        no_fd.fd = -1
+        p = text(core, 4)
+        count, _ = fan.send_many([closing, encoded, no_fd], p)
+        assert count == 2 and fan.direct == 0  # the closing one refuses, as push does
+        assert closing.queue is None and encoded.items == [p] and no_fd.items == [p]
+        assert fan.flush_scheduled
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
+def test_send_many_goes_on_past_a_raising_transport_and_hands_its_error_to_the_loop(core: ModuleType) -> None:
+    class Broken(BufferingTransport):
+        def write(self, data: bytes) -> None:
+            raise RuntimeError("gone")
+
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        sched = Scheduler()
+        fan = core.Fanout(sched)
+        boxes = [_direct_box(core, a)[0] for a, _ in pairs]
+        for ob in boxes[:2]:  # a closed socket: send(2) fails, the frame goes to the transport
+            ob.transport = Broken()
+            ob.fd = 10_000  # not an open fd
+        p = text(core, 6)
+        count, overflow = fan.send_many(boxes, p, boxes[0])  # the sender's transport raises too
+        assert _recv_all(pairs[2][1], len(p.frame())) == p.frame()  # the others still got it
+        assert count == 1 and overflow == [] and len(sched.calls) == 1  # the error, for the loop to raise
+        with pytest.raises(RuntimeError, match="gone"):
+            sched.tick()
+        lone = core.Outbox(1 << 20)
+        lone.transport, lone.fd, lone.unsure = Broken(), 10_000, False
+        with pytest.raises(RuntimeError, match="gone"):  # no loop to hand it to
+            core.Fanout(None).send_many([lone], text(core, 2))
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()

@@ -12,6 +12,7 @@ Compiled as ``fasthub._core.outbox_c`` with ``outbox_c.pxd``; this file is also 
 
 from __future__ import annotations
 
+from functools import partial
 from time import monotonic_ns
 from typing import TYPE_CHECKING, Any
 
@@ -340,7 +341,9 @@ class Fanout:
     def send_many(self, members: list[Any], p: Payload, first: Any = None) -> tuple[int, list[Outbox]]:
         """``push_many`` to a list of outboxes that writes ``p`` at once, with ``send(2)``, to
         every one that is empty and sendable directly (``first``, one of them, before the
-        others); the others get it pushed, for the next flush.
+        others); the others get it pushed, for the next flush. A transport that raises does
+        not stop the others; its error goes to the loop through ``schedule`` (raised here
+        when there is none).
 
         For a message that came alone after a quiet moment (``quiet``): no push pass, mark or
         flush stands between its read and its first send (the pass over a big room's cold
@@ -353,9 +356,12 @@ class Fanout:
         written = 0
         error: BaseException | None = None
         if first is not None:
-            r = self._send_one(first, p, frame, overflow)
-            count += r & 1
-            written += r >> 1
+            try:
+                r = self._send_one(first, p, frame, overflow)
+                count += r & 1
+                written += r >> 1
+            except Exception as exc:
+                error = exc
         n = len(members)
         for i in range(n):
             ob = members[i]
@@ -381,7 +387,11 @@ class Fanout:
             self.direct += 1
             self.last_write = monotonic_ns()
         if error is not None:
-            raise error
+            if self.schedule is None:
+                raise error
+            # raised by the loop, which logs it (as a flush's would be): not into the
+            # publisher's read, which would close the publisher for another member's fault
+            self.schedule(partial(_raise, error))
         return count, overflow
 
     def _send_one(self, ob: Outbox, p: Payload, frame: bytes, overflow: list[Outbox]) -> int:
@@ -504,6 +514,13 @@ class Fanout:
 
 
 _NO_ITEMS: list[Payload] = []
+
+
+def _raise(error: BaseException) -> None:
+    """``send_many``'s error, raised by the loop that runs it (which logs it)."""
+    raise error
+
+
 #: upper bounds of the flush-size histogram (connections written by one flush): 4**0 .. 4**7
 FLUSH_BUCKETS = tuple(4**i for i in range(8))
 

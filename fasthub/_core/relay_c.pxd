@@ -48,7 +48,7 @@ cdef class Relay:
     @cython.locals(splice=Splice, history=object, streams=MemoryStreams, stream=MemoryStream, stored=Payload,
                    ms=cython.longlong, body=bytes, name=str, fanout=Fanout)
     cpdef int room_message(self, Connection conn, bytes data)
-    @cython.locals(last_epoch=object)
+    @cython.locals(last_epoch=object, first=Connection)
     cdef Py_ssize_t _deliver(self, object room, str name, Payload payload, long long offset, str epoch) except -1
     @cython.locals(members=dict, fanout=Fanout, before=cython.longlong, count=Py_ssize_t, overflow=list, first=object)
     cdef Py_ssize_t _push(self, object room, Payload payload) except -1

@@ -196,6 +196,7 @@ class Relay:
                 i += 1
         finally:
             self.status = status
+            self.lone = False  # for this read only (room_message has other callers)
             if n_bytes:
                 self.count(n_bytes, n_msgs)
         return i
@@ -250,26 +251,29 @@ class Relay:
                 # the sender's copy leaves first: a publisher that waits for its own message
                 # (or its ack) sends the next one while the others are still being written
                 fanout.mark(conn)
-            history: Any = self.histories.get(name, _UNKNOWN)
-            if history is _UNKNOWN:
-                history = self.history_for(name)
-                if len(self.histories) >= 10_000:  # bounded: room names come from clients
-                    self.histories.clear()
-                self.histories[name] = history
-            if history is None:
-                answer = self._push(room, Payload(KIND_TEXT, splice.build(data, self.sender, self.stamp_json, -1)))
-            else:
-                stream = streams.stream("r:" + name)
-                stored = None
-                if ikey is None or not streams.repeated(stream, ikey):
-                    body = splice.build(data, self.sender, self.stamp_json, stream.offset + 1)
-                    stored = streams.store_encoded(stream, body, history[0], history[1], ikey)
-                    self._deliver(room, name, stored, stream.answer, stream.epoch)
-                if msg_id is None:
-                    answer = None
+            try:
+                history: Any = self.histories.get(name, _UNKNOWN)
+                if history is _UNKNOWN:
+                    history = self.history_for(name)
+                    if len(self.histories) >= 10_000:  # bounded: room names come from clients
+                        self.histories.clear()
+                    self.histories[name] = history
+                if history is None:
+                    body = splice.build(data, self.sender, self.stamp_json, -1)
+                    answer = self._push(room, Payload(KIND_TEXT, body))
                 else:
-                    answer = self.published_type(stream.answer, stream.epoch, stored is None)
-            self.first = None
+                    stream = streams.stream("r:" + name)
+                    stored = None
+                    if ikey is None or not streams.repeated(stream, ikey):
+                        body = splice.build(data, self.sender, self.stamp_json, stream.offset + 1)
+                        stored = streams.store_encoded(stream, body, history[0], history[1], ikey)
+                        self._deliver(room, name, stored, stream.answer, stream.epoch)
+                    if msg_id is None:
+                        answer = None
+                    else:
+                        answer = self.published_type(stream.answer, stream.epoch, stored is None)
+            finally:
+                self.first = None
         self.relayed += 1
         if msg_id is not None:
             if type(answer) is int:  # sent, not stored (no history): an ack without position
@@ -292,6 +296,9 @@ class Relay:
         if room.syncing is not None or (
             last_epoch is not None and (last_epoch != epoch or (room.offset and offset > room.offset + 1))
         ):
+            first = self.first
+            if first is not None and not first.scheduled:  # the hub queues it: the sender's copy first still
+                self.fanout.mark(first)  # type: ignore[union-attr]
             return int(self.deliver_room(name, payload, None, offset, epoch))
         room.offset = offset
         room.epoch = epoch
