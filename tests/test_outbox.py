@@ -487,6 +487,7 @@ ops = st.lists(
             st.integers(0, 60),
             st.one_of(st.none(), st.integers(0, N_BOXES - 1), st.sets(st.integers(0, N_BOXES - 1))),
         ),
+        st.tuples(st.just("send_many"), st.integers(0, 60), st.one_of(st.none(), st.integers(0, N_BOXES - 1))),
         st.tuples(st.just("take"), st.integers(0, N_BOXES - 1)),
         st.tuples(st.just("done"), st.integers(0, N_BOXES - 1), st.integers(0, 150)),
         st.tuples(st.just("buffered"), st.integers(0, N_BOXES - 1), st.integers(0, 80)),
@@ -543,6 +544,11 @@ def simulate(core: ModuleType, budgets: list[int], drops: list[bool], script: li
             alive.append(p)
             count, overflow = fan.push_many(members, p, exclude_of(op[2]))
             trace.append(("push_many", count, [boxes.index(o) for o in overflow]))
+        elif name == "send_many":  # sinks, no sockets: every member is pushed, as by push_many
+            p = payload(1, op[1])
+            alive.append(p)
+            count, overflow = fan.send_many(boxes, p, None if op[2] is None else boxes[op[2]])
+            trace.append(("send_many", count, [boxes.index(o) for o in overflow], fan.direct))
         elif name == "take":
             trace.append(("take", [tags[id(p)] for p in boxes[op[1]].take()]))
         elif name == "done":
@@ -848,10 +854,13 @@ def test_queues_keep_push_order_on_random_operations(budgets: list[int], drops: 
                 p = core.Payload(op[3], b"p" * op[2])
                 if fan.push(boxes[op[1]], p) == core.QUEUED:
                     model[op[1]].append(p)
-            elif name == "push_many":
+            elif name in ("push_many", "send_many"):
                 p = core.Payload(core.KIND_TEXT, b"m" * op[1])
                 before = [len(ob.items or ()) for ob in boxes]
-                fan.push_many(members, p, exclude_of(op[2]))
+                if name == "push_many":
+                    fan.push_many(members, p, exclude_of(op[2]))
+                else:  # sinks only: pushed to every member, the first one first
+                    fan.send_many(boxes, p, None if op[2] is None else boxes[op[2]])
                 for i, ob in enumerate(boxes):
                     if len(ob.items or ()) == before[i] + 1:
                         model[i].append(p)
