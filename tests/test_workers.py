@@ -13,9 +13,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
-from typing import Any
+from typing import IO, Any
 
 import websockets
 from redisproc import free_port
@@ -42,9 +43,25 @@ def wait_for(cond: Any, timeout: float = 20.0) -> Any:
         time.sleep(0.05)
 
 
+_STDERR: dict[int, IO[bytes]] = {}
+
+
 def serve(*args: str) -> subprocess.Popen[bytes]:
+    """``fasthub serve`` with its stderr (and its workers') in a file, read by ``stderr_of``: a
+    pipe read only at the end can fill up and block a process that logs a lot meanwhile."""
     cmd = [sys.executable, "-m", "fasthub", "serve", "--log-level", "warning", *args]
-    return subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    err = tempfile.TemporaryFile()  # noqa: SIM115  (closed by stderr_of)
+    proc = subprocess.Popen(cmd, stderr=err)
+    _STDERR[proc.pid] = err
+    return proc
+
+
+def stderr_of(proc: subprocess.Popen[bytes]) -> str:
+    err = _STDERR.pop(proc.pid)
+    err.seek(0)
+    text = err.read().decode()
+    err.close()
+    return text
 
 
 def test_workers_need_a_broker() -> None:
@@ -126,7 +143,7 @@ def test_two_workers_act_as_one_hub_and_survive_a_sigkill(redis_server: Any) -> 
         try:
             proc.wait(20)
         finally:
-            err = proc.stderr.read().decode() if proc.stderr else ""
+            err = stderr_of(proc)
     assert proc.returncode == 0, err
     assert "ended with signal 9" in err, err
     # every worker is gone with the supervisor
