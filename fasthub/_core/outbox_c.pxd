@@ -78,12 +78,14 @@ cdef class Fanout:
     cpdef tuple push_many(self, dict members, Payload p, object exclude=*)
     cdef inline int _push_one(self, Outbox ob, Payload p, list overflow) except -1
     cpdef bint quiet(self)
-    @cython.locals(count=Py_ssize_t, written=Py_ssize_t, r=int, b=Py_ssize_t, ob=Outbox, overflow=list, frame=bytes,
+    @cython.locals(count=Py_ssize_t, written=Py_ssize_t, r=int, ob=Outbox, overflow=list, frame=bytes,
                    error=object, n=Py_ssize_t, i=Py_ssize_t)
     cpdef tuple send_many(self, list members, Payload p, object first=*)
     @cython.locals(n=Py_ssize_t, transport=object)
     cdef int _send_one(self, Outbox ob, Payload p, bytes frame, list overflow) except -1
-    @cython.locals(ob=Outbox, dirty=list, error=object, last=list, joined=bytes, items=list, q=object, data=bytes, transport=object, first=Payload, n=Py_ssize_t, i=Py_ssize_t, count=Py_ssize_t, b=Py_ssize_t, enc=int, last_enc=int)
+    @cython.locals(b=Py_ssize_t)
+    cdef void _count_pass(self, Py_ssize_t n)
+    @cython.locals(ob=Outbox, dirty=list, error=object, last=list, joined=bytes, items=list, q=object, data=bytes, transport=object, first=Payload, n=Py_ssize_t, i=Py_ssize_t, count=Py_ssize_t, enc=int, last_enc=int)
     cpdef flush(self)
 
 cdef list _NO_ITEMS
@@ -106,4 +108,3 @@ cdef extern from *:
 cdef bint _same(list a, list b)
 
 cdef bytes _join(list items, int enc, object forms)
-

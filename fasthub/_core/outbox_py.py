@@ -379,11 +379,7 @@ class Fanout:
         self.delivered += count
         self.bytes_out += count * p.nbytes
         if written:  # a pass of the flush histogram, as a flush of as many connections
-            self.flush_total += written
-            b = 0
-            while b < 8 and written > (1 << (2 * b)):
-                b += 1
-            self.flush_counts[b] += 1
+            self._count_pass(written)
             self.direct += 1
             self.last_write = monotonic_ns()
         if error is not None:
@@ -432,6 +428,14 @@ class Fanout:
             overflow.append(ob)
         return 0
 
+    def _count_pass(self, n: int) -> None:
+        """The flush-size histogram: one pass that wrote ``n`` connections."""
+        self.flush_total += n
+        b = 0  # the bucket: FLUSH_BUCKETS are the powers of 4, compared in C arithmetic
+        while b < 8 and n > (1 << (2 * b)):
+            b += 1
+        self.flush_counts[b] += 1
+
     def flush(self) -> None:
         """Hand each dirty outbox to its sink: called once per tick via ``schedule``.
 
@@ -457,11 +461,7 @@ class Fanout:
         last_enc = 0
         joined = b""
         count = len(dirty)
-        self.flush_total += count
-        b = 0  # the bucket: FLUSH_BUCKETS are the powers of 4, compared in C arithmetic
-        while b < 8 and count > (1 << (2 * b)):
-            b += 1
-        self.flush_counts[b] += 1
+        self._count_pass(count)
         for i in range(count):
             ob = dirty[i]
             _prefetch(dirty, i + 1)

@@ -37,7 +37,6 @@ cdef class Relay:
     cdef public int status
     cdef public double wait
     cdef public bint lone
-    cdef public object first
     cpdef joins(self, object join)
     cpdef limits(self, Py_ssize_t max_size, bint limited, double rate, double byte_rate, object count)
     @cython.locals(i=Py_ssize_t, n=Py_ssize_t, n_bytes=Py_ssize_t, n_msgs=Py_ssize_t, status=int, event=tuple,
@@ -46,12 +45,13 @@ cdef class Relay:
     cpdef local(self, MemoryStreams streams, object history_for, Fanout fanout, object deliver_room,
                 object overflowed)
     @cython.locals(splice=Splice, history=object, streams=MemoryStreams, stream=MemoryStream, stored=Payload,
-                   ms=cython.longlong, body=bytes, name=str, fanout=Fanout)
+                   ms=cython.longlong, body=bytes, name=str, fanout=Fanout, first=Connection)
     cpdef int room_message(self, Connection conn, bytes data)
-    @cython.locals(last_epoch=object, first=Connection)
-    cdef Py_ssize_t _deliver(self, object room, str name, Payload payload, long long offset, str epoch) except -1
-    @cython.locals(members=dict, fanout=Fanout, before=cython.longlong, count=Py_ssize_t, overflow=list, first=object)
-    cdef Py_ssize_t _push(self, object room, Payload payload) except -1
+    @cython.locals(last_epoch=object)
+    cdef Py_ssize_t _deliver(self, object room, str name, Payload payload, long long offset, str epoch,
+                             Connection first) except -1
+    @cython.locals(members=dict, fanout=Fanout, before=cython.longlong, count=Py_ssize_t, overflow=list)
+    cdef Py_ssize_t _push(self, object room, Payload payload, Connection first) except -1
 
 
 cdef int _OP_TEXT

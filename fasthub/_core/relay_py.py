@@ -114,8 +114,6 @@ class Relay:
         self.join: Callable[[Any, str, Any], None] | None = None
         # ``feed``: the read held one message alone (so no burst waits behind it to be joined)
         self.lone = False
-        # while a message is delivered: its sender, when it is written at once (``Fanout.send_many``)
-        self.first: Any = None
 
     def local(
         self,
@@ -246,34 +244,31 @@ class Relay:
             fanout = self.fanout
             assert fanout is not None  # set with streams
             # alone after a quiet moment: written at once, the sender's copy first (``_push``)
-            self.first = conn if self.lone and fanout.quiet() else None
-            if self.first is None and not conn.scheduled:
+            first = conn if self.lone and fanout.quiet() else None
+            if first is None and not conn.scheduled:
                 # the sender's copy leaves first: a publisher that waits for its own message
                 # (or its ack) sends the next one while the others are still being written
                 fanout.mark(conn)
-            try:
-                history: Any = self.histories.get(name, _UNKNOWN)
-                if history is _UNKNOWN:
-                    history = self.history_for(name)
-                    if len(self.histories) >= 10_000:  # bounded: room names come from clients
-                        self.histories.clear()
-                    self.histories[name] = history
-                if history is None:
-                    body = splice.build(data, self.sender, self.stamp_json, -1)
-                    answer = self._push(room, Payload(KIND_TEXT, body))
+            history: Any = self.histories.get(name, _UNKNOWN)
+            if history is _UNKNOWN:
+                history = self.history_for(name)
+                if len(self.histories) >= 10_000:  # bounded: room names come from clients
+                    self.histories.clear()
+                self.histories[name] = history
+            if history is None:
+                body = splice.build(data, self.sender, self.stamp_json, -1)
+                answer = self._push(room, Payload(KIND_TEXT, body), first)
+            else:
+                stream = streams.stream("r:" + name)
+                stored = None
+                if ikey is None or not streams.repeated(stream, ikey):
+                    body = splice.build(data, self.sender, self.stamp_json, stream.offset + 1)
+                    stored = streams.store_encoded(stream, body, history[0], history[1], ikey)
+                    self._deliver(room, name, stored, stream.answer, stream.epoch, first)
+                if msg_id is None:
+                    answer = None
                 else:
-                    stream = streams.stream("r:" + name)
-                    stored = None
-                    if ikey is None or not streams.repeated(stream, ikey):
-                        body = splice.build(data, self.sender, self.stamp_json, stream.offset + 1)
-                        stored = streams.store_encoded(stream, body, history[0], history[1], ikey)
-                        self._deliver(room, name, stored, stream.answer, stream.epoch)
-                    if msg_id is None:
-                        answer = None
-                    else:
-                        answer = self.published_type(stream.answer, stream.epoch, stored is None)
-            finally:
-                self.first = None
+                    answer = self.published_type(stream.answer, stream.epoch, stored is None)
         self.relayed += 1
         if msg_id is not None:
             if type(answer) is int:  # sent, not stored (no history): an ack without position
@@ -289,22 +284,21 @@ class Relay:
         return DONE
 
 
-    def _deliver(self, room: Any, name: str, payload: Payload, offset: int, epoch: str) -> int:
+    def _deliver(self, room: Any, name: str, payload: Payload, offset: int, epoch: str, first: Any) -> int:
         """``Hub.deliver_room`` for the next message of a room in step (the common case); any
         other case (a new epoch, a gap, members still reading history) is the hub's."""
         last_epoch = room.epoch
         if room.syncing is not None or (
             last_epoch is not None and (last_epoch != epoch or (room.offset and offset > room.offset + 1))
         ):
-            first = self.first
             if first is not None and not first.scheduled:  # the hub queues it: the sender's copy first still
                 self.fanout.mark(first)  # type: ignore[union-attr]
             return int(self.deliver_room(name, payload, None, offset, epoch))
         room.offset = offset
         room.epoch = epoch
-        return self._push(room, payload)
+        return self._push(room, payload, first)
 
-    def _push(self, room: Any, payload: Payload) -> int:
+    def _push(self, room: Any, payload: Payload, first: Any) -> int:
         """``Hub._deliver`` to the room's members, with the room's congestion flag."""
         members: dict[str, Any] = room.member_map
         if not members:
@@ -312,7 +306,6 @@ class Relay:
         fanout = self.fanout
         assert fanout is not None  # set with streams
         before = fanout.congested
-        first = self.first
         if first is None:
             count, overflow = fanout.push_many(members, payload, None)
         else:
