@@ -1,8 +1,11 @@
 """Per-round ratios to limit_server of a series (bench/series.sh) and their medians, as markdown.
 
 Each round's figure is fasthub's (or base's) result divided by limit_server's result of the same
-round and row; the table gives the median round and every round. Idle memory is absolute (bytes
-per connection), latency (and p99_1k) is p50 and the p99 ratio, connect is limit's connect time / ours.
+round and row; the table gives the median and every round. Idle memory is absolute (bytes per
+connection), latency (and p99_1k) is p50 and the p99 ratio, connect is limit's connect time / ours.
+Over an odd number of rounds the median is the middle round; over an even number, the mean of
+the two middle figures (a table that showed the lower one read a tie as a win). Several results
+files (several series) are read as one, each file's rounds kept apart.
 """
 
 from __future__ import annotations
@@ -13,20 +16,40 @@ import sys
 from typing import Any
 
 
-def main(path: str) -> None:
+def _unit(row: str, value: float) -> str:
+    if row in ("idle", "scale"):
+        return f"{value:,.0f} B"
+    if row in ("latency", "p99_1k"):
+        return f"p99 {value:.2f} x"
+    return f"{value:.2f} x"
+
+
+def median_text(row: str, figures: list[tuple[float, str]]) -> str:
+    """The middle round's text, or over an even count the mean of the two middle figures."""
+    ordered = sorted(figures, key=lambda f: f[0])
+    n = len(ordered)
+    if n % 2 or row == "scale":
+        return ordered[(n - 1) // 2][1]
+    return f"{_unit(row, statistics.fmean((ordered[n // 2 - 1][0], ordered[n // 2][0])))} (mean of the middle two)"
+
+
+def table(paths: list[str]) -> str:
     runs: dict[tuple[str, str, str], dict[str, Any]] = {}
-    with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    for rec in records:
-        name, _, row = rec["server"].partition("-")
-        round_ = rec.get("note", "").split()[1] if rec.get("note", "").startswith("round") else "?"
-        runs[(name, row, round_)] = rec["result"]
-        if row == "idle":  # the connect rate is measured by the idle workload
-            runs[(name, "connect", round_)] = rec["result"]
+    for index, path in enumerate(paths):
+        with open(path) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        for rec in records:
+            name, _, row = rec["server"].partition("-")
+            note = rec.get("note", "")
+            round_ = note.split()[1] if note.startswith("round") else "?"
+            if len(paths) > 1:
+                round_ = f"{index}:{round_}"  # round 1 of two series are two rounds
+            runs[(name, row, round_)] = rec["result"]
+            if row == "idle":  # the connect rate is measured by the idle workload
+                runs[(name, "connect", round_)] = rec["result"]
     servers = sorted({k[0] for k in runs if k[0] != "limit"})
     rows = list(dict.fromkeys(k[1] for k in runs))
-    print("| row | server | median | rounds | lost/gaps/dup/failed |")
-    print("|---|---|---|---|---|")
+    lines = ["| row | server | median | rounds | lost/gaps/dup/failed |", "|---|---|---|---|---|"]
     for row in rows:
         for name in servers:
             figures: list[tuple[float, str]] = []
@@ -55,9 +78,16 @@ def main(path: str) -> None:
                     figures.append((ratio, f"{ratio:.2f} x"))
             if not figures:
                 continue
-            median = statistics.median_low(figures)[1]  # the median round (the lower of two middles)
-            print(f"| {row} | {name} | {median} | {', '.join(t for _, t in figures)} | {'/'.join(map(str, bad))} |")
+            lines.append(
+                f"| {row} | {name} | {median_text(row, figures)} | {', '.join(t for _, t in figures)} "
+                f"| {'/'.join(map(str, bad))} |"
+            )
+    return "\n".join(lines)
+
+
+def main(paths: list[str]) -> None:
+    print(table(paths))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "/tmp/fasthub-loadgen/series.jsonl")
+    main(sys.argv[1:] or ["/tmp/fasthub-loadgen/series.jsonl"])
