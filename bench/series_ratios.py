@@ -17,7 +17,7 @@ from typing import Any
 
 
 def _unit(row: str, value: float) -> str:
-    if row in ("idle", "scale"):
+    if row == "idle":
         return f"{value:,.0f} B"
     if row in ("latency", "p99_1k"):
         return f"p99 {value:.2f} x"
@@ -26,11 +26,9 @@ def _unit(row: str, value: float) -> str:
 
 def median_text(row: str, figures: list[tuple[float, str]]) -> str:
     """The middle round's text, or over an even count the mean of the two middle figures."""
-    ordered = sorted(figures, key=lambda f: f[0])
-    n = len(ordered)
-    if n % 2 or row == "scale":
-        return ordered[(n - 1) // 2][1]
-    return f"{_unit(row, statistics.fmean((ordered[n // 2 - 1][0], ordered[n // 2][0])))} (mean of the middle two)"
+    if len(figures) % 2 or row == "scale":  # scale's figure is a sentence: its middle round as it is
+        return statistics.median_low(figures)[1]
+    return f"{_unit(row, statistics.median(v for v, _ in figures))} (mean of the middle two)"
 
 
 def table(paths: list[str]) -> str:
