@@ -172,6 +172,11 @@ FAMILIES: dict[str, tuple[str, str, str | None]] = {
         "Connections written by one flush (one per loop tick) or one direct pass.",
         None,
     ),
+    "fasthub_passes_cut_total": (
+        "counter",
+        "Passes over many members that stopped where input was waiting; the rest left with it.",
+        None,
+    ),
 }
 
 #: gauges combined by their worst value across processes instead of their sum
@@ -225,6 +230,7 @@ def snapshot(hub: Hub) -> dict[str, Any]:
             "counts": list(fanout.flush_counts),
             "sum": float(fanout.flush_total),
         },
+        "fasthub_passes_cut_total": fanout.cut,
     }
     return {"pid": os.getpid(), "at": time.time(), "values": values}
 

@@ -1068,3 +1068,121 @@ def test_send_many_goes_on_past_a_raising_transport_and_hands_its_error_to_the_l
         for a, b in pairs:
             a.close()
             b.close()
+
+
+# -- a long pass looks for input -------------------------------------------------------------
+
+
+class InputOnce:
+    """Stands in for ``Reactor.input_waiting``: input waits at the first ``hits`` looks."""
+
+    def __init__(self, hits: int = 1) -> None:
+        self.hits = hits
+        self.looks = 0
+
+    def __call__(self) -> bool:
+        self.looks += 1
+        return self.looks <= self.hits
+
+
+class LoggedTransport(FakeTransport):
+    """A ``FakeTransport`` that also logs, in one list for every member, who was written when."""
+
+    def __init__(self, log: list[tuple[int, bytes]], index: int) -> None:
+        super().__init__()
+        self.log = log
+        self.index = index
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.log.append((self.index, data))
+
+
+def test_a_long_flush_stops_where_input_waits_and_the_rest_leave_joined(core: ModuleType) -> None:
+    sched = Scheduler()
+    fan = core.Fanout(sched)
+    assert fan.look_every == 64 and fan.input_ready is None and fan.cut == 0
+    fan.hold_min = 0
+    fan.look_every = 4
+    fan.input_ready = ready = InputOnce()
+    log: list[tuple[int, bytes]] = []
+    boxes = {str(i): core.Outbox(1 << 20) for i in range(10)}
+    for i, ob in enumerate(boxes.values()):
+        ob.transport = LoggedTransport(log, i)
+    first, second = text(core, 3, b"a"), text(core, 3, b"b")
+    fan.push_many(boxes, first)
+    sched.tick()
+    # looked after 4 members (6 left): input waits, so the flush stops and runs again later
+    assert [i for i, _ in log] == [0, 1, 2, 3] and ready.looks == 1 and fan.cut == 1
+    members = list(boxes.values())
+    assert fan.dirty == members[4:] and all(ob.scheduled and ob.items == [first] for ob in members[4:])
+    assert fan.flush_scheduled and fan.held and len(sched.calls) == 1  # no hold on top of it
+    fan.push_many(boxes, second)  # what the loop read meanwhile
+    assert len(sched.calls) == 1 and fan.dirty == members[4:] + members[:4]
+    sched.tick()
+    # the rest first, each with both messages in one write; then the others' second message
+    assert [i for i, _ in log] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2, 3]
+    assert all(data == first.frame() + second.frame() for i, data in log[4:10])
+    assert all(data == second.frame() for _, data in log[10:])
+    assert ready.looks == 2 and fan.cut == 1  # looked again after 4; 2 left after 8: no look
+    assert not fan.flush_scheduled and not fan.held and fan.dirty == []
+    assert fan.flush_total == 4 + 10 and fan.flush_counts[1] == 1 and fan.flush_counts[2] == 1  # <= 4, <= 16
+
+
+def test_a_pass_does_not_look_without_input_ready_a_loop_or_enough_members_left(core: ModuleType) -> None:
+    def never() -> bool:
+        raise AssertionError("looked")
+
+    for look_every, ready, sched in ((64, never, Scheduler()), (0, never, Scheduler()), (4, never, None)):
+        fan = core.Fanout(sched)
+        fan.hold_min = 0
+        fan.look_every = look_every
+        fan.input_ready = ready
+        boxes = {str(i): core.Outbox(1 << 20) for i in range(20)}
+        for ob in boxes.values():
+            ob.transport = FakeTransport()
+        fan.push_many(boxes, text(core, 3))
+        if sched is None:
+            fan.flush()
+        else:
+            sched.tick()  # 20 members: fewer than 64, or looking is off (0), or no loop to yield to
+        assert all(len(ob.transport.writes) == 1 for ob in boxes.values()) and fan.cut == 0
+    fan = core.Fanout(Scheduler())
+    fan.look_every = 4
+    fan.input_ready = ready = InputOnce(hits=0)  # looks, finds nothing: the pass goes on
+    boxes = {str(i): core.Outbox(1 << 20) for i in range(12)}
+    for ob in boxes.values():
+        ob.transport = FakeTransport()
+    fan.push_many(boxes, text(core, 3))
+    fan.schedule.tick()
+    assert ready.looks == 2  # after 4 and 8 members (8, then 4 left), not after 12
+    assert fan.cut == 0 and all(len(ob.transport.writes) == 1 for ob in boxes.values())
+
+
+def test_send_many_cut_short_by_input_queues_the_rest_for_a_joined_flush(core: ModuleType) -> None:
+    pairs = [socket.socketpair() for _ in range(10)]
+    try:
+        sched = Scheduler()
+        fan = core.Fanout(sched)
+        fan.look_every = 4
+        fan.input_ready = ready = InputOnce()
+        boxes = [_direct_box(core, a)[0] for a, _ in pairs]
+        first, second = text(core, 40, b"a"), text(core, 40, b"b")
+        count, overflow = fan.send_many(boxes, first, boxes[9])  # the sender: written first
+        assert (count, overflow) == (10, []) and ready.looks == 1 and fan.cut == 1 and fan.direct == 1
+        for ob in boxes[:4] + boxes[9:]:  # written at once
+            assert ob.queue is None and not ob.scheduled
+        for ob in boxes[4:9]:  # queued from where input was seen
+            assert ob.items == [first] and ob.scheduled
+        assert fan.flush_scheduled and fan.delivered == 10
+        assert fan.flush_total == 5  # the pass counts what it wrote: the sender and 4
+        fan.push_many({str(i): ob for i, ob in enumerate(boxes)}, second)  # the message that waited
+        sched.tick()
+        for i, (_, b) in enumerate(pairs):
+            want = first.frame() + second.frame()
+            assert _recv_all(b, len(want)) == want, i
+        assert all(ob.queue is None for ob in boxes) and not fan.flush_scheduled
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()

@@ -325,3 +325,28 @@ def test_many_connections_in_one_poll() -> None:
         reactor.close()
 
     run(main())
+
+
+def test_input_waiting_says_whether_a_socket_of_the_set_is_ready_and_takes_nothing() -> None:
+    """What the fan-out asks during a long pass (``Fanout.input_ready``): one look that
+    returns at once and leaves the event for the loop's next poll."""
+
+    async def main() -> None:
+        reactor, port, made = serve_recorders()
+        assert not reactor.input_waiting()  # nothing connected, nothing sent
+        a = socket.create_connection(("127.0.0.1", port))
+        time.sleep(0.05)  # the loop does not run: the connect waits in the backlog
+        assert reactor.input_waiting() and reactor.input_waiting()  # a look takes nothing
+        await until(lambda: len(made) == 1)
+        assert not reactor.input_waiting()
+        a.sendall(b"ping")
+        time.sleep(0.05)
+        assert reactor.input_waiting()
+        await until(lambda: made[0].data == b"ping")  # the next poll still got it
+        assert not reactor.input_waiting()
+        a.close()
+        await until(lambda: reactor.connections == 0)
+        reactor.close()  # the set is released: nothing to look at
+        assert not reactor.input_waiting()
+
+    run(main())

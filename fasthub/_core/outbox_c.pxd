@@ -72,6 +72,9 @@ cdef class Fanout:
     cdef public long long quiet_ns
     cdef public long long last_write
     cdef public long long direct
+    cdef public object input_ready
+    cdef public Py_ssize_t look_every
+    cdef public long long cut
     cpdef mark(self, Outbox ob)
     cpdef int push(self, Outbox ob, Payload p)
     @cython.locals(count=Py_ssize_t, ob=Outbox, overflow=list)
@@ -79,13 +82,14 @@ cdef class Fanout:
     cdef inline int _push_one(self, Outbox ob, Payload p, list overflow) except -1
     cpdef bint quiet(self)
     @cython.locals(count=Py_ssize_t, written=Py_ssize_t, r=int, ob=Outbox, overflow=list, frame=bytes,
-                   error=object, n=Py_ssize_t, i=Py_ssize_t)
+                   error=object, n=Py_ssize_t, i=Py_ssize_t, j=Py_ssize_t, look=Py_ssize_t, next_look=Py_ssize_t)
     cpdef tuple send_many(self, list members, Payload p, object first=*)
+    cdef inline Py_ssize_t _look(self)
     @cython.locals(n=Py_ssize_t, transport=object)
     cdef int _send_one(self, Outbox ob, Payload p, bytes frame, list overflow) except -1
     @cython.locals(b=Py_ssize_t)
     cdef void _count_pass(self, Py_ssize_t n)
-    @cython.locals(ob=Outbox, dirty=list, error=object, last=list, joined=bytes, items=list, q=object, data=bytes, transport=object, first=Payload, n=Py_ssize_t, i=Py_ssize_t, count=Py_ssize_t, enc=int, last_enc=int)
+    @cython.locals(ob=Outbox, dirty=list, error=object, last=list, joined=bytes, items=list, q=object, data=bytes, transport=object, first=Payload, n=Py_ssize_t, i=Py_ssize_t, count=Py_ssize_t, enc=int, last_enc=int, done=Py_ssize_t, look=Py_ssize_t, next_look=Py_ssize_t, rest=list)
     cpdef flush(self)
 
 cdef list _NO_ITEMS

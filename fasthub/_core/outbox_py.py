@@ -293,6 +293,14 @@ class Fanout:
         self.quiet_ns = 1_000_000
         self.last_write = 0
         self.direct = 0  # ``send_many`` passes that wrote at once
+        # ``input_ready()``: whether the server's sockets have input waiting (the ``Reactor``'s
+        # ``input_waiting``; None: not known). A pass over many members looks every
+        # ``look_every`` members and, when input waits, leaves the rest for a flush after the
+        # loop has read it, so a message that came meanwhile leaves joined with this one (``cut``:
+        # passes cut short so). 0 never looks.
+        self.input_ready: Any = None
+        self.look_every = 64
+        self.cut = 0
 
     def mark(self, ob: Outbox) -> None:
         ob.scheduled = True
@@ -363,7 +371,20 @@ class Fanout:
             except Exception as exc:
                 error = exc
         n = len(members)
+        look = self._look()
+        next_look = look if look else n
         for i in range(n):
+            if i == next_look:
+                next_look += look
+                if n - i >= look and self.input_ready():
+                    # a message waits to be read: the rest get this one queued, and the flush
+                    # after the read writes both in one send
+                    for j in range(i, n):
+                        ob = members[j]
+                        if ob is not first:
+                            count += self._push_one(ob, p, overflow)
+                    self.cut += 1
+                    break
             ob = members[i]
             _prefetch(members, i + 1)  # the next object arrives while this send(2) runs
             if ob is first:
@@ -389,6 +410,12 @@ class Fanout:
             # publisher's read, which would close the publisher for another member's fault
             self.schedule(partial(_raise, error))
         return count, overflow
+
+    def _look(self) -> int:
+        """Every how many members a pass asks ``input_ready`` (0: never)."""
+        if self.input_ready is None or self.schedule is None or self.look_every <= 0:
+            return 0
+        return self.look_every
 
     def _send_one(self, ob: Outbox, p: Payload, frame: bytes, overflow: list[Outbox]) -> int:
         """``send_many``'s step: 3 if ``p`` was written to ``ob`` now, 1 if pushed, 0 if not taken."""
@@ -447,6 +474,9 @@ class Fanout:
         A big flush costs one ``send(2)`` per member, so it is held back once: rescheduled, it
         runs after the loop has polled its sockets again (a few microseconds), and messages
         that arrived meanwhile (the rest of a publisher's burst) leave in the same ``send``.
+        A long one looks for input every ``look_every`` members (``input_ready``) and, when a
+        message waits, stops there and runs again after the loop has read it: the members not
+        yet written get both in one ``send``, and the message does not wait for the whole pass.
         """
         dirty = self.dirty
         if self.hold_min and not self.held and len(dirty) >= self.hold_min and self.schedule is not None:
@@ -461,8 +491,15 @@ class Fanout:
         last_enc = 0
         joined = b""
         count = len(dirty)
-        self._count_pass(count)
+        done = count
+        look = self._look()
+        next_look = look if look else count
         for i in range(count):
+            if i == next_look:
+                next_look += look
+                if count - i >= look and self.input_ready():
+                    done = i
+                    break
             ob = dirty[i]
             _prefetch(dirty, i + 1)
             ob.scheduled = False
@@ -507,8 +544,20 @@ class Fanout:
             except Exception as exc:  # one broken sink must not starve the others
                 if error is None:
                     error = exc
-        if count:
+        if done:  # a pass of the flush histogram
+            self._count_pass(done)
             self.last_write = monotonic_ns()
+        if done < count:
+            # the rest stay marked and go first in the next flush, after the loop's read (no
+            # hold on top: it has polled by then); what was marked meanwhile follows them
+            self.cut += 1
+            rest = dirty[done:]
+            rest.extend(self.dirty)
+            self.dirty = rest
+            self.held = True
+            if not self.flush_scheduled:
+                self.flush_scheduled = True
+                self.schedule(self.flush)
         if error is not None:
             raise error  # after every sink had its turn; the event loop logs it
 

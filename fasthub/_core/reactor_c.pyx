@@ -435,6 +435,15 @@ cdef class Reactor:
         if self.listener is None and self.count == 0:
             self._release()
 
+    cpdef bint input_waiting(self):
+        """Whether a socket of the set is ready now: one ``epoll_wait`` that returns at once
+        (level-triggered, so the next poll still gets it). The fan-out asks it during a long
+        pass (``Fanout.input_ready``)."""
+        cdef epoll_event ev
+        if self.epfd < 0:
+            return False
+        return epoll_wait(self.epfd, &ev, 1, 0) > 0
+
     cdef _release(self):
         if self.epfd < 0:
             return

@@ -368,6 +368,14 @@ class Reactor:
         if self.listener is None and not self.transports:
             self._release()
 
+    def input_waiting(self) -> bool:
+        """Whether a socket of the set is ready now: one ``epoll_wait`` that returns at once
+        (level-triggered, so the next poll still gets it). The fan-out asks it during a long
+        pass (``Fanout.input_ready``)."""
+        if self.epoll.closed:
+            return False
+        return bool(self.epoll.poll(0, 1))
+
     def _release(self) -> None:
         if self.epoll.closed:
             return

@@ -90,6 +90,16 @@ def _plain_fd(transport: Any) -> int:
         return -1
 
 
+def _watch_input(fanout: Any, transport: Any) -> None:
+    """Let the fan-out's long passes look at the ``Reactor`` that serves this connection
+    (``Fanout.input_ready``): with several listeners, the one of the latest connect."""
+    if transport.__class__ is SocketTransport:
+        reactor = transport.reactor
+        ready = fanout.input_ready
+        if ready is None or getattr(ready, "__self__", None) is not reactor:
+            fanout.input_ready = reactor.input_waiting
+
+
 class Handshake:
     """The upgrade's state until the connection is open; a hub connection drops it then.
 
@@ -445,6 +455,7 @@ class HubProtocol(asyncio.Protocol):
         transport = self.transport
         outbox.transport = transport  # the compiled flush writes here directly
         outbox.fd = _plain_fd(transport)
+        _watch_input(conn.fanout, transport)
         outbox.push(Payload(KIND_RAW, handshake.accept_response(key, headers)))
         conn.mark_dirty()
         if early:  # handled after the open completes, so the replies follow ``connected``
@@ -480,6 +491,7 @@ class HubProtocol(asyncio.Protocol):
         transport = self.transport
         conn.transport = transport  # the compiled flush writes here directly
         conn.fd = _plain_fd(transport)
+        _watch_input(conn.fanout, transport)
         n = len(hello)
         head = bytes((0x81, n)) if n < 126 else b"\x81\x7e" + n.to_bytes(2, "big")
         headers = self.shared.default_headers
