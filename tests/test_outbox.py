@@ -1174,8 +1174,13 @@ def test_send_many_cut_short_by_input_queues_the_rest_for_a_joined_flush(core: M
             assert ob.queue is None and not ob.scheduled
         for ob in boxes[4:9]:  # queued from where input was seen
             assert ob.items == [first] and ob.scheduled
-        assert fan.flush_scheduled and fan.delivered == 10
+        assert fan.flush_scheduled and fan.held and fan.delivered == 10
         assert fan.flush_total == 5  # the pass counts what it wrote: the sender and 4
+        # the cut ran inside the loop's poll: the flush is scheduled from the next step, so it
+        # runs after the poll that reads the waiting message
+        assert len(sched.calls) == 1
+        sched.tick()
+        assert len(sched.calls) == 1 and all(ob.items == [first] for ob in boxes[4:9])
         fan.push_many({str(i): ob for i, ob in enumerate(boxes)}, second)  # the message that waited
         sched.tick()
         for i, (_, b) in enumerate(pairs):
@@ -1186,3 +1191,54 @@ def test_send_many_cut_short_by_input_queues_the_rest_for_a_joined_flush(core: M
         for a, b in pairs:
             a.close()
             b.close()
+
+
+def test_a_cut_flush_is_not_held_again_and_a_failing_look_counts_as_no_input(core: ModuleType) -> None:
+    sched = Scheduler()
+    fan = core.Fanout(sched)
+    fan.hold_min = 4
+    fan.look_every = 4
+    fan.input_ready = InputOnce()
+    boxes = {str(i): core.Outbox(1 << 20) for i in range(10)}
+    for ob in boxes.values():
+        ob.transport = FakeTransport()
+    fan.push_many(boxes, text(core, 3))
+    sched.tick()  # 10 >= hold_min: held once
+    assert all(ob.transport.writes == [] for ob in boxes.values()) and fan.held
+    sched.tick()  # runs, stops after 4 for the input
+    assert [len(ob.transport.writes) for ob in boxes.values()] == [1] * 4 + [0] * 6 and fan.cut == 1
+    sched.tick()  # the rest (6 >= hold_min) is not held again: the loop has polled
+    assert all(len(ob.transport.writes) == 1 for ob in boxes.values()) and not fan.flush_scheduled
+
+    def broken() -> bool:
+        raise RuntimeError("no poll set")
+
+    fan.input_ready = broken
+    fan.push_many(boxes, text(core, 3))
+    sched.tick()
+    sched.tick()
+    assert all(len(ob.transport.writes) == 2 for ob in boxes.values()) and fan.cut == 1
+
+
+def test_a_sink_that_raises_in_a_cut_flush_keeps_the_rest_for_the_next_one(core: ModuleType) -> None:
+    class Failing(Sink):
+        def flush(self) -> None:
+            raise RuntimeError("sink broke")
+
+    sched = Scheduler()
+    fan = core.Fanout(sched)
+    fan.hold_min = 0
+    fan.look_every = 4
+    fan.input_ready = InputOnce()
+    members = [core.Outbox(1 << 20) for _ in range(10)]
+    for ob in members:
+        ob.transport = FakeTransport()
+    members[1].transport = None  # a portable member: its sink writes
+    members[1].sink = Failing()
+    fan.push_many({str(i): ob for i, ob in enumerate(members)}, text(core, 3))
+    with pytest.raises(RuntimeError, match="sink broke"):
+        sched.tick()  # raised after the cut was settled
+    assert fan.cut == 1 and fan.dirty == members[4:] and fan.flush_scheduled and len(sched.calls) == 1
+    sched.tick()
+    assert all(len(ob.transport.writes) == 1 for i, ob in enumerate(members) if i != 1)
+    assert fan.dirty == [] and not fan.flush_scheduled

@@ -85,6 +85,8 @@ cdef class Fanout:
                    error=object, n=Py_ssize_t, i=Py_ssize_t, j=Py_ssize_t, look=Py_ssize_t, next_look=Py_ssize_t)
     cpdef tuple send_many(self, list members, Payload p, object first=*)
     cdef inline Py_ssize_t _look(self)
+    cdef bint _input_waits(self)
+    cpdef _after_poll(self)
     @cython.locals(n=Py_ssize_t, transport=object)
     cdef int _send_one(self, Outbox ob, Payload p, bytes frame, list overflow) except -1
     @cython.locals(b=Py_ssize_t)

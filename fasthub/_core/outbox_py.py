@@ -376,9 +376,14 @@ class Fanout:
         for i in range(n):
             if i == next_look:
                 next_look += look
-                if n - i >= look and self.input_ready():
+                if n - i >= look and self._input_waits():
                     # a message waits to be read: the rest get this one queued, and the flush
-                    # after the read writes both in one send
+                    # after the read writes both in one send. This runs inside the loop's
+                    # poll, so that flush waits for the next one (``_after_poll``).
+                    if not self.flush_scheduled:
+                        self.flush_scheduled = True
+                        self.held = True  # it will have waited: no hold on top
+                        self.schedule(self._after_poll)
                     for j in range(i, n):
                         ob = members[j]
                         if ob is not first:
@@ -416,6 +421,17 @@ class Fanout:
         if self.input_ready is None or self.schedule is None or self.look_every <= 0:
             return 0
         return self.look_every
+
+    def _input_waits(self) -> bool:
+        """``input_ready()``; a look that fails is taken as no input (the pass goes on)."""
+        try:
+            return bool(self.input_ready())
+        except Exception:
+            return False
+
+    def _after_poll(self) -> None:
+        """Schedule the flush from a callback: it then runs after the loop's next poll."""
+        self.schedule(self.flush)
 
     def _send_one(self, ob: Outbox, p: Payload, frame: bytes, overflow: list[Outbox]) -> int:
         """``send_many``'s step: 3 if ``p`` was written to ``ob`` now, 1 if pushed, 0 if not taken."""
@@ -497,7 +513,7 @@ class Fanout:
         for i in range(count):
             if i == next_look:
                 next_look += look
-                if count - i >= look and self.input_ready():
+                if count - i >= look and self._input_waits():
                     done = i
                     break
             ob = dirty[i]
