@@ -174,7 +174,7 @@ FAMILIES: dict[str, tuple[str, str, str | None]] = {
     ),
     "fasthub_passes_cut_total": (
         "counter",
-        "Passes over many members that stopped where input was waiting; the rest left with it.",
+        "Passes over many members that stopped because a socket was ready; the rest left after it.",
         None,
     ),
 }

@@ -293,10 +293,10 @@ class Fanout:
         self.quiet_ns = 1_000_000
         self.last_write = 0
         self.direct = 0  # ``send_many`` passes that wrote at once
-        # ``input_ready()``: whether the server's sockets have input waiting (the ``Reactor``'s
+        # ``input_ready()``: whether a socket of the server's set is ready (the ``Reactor``'s
         # ``input_waiting``; None: not known). A pass over many members looks every
-        # ``look_every`` members and, when input waits, leaves the rest for a flush after the
-        # loop has read it, so a message that came meanwhile leaves joined with this one (``cut``:
+        # ``look_every`` members and, when one is, leaves the rest for a flush after the loop
+        # has served it, so a message that came meanwhile leaves joined with this one (``cut``:
         # passes cut short so). 0 never looks.
         self.input_ready: Any = None
         self.look_every = 64
@@ -490,9 +490,10 @@ class Fanout:
         A big flush costs one ``send(2)`` per member, so it is held back once: rescheduled, it
         runs after the loop has polled its sockets again (a few microseconds), and messages
         that arrived meanwhile (the rest of a publisher's burst) leave in the same ``send``.
-        A long one looks for input every ``look_every`` members (``input_ready``) and, when a
-        message waits, stops there and runs again after the loop has read it: the members not
-        yet written get both in one ``send``, and the message does not wait for the whole pass.
+        A long one looks every ``look_every`` members whether a socket is ready (``input_ready``)
+        and, when one is, stops there and runs again after the loop has served it: the members
+        not yet written get a message it read joined with theirs in one ``send``, and that
+        message does not wait for the whole pass.
         """
         dirty = self.dirty
         if self.hold_min and not self.held and len(dirty) >= self.hold_min and self.schedule is not None:
