@@ -1,12 +1,13 @@
 # Types for outbox_py.py compiled as fasthub._core.outbox_c (the hot-path spec).
 cimport cython
 
-from fasthub._core.sockio_c cimport send_some
+from fasthub._core.sockio_c cimport SendBatch, send_some
 
 cdef int _KIND_TEXT, _KIND_BINARY, _KIND_PLAIN, _KIND_CLOSE, _KIND_RAW
 cdef int _ENC_BITS, _ENC_MSGPACK
 cdef int _QUEUED, _DROPPED, _OVERFLOW, _CLOSED
 cdef int _OP_TEXT, _OP_BINARY
+cdef Py_ssize_t _BATCH
 
 # final: no Python subclass can override the cpdef methods, so C calls skip that lookup
 @cython.final
@@ -75,6 +76,7 @@ cdef class Fanout:
     cdef public object input_ready
     cdef public Py_ssize_t look_every
     cdef public long long cut
+    cdef readonly SendBatch batch
     cpdef mark(self, Outbox ob)
     cpdef int push(self, Outbox ob, Payload p)
     @cython.locals(count=Py_ssize_t, ob=Outbox, overflow=list)
@@ -82,16 +84,20 @@ cdef class Fanout:
     cdef inline int _push_one(self, Outbox ob, Payload p, list overflow) except -1
     cpdef bint quiet(self)
     @cython.locals(count=Py_ssize_t, written=Py_ssize_t, r=int, ob=Outbox, overflow=list, frame=bytes,
-                   error=object, n=Py_ssize_t, i=Py_ssize_t, j=Py_ssize_t, look=Py_ssize_t, next_look=Py_ssize_t)
+                   error=object, n=Py_ssize_t, i=Py_ssize_t, j=Py_ssize_t, look=Py_ssize_t, next_look=Py_ssize_t,
+                   batch=SendBatch)
     cpdef tuple send_many(self, list members, Payload p, object first=*)
     cdef inline Py_ssize_t _look(self)
     cdef bint _input_waits(self)
     cpdef _after_poll(self)
     @cython.locals(n=Py_ssize_t, transport=object)
-    cdef int _send_one(self, Outbox ob, Payload p, bytes frame, list overflow) except -1
+    cdef int _send_one(self, Outbox ob, Payload p, bytes frame, list overflow, SendBatch batch) except -1
+    @cython.locals(m=Py_ssize_t, k=Py_ssize_t, j=Py_ssize_t, n=Py_ssize_t, short=list, results=list, obs=list,
+                   datas=list, ob=Outbox, data=bytes, transport=object)
+    cdef object _run_batch(self, SendBatch batch, bint direct, object error)
     @cython.locals(b=Py_ssize_t)
     cdef void _count_pass(self, Py_ssize_t n)
-    @cython.locals(ob=Outbox, dirty=list, error=object, last=list, joined=bytes, items=list, q=object, data=bytes, transport=object, first=Payload, n=Py_ssize_t, i=Py_ssize_t, count=Py_ssize_t, enc=int, last_enc=int, done=Py_ssize_t, look=Py_ssize_t, next_look=Py_ssize_t, rest=list)
+    @cython.locals(ob=Outbox, dirty=list, error=object, last=list, joined=bytes, items=list, q=object, data=bytes, transport=object, first=Payload, n=Py_ssize_t, i=Py_ssize_t, count=Py_ssize_t, enc=int, last_enc=int, done=Py_ssize_t, look=Py_ssize_t, next_look=Py_ssize_t, rest=list, batch=SendBatch)
     cpdef flush(self)
 
 cdef list _NO_ITEMS

@@ -28,12 +28,18 @@ else:
         from fasthub._wire import _nocython as cython
 
 if cython.compiled:
-    # outbox_c.pxd cimports send_some from sockio_c: a C call per member in the flush
+    # outbox_c.pxd cimports send_some and SendBatch from sockio_c: C calls per member
     LIVE["fasthub._core.sockio_c"] = True
 elif TYPE_CHECKING:
-    from fasthub._core.sockio_py import send_some
-else:  # the pure twin: send_some from whichever sockio fasthub._ext chooses
-    send_some = load("fasthub._core.sockio_c", "fasthub._core.sockio_py").send_some
+    from fasthub._core.sockio_py import SendBatch, send_some
+else:  # the pure twin: from whichever sockio fasthub._ext chooses
+    _sockio = load("fasthub._core.sockio_c", "fasthub._core.sockio_py")
+    send_some = _sockio.send_some
+    SendBatch = _sockio.SendBatch
+
+#: how many sends a ``SendBatch`` holds (sockio's ``BATCH``): a pass runs its batch when full
+_BATCH = 64
+BATCH = _BATCH
 
 _OP_TEXT = 0x1
 _OP_BINARY = 0x2
@@ -301,6 +307,9 @@ class Fanout:
         self.input_ready: Any = None
         self.look_every = 64
         self.cut = 0
+        # the direct sends of a pass, made together (``_run_batch``): one io_uring call per
+        # ``SendBatch`` where the kernel has it, instead of one system call per member
+        self.batch = SendBatch()
 
     def mark(self, ob: Outbox) -> None:
         ob.scheduled = True
@@ -365,7 +374,7 @@ class Fanout:
         error: BaseException | None = None
         if first is not None:
             try:
-                r = self._send_one(first, p, frame, overflow)
+                r = self._send_one(first, p, frame, overflow, None)
                 count += r & 1
                 written += r >> 1
             except Exception as exc:
@@ -373,9 +382,12 @@ class Fanout:
         n = len(members)
         look = self._look()
         next_look = look if look else n
+        batch = self.batch
         for i in range(n):
             if i == next_look:
                 next_look += look
+                if batch.n:  # what this pass wrote leaves before the look
+                    error = self._run_batch(batch, True, error)
                 if n - i >= look and self._input_waits():
                     # a message waits to be read: the rest get this one queued, and the flush
                     # after the read writes both in one send. This runs inside the loop's
@@ -395,13 +407,17 @@ class Fanout:
             if ob is first:
                 continue
             try:
-                r = self._send_one(ob, p, frame, overflow)
+                r = self._send_one(ob, p, frame, overflow, batch)
             except Exception as exc:  # one broken transport must not starve the others
                 if error is None:
                     error = exc
                 continue
             count += r & 1
             written += r >> 1
+            if batch.n >= _BATCH:
+                error = self._run_batch(batch, True, error)
+        if batch.n:
+            error = self._run_batch(batch, True, error)
         self.delivered += count
         self.bytes_out += count * p.nbytes
         if written:  # a pass of the flush histogram, as a flush of as many connections
@@ -433,8 +449,9 @@ class Fanout:
         """Schedule the flush from a callback: it then runs after the loop's next poll."""
         self.schedule(self.flush)
 
-    def _send_one(self, ob: Outbox, p: Payload, frame: bytes, overflow: list[Outbox]) -> int:
-        """``send_many``'s step: 3 if ``p`` was written to ``ob`` now, 1 if pushed, 0 if not taken."""
+    def _send_one(self, ob: Outbox, p: Payload, frame: bytes, overflow: list[Outbox], batch: Any) -> int:
+        """``send_many``'s step: 3 if ``p`` was written to ``ob`` now (or added to ``batch``, which
+        the caller runs), 1 if pushed, 0 if not taken."""
         if (
             ob.queue is None
             and not ob.scheduled
@@ -445,6 +462,9 @@ class Fanout:
             and ob.transport is not None
             and ob.inflight + ob.buffered + p.nbytes <= ob.budget
         ):
+            if batch is not None:
+                batch.add(ob, ob.fd, frame)
+                return 3
             n = send_some(ob.fd, frame)
             if n != len(frame):  # the rest through the transport, as the flush does
                 ob.unsure = True
@@ -455,6 +475,43 @@ class Fanout:
                     self.congested += 1
             return 3
         return self._push_one(ob, p, overflow)
+
+    def _run_batch(self, batch: Any, direct: bool, error: BaseException | None) -> BaseException | None:
+        """Make ``batch``'s sends; a member whose socket did not take its bytes whole gets the
+        rest through its transport, as after one ``send``. Returns the first error (``error``
+        if there was one already); a direct pass's (``direct``) transport writes count toward
+        ``congested``, a flush's were counted when pushed."""
+        batch.run()
+        m = batch.n
+        datas = batch.datas
+        short = None
+        for k in range(m):
+            if batch.result(k) != len(datas[k]):
+                if short is None:
+                    short = []
+                short.append(k)
+        if short is None:
+            batch.clear()
+            return error
+        obs = batch.obs
+        results = [batch.result(k) for k in short]
+        batch.clear()  # empty before any transport runs code of its own
+        for j in range(len(short)):
+            k = short[j]
+            ob = obs[k]
+            data = datas[k]
+            n = results[j]
+            try:
+                ob.unsure = True
+                transport = ob.transport
+                transport.write(data[n:] if n > 0 else data)
+                ob.buffered = transport.get_write_buffer_size()
+                if direct and self.soft_limit and ob.buffered > self.soft_limit:
+                    self.congested += 1
+            except Exception as exc:  # one broken transport must not starve the others
+                if error is None:
+                    error = exc
+        return error
 
     def _push_one(self, ob: Outbox, p: Payload, overflow: list[Outbox]) -> int:
         """``push_many``'s step: 1 if ``ob`` took ``p``."""
@@ -511,9 +568,12 @@ class Fanout:
         done = count
         look = self._look()
         next_look = look if look else count
+        batch = self.batch
         for i in range(count):
             if i == next_look:
                 next_look += look
+                if batch.n:  # what this pass wrote leaves before the look
+                    error = self._run_batch(batch, False, error)
                 if count - i >= look and self._input_waits():
                     done = i
                     break
@@ -546,13 +606,11 @@ class Fanout:
                             ob.unsure = ob.buffered != 0
                         if not ob.unsure:
                             # picows' trick: the transport holds nothing, so write to the
-                            # socket directly; only a remainder goes through the transport
-                            n = send_some(ob.fd, data)
-                            if n == len(data):
-                                continue
-                            ob.unsure = True
-                            if n > 0:
-                                data = data[n:]
+                            # socket directly (in a batch); only a remainder goes through
+                            # the transport (``_run_batch``)
+                            if batch.add(ob, ob.fd, data):
+                                error = self._run_batch(batch, False, error)
+                            continue
                     transport = ob.transport
                     transport.write(data)
                     ob.buffered = transport.get_write_buffer_size()
@@ -561,6 +619,8 @@ class Fanout:
             except Exception as exc:  # one broken sink must not starve the others
                 if error is None:
                     error = exc
+        if batch.n:
+            error = self._run_batch(batch, False, error)
         if done:  # a pass of the flush histogram
             self._count_pass(done)
             self.last_write = monotonic_ns()
