@@ -17,6 +17,7 @@ import inspect
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any, Protocol
@@ -1464,6 +1465,8 @@ class Hub:
             "uptime_s": round(time.monotonic() - self._started, 3),
             "started_at": self._started_wall,
             "compiled": all(_ext.LIVE.values()) if _ext.LIVE else False,
+            # how a pass's direct sends reach the kernel: "io_uring" (one call per 64) or "send"
+            "send_path": _send_path(fanout),
             "cpu_s": round(cpu_seconds(), 3),
             # unit costs fitted over the last sweeps (None: the traffic did not tell them apart)
             "costs": self.cost_meter.costs(),
@@ -1596,3 +1599,8 @@ def rss_bytes() -> int:
     with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{os.getpid()}/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     return 0
+
+
+def _send_path(fanout: Fanout) -> str:
+    """``ring_state()`` of the sockio module whose ``SendBatch`` the fan-out uses."""
+    return str(sys.modules[type(fanout.batch).__module__].ring_state())

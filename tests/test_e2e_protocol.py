@@ -248,6 +248,12 @@ def test_stats_endpoint(server: Server) -> None:
         assert stats["uptime_s"] > 0
         for key in ("bytes_in", "dropped", "slow_consumer_closes", "connections_opened", "rss_bytes"):
             assert key in stats
+        # how a pass's direct sends reach the kernel: one io_uring call per batch where the
+        # compiled sockio found the kernel's io_uring working, else one send(2) each
+        from tests.test_sockio import _kernel_has_io_uring
+
+        want = "io_uring" if stats["compiled"] and _kernel_has_io_uring() else "send"
+        assert stats["send_path"] == want
 
     run(scenario())
 

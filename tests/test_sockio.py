@@ -173,3 +173,23 @@ def test_fasthub_no_io_uring_makes_each_send_a_call_of_its_own(sockio: ModuleTyp
             assert state == want
         elif sockio.__name__.endswith("_c"):
             assert state == ("io_uring" if _kernel_has_io_uring() else "send")
+
+
+def test_a_forked_child_makes_its_own_ring_and_the_parents_goes_on(sockio: ModuleType) -> None:
+    """uvicorn's workers are forked: a child must not fill the parent's submission queue."""
+    code = (
+        f"import os, socket; from fasthub._core import {sockio.__name__.rsplit('.', 1)[1]} as m\n"
+        "a, b = socket.socketpair(); before = m.ring_state()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    bt = m.SendBatch(); bt.add(0, a.fileno(), b'child'); bt.run()\n"
+        "    os._exit(0 if m.ring_state() == before and bt.result(0) == 5 else 1)\n"
+        "_, st = os.waitpid(pid, 0)\n"
+        "bt = m.SendBatch(); bt.add(0, a.fileno(), b'parent'); bt.run()\n"
+        "print(before, os.waitstatus_to_exitcode(st), bt.result(0), b.recv(64))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30).stdout
+    before, child, n, data = out.split(maxsplit=3)
+    assert child == "0" and n == "6" and data.strip() == "b'childparent'"
+    if sockio.__name__.endswith("_c"):
+        assert before == ("io_uring" if _kernel_has_io_uring() else "send")

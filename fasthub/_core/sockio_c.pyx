@@ -2,6 +2,8 @@
 """Write to a non-blocking socket directly (the fast path's ``send(2)``, skipping uvloop's
 write machinery when the transport holds nothing); twin: ``sockio_py.py``."""
 
+import os
+
 from libc.errno cimport EAGAIN, EINTR, errno
 
 
@@ -263,26 +265,19 @@ cdef extern from *:
     void fh_ring_send(fh_ring *r, int n, const int *fds, const char *const *bufs, const Py_ssize_t *lens, Py_ssize_t *res)
 
 
-cdef extern from "unistd.h":
-    int getpid()
-
-
 cdef fh_ring _ring
 _ring.fd = -1
-cdef int _ring_pid = 0  # the process the ring was made in (0: not tried); a child makes its own
-cdef bint _ring_off = False  # FASTHUB_NO_IO_URING, read once
+cdef bint _ring_tried = False  # made (or refused) on first use; again in a forked child
+cdef bint _ring_off = False  # FASTHUB_NO_IO_URING, read when the ring is first wanted
 
 
 cdef fh_ring *_ring_for_batch():
-    """The process's ring, made on first use; NULL where there is none (each send a call)."""
-    global _ring_pid, _ring_off
-    cdef int pid = getpid()
-    if _ring_pid != pid:
-        if _ring_pid == 0:
-            _ring_off = _env_off()
-        else:
-            _ring.fd = -1  # the parent's (a fork's copy): not ours to use or close
-        _ring_pid = pid
+    """The process's ring, made on first use; NULL where there is none (each send a call).
+    Used with the GIL held, so one thread at a time fills its submission queue."""
+    global _ring_tried, _ring_off
+    if not _ring_tried:
+        _ring_tried = True
+        _ring_off = _env_off()
         if not _ring_off:
             fh_ring_open(&_ring)
     if _ring.fd < 0:
@@ -292,8 +287,18 @@ cdef fh_ring *_ring_for_batch():
 
 def _env_off() -> bool:
     from fasthub._ext import env_flag
-    import os
     return env_flag("FASTHUB_NO_IO_URING", os.environ)
+
+
+def _forget_ring() -> None:
+    """In a forked child: the inherited ring shares the parent's queues, so the child lets go
+    of its copy (its mappings and fd; the parent's ring stays) and makes its own when needed."""
+    global _ring_tried
+    fh_ring_close(&_ring)
+    _ring_tried = False
+
+
+os.register_at_fork(after_in_child=_forget_ring)
 
 
 def ring_state() -> str:
