@@ -1050,6 +1050,44 @@ def test_a_pass_over_more_members_than_a_batch_sends_each_once_and_hands_short_o
             b.close()
 
 
+@pytest.mark.parametrize("path", ["flush", "send_many"])
+def test_what_a_pass_wrote_has_left_before_it_looks_for_input(core: ModuleType, path: str) -> None:
+    """The batch runs before each look: at the look after 64 members those 64 have their frame
+    in their sockets and none after them has, and none of them is still marked unsure."""
+    import select
+
+    pairs = [socket.socketpair() for _ in range(150)]
+    try:
+        sched = Scheduler()
+        fan = core.Fanout(sched)
+        fan.hold_min = 0
+        fan.quiet_ns = 0
+        boxes = [_direct_box(core, a)[0] for a, _ in pairs]
+        seen: list[tuple[int, int]] = []
+
+        def look() -> bool:
+            readable, _, _ = select.select([b for _, b in pairs], [], [], 0)
+            in_batch = sum(1 for ob in boxes if ob.unsure)
+            seen.append((len(readable), in_batch))
+            return False
+
+        fan.input_ready = look
+        p = text(core, 10, b"l")
+        if path == "flush":
+            for ob in boxes:
+                fan.push(ob, p)
+            sched.tick()
+        else:
+            fan.send_many(boxes, p)
+        assert seen == [(64, 0)]  # one look (86 left; at 128, 22 left: none), after 64 written
+        assert all(_drain_all(b) == p.frame() for _, b in pairs) and not any(ob.unsure for ob in boxes)
+        assert fan.batch.n == 0
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
 def test_send_many_keeps_the_budget_and_the_slow_consumer_policy(core: ModuleType) -> None:
     sched = Scheduler()
     fan = core.Fanout(sched)

@@ -77,11 +77,14 @@ def _drain(sock: socket.socket) -> bytes:
 
 
 def _kernel_has_io_uring() -> bool:
-    """Whether this kernel lets the process make an io_uring (io_uring_setup, asked through
-    ctypes: independent of sockio_c's own check)."""
+    """Whether this kernel lets the process make an io_uring that sends (io_uring_setup asked
+    through ctypes, independent of sockio_c's own check, and Linux 5.6+ for IORING_OP_SEND)."""
     import ctypes
-    import os
+    import platform
 
+    release = tuple(int(x) for x in platform.release().split("-")[0].split(".")[:2])
+    if release < (5, 6):
+        return False
     libc = ctypes.CDLL(None, use_errno=True)
     params = ctypes.create_string_buffer(120)  # struct io_uring_params
     fd = libc.syscall(425, 4, params)  # __NR_io_uring_setup on x86-64 and arm64
@@ -141,7 +144,16 @@ def test_a_batch_is_full_at_batch_size_and_sends_every_entry_in_order(sockio: Mo
         while len(got) < len(want):
             got += b.recv(65536)
         assert got == want
+        with pytest.raises(IndexError):  # full: run and clear it first
+            batch.add(0, a.fileno(), b"x")
+        with pytest.raises(IndexError):
+            batch.result(sockio.BATCH)
         batch.clear()
+        with pytest.raises(IndexError):  # cleared: no entry
+            batch.result(0)
+        with pytest.raises(TypeError):
+            batch.add(0, a.fileno(), None)
+        assert batch.n == 0 and batch.obs == [] and batch.datas == []
         batch.run()  # empty: nothing happens
         assert batch.n == 0
     finally:
@@ -186,10 +198,14 @@ def test_a_forked_child_makes_its_own_ring_and_the_parents_goes_on(sockio: Modul
         "    os._exit(0 if m.ring_state() == before and bt.result(0) == 5 else 1)\n"
         "_, st = os.waitpid(pid, 0)\n"
         "bt = m.SendBatch(); bt.add(0, a.fileno(), b'parent'); bt.run()\n"
-        "print(before, os.waitstatus_to_exitcode(st), bt.result(0), b.recv(64))\n"
+        "print(before, os.waitstatus_to_exitcode(st), bt.result(0), m.ring_owner() == os.getpid(), b.recv(64))\n"
     )
+    # the child checks, after its batch, that the ring it used is its own (made after the fork)
+    code = code.replace("bt.result(0) == 5", "bt.result(0) == 5 and m.ring_owner() in (0, os.getpid())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30).stdout
-    before, child, n, data = out.split(maxsplit=3)
+    before, child, n, owner, data = out.split(maxsplit=4)
     assert child == "0" and n == "6" and data.strip() == "b'childparent'"
-    if sockio.__name__.endswith("_c"):
-        assert before == ("io_uring" if _kernel_has_io_uring() else "send")
+    if sockio.__name__.endswith("_c") and _kernel_has_io_uring():
+        assert before == "io_uring" and owner == "True"  # the parent's ring stays the parent's
+    else:
+        assert before == "send" and owner == "False"  # no ring: ring_owner() is 0

@@ -97,7 +97,7 @@ cdef class Fanout:
     cdef object _run_batch(self, SendBatch batch, bint direct, object error)
     @cython.locals(b=Py_ssize_t)
     cdef void _count_pass(self, Py_ssize_t n)
-    @cython.locals(ob=Outbox, dirty=list, error=object, last=list, joined=bytes, items=list, q=object, data=bytes, transport=object, first=Payload, n=Py_ssize_t, i=Py_ssize_t, count=Py_ssize_t, enc=int, last_enc=int, done=Py_ssize_t, look=Py_ssize_t, next_look=Py_ssize_t, rest=list, batch=SendBatch)
+    @cython.locals(ob=Outbox, dirty=list, error=object, last=list, joined=bytes, items=list, q=object, data=bytes, transport=object, first=Payload, n=Py_ssize_t, i=Py_ssize_t, count=Py_ssize_t, enc=int, last_enc=int, done=Py_ssize_t, look=Py_ssize_t, next_look=Py_ssize_t, rest=list, batch=SendBatch, full=bint)
     cpdef flush(self)
 
 cdef list _NO_ITEMS

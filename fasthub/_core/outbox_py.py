@@ -372,6 +372,9 @@ class Fanout:
         count = 0
         written = 0
         error: BaseException | None = None
+        batch = self.batch
+        if batch.n:  # left by a pass that an exception cut short: theirs go first
+            error = self._run_batch(batch, True, error)
         if first is not None:
             try:
                 r = self._send_one(first, p, frame, overflow, None)
@@ -382,7 +385,6 @@ class Fanout:
         n = len(members)
         look = self._look()
         next_look = look if look else n
-        batch = self.batch
         for i in range(n):
             if i == next_look:
                 next_look += look
@@ -464,6 +466,7 @@ class Fanout:
         ):
             if batch is not None:
                 batch.add(ob, ob.fd, frame)
+                ob.unsure = True  # until its batch has run: no second direct send meanwhile
                 return 3
             n = send_some(ob.fd, frame)
             if n != len(frame):  # the rest through the transport, as the flush does
@@ -484,16 +487,19 @@ class Fanout:
         batch.run()
         m = batch.n
         datas = batch.datas
+        obs = batch.obs
         short = None
         for k in range(m):
-            if batch.result(k) != len(datas[k]):
+            if batch.result(k) == len(datas[k]):
+                ob = obs[k]
+                ob.unsure = False  # all of it went: the transport holds nothing of it
+            else:
                 if short is None:
                     short = []
                 short.append(k)
         if short is None:
             batch.clear()
             return error
-        obs = batch.obs
         results = [batch.result(k) for k in short]
         batch.clear()  # empty before any transport runs code of its own
         for j in range(len(short)):
@@ -502,7 +508,6 @@ class Fanout:
             data = datas[k]
             n = results[j]
             try:
-                ob.unsure = True
                 transport = ob.transport
                 transport.write(data[n:] if n > 0 else data)
                 ob.buffered = transport.get_write_buffer_size()
@@ -561,6 +566,9 @@ class Fanout:
         self.flush_scheduled = False
         self.dirty = []
         error: BaseException | None = None
+        batch = self.batch
+        if batch.n:  # left by a pass that an exception cut short: theirs go first
+            error = self._run_batch(batch, False, error)
         last: list[Payload] = _NO_ITEMS
         last_enc = 0
         joined = b""
@@ -568,7 +576,6 @@ class Fanout:
         done = count
         look = self._look()
         next_look = look if look else count
-        batch = self.batch
         for i in range(count):
             if i == next_look:
                 next_look += look
@@ -608,7 +615,9 @@ class Fanout:
                             # picows' trick: the transport holds nothing, so write to the
                             # socket directly (in a batch); only a remainder goes through
                             # the transport (``_run_batch``)
-                            if batch.add(ob, ob.fd, data):
+                            full = batch.add(ob, ob.fd, data)
+                            ob.unsure = True  # until its batch has run (``_run_batch``)
+                            if full:
                                 error = self._run_batch(batch, False, error)
                             continue
                     transport = ob.transport

@@ -17,15 +17,7 @@ cdef extern from "sys/socket.h" nogil:
     int MSG_DONTWAIT
 
 
-cpdef Py_ssize_t send_some(int fd, bytes data) noexcept:
-    """Bytes the socket took now (0 if it would block); -1 on an error (the transport reports it).
-
-    Never raises (``noexcept``), so the flush, which calls it once per member, need not look for
-    an exception after each call; ``None`` is an error too."""
-    if data is None:
-        return -1
-    cdef const char *buf = data
-    cdef Py_ssize_t n = len(data)
+cdef inline Py_ssize_t _send_one(int fd, const char *buf, Py_ssize_t n) noexcept nogil:
     cdef ssize_t r
     while True:
         r = send(fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT)
@@ -38,9 +30,19 @@ cpdef Py_ssize_t send_some(int fd, bytes data) noexcept:
         return -1
 
 
+cpdef Py_ssize_t send_some(int fd, bytes data) noexcept:
+    """Bytes the socket took now (0 if it would block); -1 on an error (the transport reports it).
+
+    Never raises (``noexcept``), so the flush, which calls it once per member, need not look for
+    an exception after each call; ``None`` is an error too."""
+    if data is None:
+        return -1
+    return _send_one(fd, data, len(data))
+
+
 # One io_uring per process for batches of sends: a batch of N members costs one system call
 # instead of N (the syscall's entry, exit and fd lookup are 9-14% of a small send on loopback
-# here). Only FH_OP_SEND with MSG_DONTWAIT, each completed before the call returns (the
+# here). Only IORING_OP_SEND with MSG_DONTWAIT, each completed before the call returns (the
 # kernel answers -EAGAIN at once instead of waiting; checked when the ring is made), so a batch
 # is a loop of send(2) done by the kernel: the same results, no request left behind.
 cdef extern from *:
@@ -92,6 +94,7 @@ cdef extern from *:
         struct fh_cqe *cqes;
         void *sq_ptr, *cq_ptr;
         size_t sq_len, cq_len, sqes_len;
+        unsigned long long gen;  /* the batch's number, in each request's user_data */
     #endif
     } fh_ring;
 
@@ -108,12 +111,15 @@ cdef extern from *:
 
     #ifdef FH_URING
     static int fh_enter(int fd, unsigned submit, unsigned wait) {
-        return (int)syscall(FH_NR_ENTER, fd, submit, wait, wait ? FH_ENTER_GETEVENTS : 0, NULL, 0);
+        return (int)syscall(FH_NR_ENTER, fd, submit, wait, wait ? FH_ENTER_GETEVENTS : 0, NULL, (size_t)0);
     }
 
-    /* Queue n sends (n <= FH_RING_ENTRIES, the ring empty), user_data = index. */
+    /* Queue n sends (n <= FH_RING_ENTRIES, the ring empty); user_data: the batch's number, then
+       the entry's index in the low 8 bits (a completion of another batch is never taken for
+       one of this one). */
     static void fh_queue(fh_ring *r, int n, const int *fds, const char *const *bufs, const Py_ssize_t *lens) {
         unsigned tail = *r->sq_tail, mask = *r->sq_mask;
+        r->gen = (r->gen + 1) & 0xffffffffffffffULL;
         for (int i = 0; i < n; i++) {
             unsigned idx = (tail + i) & mask;
             struct fh_sqe *sqe = &r->sqes[idx];
@@ -123,24 +129,26 @@ cdef extern from *:
             sqe->addr = (unsigned long long)(uintptr_t)bufs[i];
             sqe->len = (unsigned)lens[i];
             sqe->msg_flags = MSG_NOSIGNAL | MSG_DONTWAIT;
-            sqe->user_data = (unsigned long long)i;
+            sqe->user_data = (r->gen << 8) | (unsigned long long)i;
             r->sq_array[idx] = idx;
         }
         __atomic_store_n(r->sq_tail, tail + n, __ATOMIC_RELEASE);
     }
 
-    /* Take every completion there is; res[user_data] = send(2)'s answer as send_some gives it. */
+    /* Take every completion there is; this batch's give res[index] = send(2)'s answer as
+       send_some gives it. Returns how many of this batch's came. */
     static int fh_reap(fh_ring *r, Py_ssize_t *res, int n) {
         unsigned head = *r->cq_head, tail = __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE), mask = *r->cq_mask;
         int got = 0;
         while (head != tail) {
             struct fh_cqe *cqe = &r->cqes[head & mask];
-            unsigned long long k = cqe->user_data;
+            unsigned long long k = cqe->user_data & 0xff;
             int v = cqe->res;
-            if (k < (unsigned long long)n)
+            if ((cqe->user_data >> 8) == r->gen && k < (unsigned long long)n && res[k] == -2) {
                 res[k] = v >= 0 ? v : ((v == -EAGAIN || v == -EWOULDBLOCK || v == -EINTR) ? 0 : -1);
+                got++;
+            }
             head++;
-            got++;
         }
         __atomic_store_n(r->cq_head, head, __ATOMIC_RELEASE);
         return got;
@@ -151,6 +159,7 @@ cdef extern from *:
     static int fh_ring_open(fh_ring *r) {
         r->fd = -1;
     #ifdef FH_URING
+        r->gen = 0;
         struct fh_params p;
         memset(&p, 0, sizeof p);
         int fd = (int)syscall(FH_NR_SETUP, FH_RING_ENTRIES, &p);
@@ -183,7 +192,7 @@ cdef extern from *:
         r->cq_mask = (unsigned *)(cq + p.cq_off.ring_mask);
         r->cqes = (struct fh_cqe *)(cq + p.cq_off.cqes);
         /* The check: one send that goes (1 byte) and one that would block, submitted without
-           waiting: both must be answered at once (FH_OP_SEND known, MSG_DONTWAIT honoured
+           waiting: both must be answered at once (IORING_OP_SEND known, MSG_DONTWAIT honoured
            instead of a poll armed for later). */
         int sv[2];
         if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv) < 0) { fh_ring_close(r); return -1; }
@@ -212,21 +221,23 @@ cdef extern from *:
     #endif
     }
 
-    /* n sends through the ring: res[i] as send_some's. Whatever the ring did not take (an error
-       of io_uring_enter) is sent with send(2) here, so every entry gets its answer once. */
-    static void fh_ring_send(fh_ring *r, int n, const int *fds, const char *const *bufs, const Py_ssize_t *lens, Py_ssize_t *res) {
-        int i, done = 0;
+    /* n sends through the ring: res[i] as send_some's. What the ring did not take (an error of
+       io_uring_enter) is taken back and sent with send(2) here, so every entry is sent once.
+       Returns how many it took and never answered: none, after the check at open (each is
+       answered within the call that submits it); such an entry may still go, so it is not
+       sent again and counts as sent whole, and the caller stops using the ring. */
+    static int fh_ring_send(fh_ring *r, int n, const int *fds, const char *const *bufs, const Py_ssize_t *lens, Py_ssize_t *res) {
+        int i, lost = 0;
         for (i = 0; i < n; i++) res[i] = -2;
     #ifdef FH_URING
         if (r->fd >= 0 && n > 0) {
             unsigned head0 = __atomic_load_n(r->sq_head, __ATOMIC_ACQUIRE);
             fh_queue(r, n, fds, bufs, lens);
-            int submitted = 0, got = 0, rc;
+            int submitted = 0, got, rc;
             for (;;) {
-                rc = fh_enter(r->fd, (unsigned)(n - submitted), (unsigned)(n - submitted));
+                rc = fh_enter(r->fd, (unsigned)(n - submitted), 0);
                 if (rc > 0) { submitted += rc; if (submitted >= n) break; continue; }
-                if (rc == 0) break;
-                if (errno == EINTR) continue;
+                if (rc < 0 && errno == EINTR) continue;
                 break;
             }
             if (submitted < n) {
@@ -241,7 +252,9 @@ cdef extern from *:
                 if (rc < 0 && errno != EINTR) break;
                 got += fh_reap(r, res, n);
             }
-            done = 1;
+            for (i = 0; i < submitted; i++) {
+                if (res[i] == -2) { res[i] = lens[i]; lost++; }
+            }
         }
     #endif
         for (i = 0; i < n; i++) {
@@ -254,7 +267,7 @@ cdef extern from *:
                 break;
             }
         }
-        (void)done;
+        return lost;
     }
     """
     enum: FH_RING_ENTRIES
@@ -262,40 +275,53 @@ cdef extern from *:
         int fd
     int fh_ring_open(fh_ring *r)
     void fh_ring_close(fh_ring *r)
-    void fh_ring_send(fh_ring *r, int n, const int *fds, const char *const *bufs, const Py_ssize_t *lens, Py_ssize_t *res)
+    int fh_ring_send(fh_ring *r, int n, const int *fds, const char *const *bufs, const Py_ssize_t *lens, Py_ssize_t *res)
 
 
 cdef fh_ring _ring
 _ring.fd = -1
 cdef bint _ring_tried = False  # made (or refused) on first use; again in a forked child
-cdef bint _ring_off = False  # FASTHUB_NO_IO_URING, read when the ring is first wanted
+cdef bint _ring_off = False  # FASTHUB_NO_IO_URING, or the ring failed a batch: no ring
+cdef int _ring_owner = 0  # the process that made the ring (0: none)
+cdef list _kept = []  # the bytes of requests a failed ring may still read (never freed)
+
+
+cdef extern from "unistd.h":
+    int getpid()
 
 
 cdef fh_ring *_ring_for_batch():
     """The process's ring, made on first use; NULL where there is none (each send a call).
     Used with the GIL held, so one thread at a time fills its submission queue."""
-    global _ring_tried, _ring_off
+    global _ring_tried, _ring_off, _ring_owner
     if not _ring_tried:
         _ring_tried = True
         _ring_off = _env_off()
-        if not _ring_off:
-            fh_ring_open(&_ring)
-    if _ring.fd < 0:
+        if not _ring_off and fh_ring_open(&_ring) == 0:
+            _ring_owner = getpid()
+    if _ring_off or _ring.fd < 0:
         return NULL
     return &_ring
 
 
 def _env_off() -> bool:
-    from fasthub._ext import env_flag
-    return env_flag("FASTHUB_NO_IO_URING", os.environ)
+    try:
+        from fasthub._ext import env_flag
+        return env_flag("FASTHUB_NO_IO_URING", os.environ)
+    except Exception:  # an environment that cannot be read: the default (the ring)
+        return False
 
 
 def _forget_ring() -> None:
     """In a forked child: the inherited ring shares the parent's queues, so the child lets go
     of its copy (its mappings and fd; the parent's ring stays) and makes its own when needed."""
-    global _ring_tried
-    fh_ring_close(&_ring)
+    global _ring_tried, _ring_off, _ring_owner
+    if not _kept:  # (a ring that failed keeps its mappings: a late request may still read)
+        fh_ring_close(&_ring)
+    _ring.fd = -1
     _ring_tried = False
+    _ring_off = False
+    _ring_owner = 0
 
 
 os.register_at_fork(after_in_child=_forget_ring)
@@ -306,17 +332,9 @@ def ring_state() -> str:
     return "io_uring" if _ring_for_batch() != NULL else "send"
 
 
-cdef inline Py_ssize_t _send_one(int fd, const char *buf, Py_ssize_t n) noexcept nogil:
-    cdef ssize_t r
-    while True:
-        r = send(fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT)
-        if r >= 0:
-            return r
-        if errno == EINTR:
-            continue
-        if errno == EAGAIN or errno == EWOULDBLOCK:
-            return 0
-        return -1
+def ring_owner() -> int:
+    """The pid of the process that made the ring in use (0: none): a forked child's own."""
+    return _ring_owner if _ring_for_batch() != NULL else 0
 
 
 cdef class SendBatch:
@@ -326,6 +344,8 @@ cdef class SendBatch:
     (alive until ``clear``)."""
 
     def __cinit__(self) -> None:
+        if sizeof(self.fds) // sizeof(int) != FH_RING_ENTRIES:  # the .pxd's arrays, the ring's depth
+            raise SystemError("SendBatch: its arrays and BATCH differ")
         self.n = 0
         self.obs = []
         self.datas = []
@@ -333,15 +353,24 @@ cdef class SendBatch:
     cpdef bint add(self, object ob, int fd, bytes data):
         """Queue ``data`` for ``fd``; True when the batch is full (``run`` it)."""
         cdef Py_ssize_t k = self.n
+        if k >= FH_RING_ENTRIES:
+            raise IndexError("SendBatch is full: run and clear it first")
+        if data is None:
+            raise TypeError("SendBatch.add: data is None")
+        self.datas.append(data)
+        try:
+            self.obs.append(ob)
+        except BaseException:
+            self.datas.pop()
+            raise
         self.fds[k] = fd
         self.bufs[k] = <const char *>data
         self.lens[k] = len(data)
-        self.obs.append(ob)
-        self.datas.append(data)
         self.n = k + 1
         return self.n >= FH_RING_ENTRIES
 
     cpdef void run(self):
+        global _ring_off
         cdef fh_ring *r
         cdef Py_ssize_t k
         if self.n == 0:
@@ -350,10 +379,15 @@ cdef class SendBatch:
         if r == NULL:
             for k in range(self.n):
                 self.res[k] = _send_one(self.fds[k], self.bufs[k], self.lens[k])
-        else:
-            fh_ring_send(r, <int>self.n, self.fds, self.bufs, self.lens, self.res)
+        elif fh_ring_send(r, <int>self.n, self.fds, self.bufs, self.lens, self.res):
+            # a request the kernel took and did not answer (see fh_ring_send): its bytes stay
+            # alive, and this process sends with send(2) from now on
+            _kept.extend(self.datas)
+            _ring_off = True
 
     cpdef Py_ssize_t result(self, Py_ssize_t k):
+        if not 0 <= k < self.n:
+            raise IndexError("SendBatch.result: no such entry")
         return self.res[k]
 
     cpdef void clear(self):

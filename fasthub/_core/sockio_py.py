@@ -32,6 +32,11 @@ def ring_state() -> str:
     return "send"
 
 
+def ring_owner() -> int:
+    """0: the twin has no ring."""
+    return 0
+
+
 class SendBatch:
     """Up to ``BATCH`` sends of the fast path, made together by ``run``; ``result(k)`` is what
     ``send_some`` answered for the ``k``-th. ``obs`` and ``datas`` hold each entry's owner and
@@ -46,6 +51,10 @@ class SendBatch:
 
     def add(self, ob: Any, fd: int, data: bytes) -> bool:
         """Queue ``data`` for ``fd``; True when the batch is full (``run`` it)."""
+        if self.n >= BATCH:
+            raise IndexError("SendBatch is full: run and clear it first")
+        if data is None:
+            raise TypeError("SendBatch.add: data is None")
         self._fds.append(fd)
         self.obs.append(ob)
         self.datas.append(data)
@@ -56,6 +65,8 @@ class SendBatch:
         self._res = [send_some(fd, data) for fd, data in zip(self._fds, self.datas, strict=True)]
 
     def result(self, k: int) -> int:
+        if not 0 <= k < self.n:
+            raise IndexError("SendBatch.result: no such entry")
         return self._res[k]
 
     def clear(self) -> None:
