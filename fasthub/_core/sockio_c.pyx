@@ -223,9 +223,9 @@ cdef extern from *:
 
     /* n sends through the ring: res[i] as send_some's. What the ring did not take (an error of
        io_uring_enter) is taken back and sent with send(2) here, so every entry is sent once.
-       Returns how many it took and never answered: none, after the check at open (each is
-       answered within the call that submits it); such an entry may still go, so it is not
-       sent again and counts as sent whole, and the caller stops using the ring. */
+       Returns how many it took and did not answer within that call: none, after the check at
+       open (each is answered within the call that submits it); such an entry may still go, so
+       it is not sent again and counts as sent whole, and the caller stops using the ring. */
     static int fh_ring_send(fh_ring *r, int n, const int *fds, const char *const *bufs, const Py_ssize_t *lens, Py_ssize_t *res) {
         int i, lost = 0;
         for (i = 0; i < n; i++) res[i] = -2;
@@ -247,11 +247,7 @@ cdef extern from *:
                 __atomic_store_n(r->sq_tail, head0 + taken, __ATOMIC_RELEASE);
             }
             got = fh_reap(r, res, n);
-            while (got < submitted) {
-                rc = fh_enter(r->fd, 0, (unsigned)(submitted - got));
-                if (rc < 0 && errno != EINTR) break;
-                got += fh_reap(r, res, n);
-            }
+            /* never a wait with the GIL held: what is not answered by now counts as lost */
             for (i = 0; i < submitted; i++) {
                 if (res[i] == -2) { res[i] = lens[i]; lost++; }
             }
@@ -384,6 +380,9 @@ cdef class SendBatch:
             # alive, and this process sends with send(2) from now on
             _kept.extend(self.datas)
             _ring_off = True
+            import logging
+            logging.getLogger("fasthub").error(
+                "fasthub: io_uring left a send unanswered; sending with send(2) from now on")
 
     cpdef Py_ssize_t result(self, Py_ssize_t k):
         if not 0 <= k < self.n:
