@@ -92,7 +92,7 @@ cdef class Fanout:
     cpdef _after_poll(self)
     @cython.locals(n=Py_ssize_t, transport=object)
     cdef int _send_one(self, Outbox ob, Payload p, bytes frame, list overflow, SendBatch batch) except -1
-    @cython.locals(m=Py_ssize_t, k=Py_ssize_t, j=Py_ssize_t, n=Py_ssize_t, short=list, results=list, obs=list,
+    @cython.locals(m=Py_ssize_t, k=Py_ssize_t, n=Py_ssize_t, short=list, obs=list,
                    datas=list, ob=Outbox, data=bytes, transport=object)
     cdef object _run_batch(self, SendBatch batch, bint direct, object error)
     @cython.locals(b=Py_ssize_t)

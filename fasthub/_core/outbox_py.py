@@ -30,15 +30,18 @@ else:
 if cython.compiled:
     # outbox_c.pxd cimports send_some and SendBatch from sockio_c: C calls per member
     LIVE["fasthub._core.sockio_c"] = True
+    from fasthub._core.sockio_c import BATCH as _SOCKIO_BATCH
 elif TYPE_CHECKING:
+    from fasthub._core.sockio_py import BATCH as _SOCKIO_BATCH
     from fasthub._core.sockio_py import SendBatch, send_some
 else:  # the pure twin: from whichever sockio fasthub._ext chooses
     _sockio = load("fasthub._core.sockio_c", "fasthub._core.sockio_py")
     send_some = _sockio.send_some
     SendBatch = _sockio.SendBatch
+    _SOCKIO_BATCH = _sockio.BATCH
 
 #: how many sends a ``SendBatch`` holds (sockio's ``BATCH``): a pass runs its batch when full
-_BATCH = 64
+_BATCH = _SOCKIO_BATCH
 BATCH = _BATCH
 
 _OP_TEXT = 0x1
@@ -488,25 +491,22 @@ class Fanout:
         m = batch.n
         datas = batch.datas
         obs = batch.obs
-        short = None
+        short = None  # (entry, bytes taken) of each send the socket did not take whole
         for k in range(m):
-            if batch.result(k) == len(datas[k]):
+            n = batch.result(k)
+            if n == len(datas[k]):
                 ob = obs[k]
                 ob.unsure = False  # all of it went: the transport holds nothing of it
             else:
                 if short is None:
                     short = []
-                short.append(k)
-        if short is None:
-            batch.clear()
-            return error
-        results = [batch.result(k) for k in short]
+                short.append((k, n))
         batch.clear()  # empty before any transport runs code of its own
-        for j in range(len(short)):
-            k = short[j]
+        if short is None:
+            return error
+        for k, n in short:
             ob = obs[k]
             data = datas[k]
-            n = results[j]
             try:
                 transport = ob.transport
                 transport.write(data[n:] if n > 0 else data)
