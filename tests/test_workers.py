@@ -240,3 +240,50 @@ def test_a_redis_prefix_keeps_hubs_apart(redis_server: Any) -> None:
         for proc in procs:
             proc.terminate()
             proc.wait(10)
+
+
+STUCK_WORKER = r"""
+import os, signal, sys, time
+from fasthub.server.run import dump_stacks_on
+
+def stuck_here() -> None:
+    while True:
+        time.sleep(0.05)
+
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a worker that does not stop
+dump_stacks_on(signal.SIGUSR1)
+open(os.path.join(os.environ["FASTHUB_METRICS_DIR"], f"{os.getpid()}.json"), "w").close()
+stuck_here()
+"""
+
+SUPERVISOR = r"""
+import sys
+from fasthub.server import workers
+workers.STOP_GRACE = 0.5
+sup = workers.Supervisor(1, [], drain_timeout=0.5)
+sup.argv = [sys.executable, "-c", sys.argv[1]]
+sys.exit(sup.run())
+"""
+
+
+def test_a_worker_that_does_not_stop_has_its_stacks_logged_then_is_killed(tmp_path: Any) -> None:
+    """The supervisor's SIGTERM is ignored: after drain_timeout + STOP_GRACE it asks the worker
+    for its stacks (SIGUSR1, faulthandler) and kills it; the log says where it was stuck."""
+    env = dict(os.environ, FASTHUB_METRICS_DIR=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-c", SUPERVISOR, STUCK_WORKER], env=env, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: any(p.suffix == ".json" for p in tmp_path.iterdir()), timeout=20)
+        worker = int(next(p.stem for p in tmp_path.iterdir() if p.suffix == ".json"))
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(20)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    assert code == 0, err
+    assert 1.0 <= took < 5.0, (took, err)  # drain_timeout + STOP_GRACE, the dump's half second, the kill
+    assert f"worker pid {worker} did not stop in 1 s; its stacks follow, then it is killed" in err, err
+    assert 'in stuck_here' in err and "Current thread" in err, err  # faulthandler's dump
+    assert not process_alive(worker)

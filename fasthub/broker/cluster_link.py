@@ -34,6 +34,7 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool, parse_u
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import ClusterDownError, ConnectionError, MovedError
 
+from ..stopping import stop_tasks
 from .links import SUBSCRIBE_CHUNK, Command, client_options
 
 Event = tuple[bytes, bytes, Any]
@@ -104,8 +105,7 @@ class _Shard:
 
     async def close(self) -> None:
         if self.reader is not None:
-            self.reader.cancel()
-            await asyncio.gather(self.reader, return_exceptions=True)
+            await stop_tasks([self.reader], 1.0, f"Redis Cluster master {self.name}: closing")
         if self.conn is not None:
             with contextlib.suppress(Exception):
                 await self.conn.disconnect(nowait=True)

@@ -46,6 +46,7 @@ from redis.utils import HIREDIS_AVAILABLE
 
 from .._core import KIND_BINARY, KIND_PLAIN, KIND_TEXT, Payload
 from ..presence import Counts
+from ..stopping import bounded, stop_tasks
 from ..streams import ROOM, Position, Published, Recovery, new_epoch, with_offset
 from . import codec, scripts
 from .links import Link, SingleLink
@@ -249,27 +250,20 @@ class RedisBroker:
             await self.flush(1.0)
         main, self._main = self._main, None
         if main is not None:
-            # redis-py can swallow a cancel that lands inside its connect: cancel until it ends
-            for _ in range(20):
-                main.cancel()
-                await asyncio.wait([main], timeout=0.25)
-                if main.done():
-                    break
-            if main.done() and not main.cancelled():
-                main.exception()  # retrieved: an ending connect's error is not news at close
+            # redis-py can swallow a cancel that lands inside its connect: stop_tasks cancels again
+            await stop_tasks([main], 5.0, "broker close")
         if self._link is not None and self.up:
             me = self.node_id
-            with contextlib.suppress(Exception):
-                rooms = [name for kind, name in self._routes.values() if kind == "r"]
-                await asyncio.wait_for(self._link.execute([self._presence_reset(room, {}) for room in rooms]), 1.0)
-            with contextlib.suppress(Exception):
-                leave = [
-                    ("SREM", self._nodes_key, me),
-                    ("DEL", self._node_key(me)),
-                    ("DEL", self._node_key(me, ":rooms")),
-                    ("DEL", self._node_key(me, ":users")),
-                ]
-                await asyncio.wait_for(self._link.execute(leave), 1.0)
+            rooms = [name for kind, name in self._routes.values() if kind == "r"]
+            await bounded(self._link.execute([self._presence_reset(room, {}) for room in rooms]), 1.0,
+                          "broker close: presence reset")
+            leave = [
+                ("SREM", self._nodes_key, me),
+                ("DEL", self._node_key(me)),
+                ("DEL", self._node_key(me, ":rooms")),
+                ("DEL", self._node_key(me, ":users")),
+            ]
+            await bounded(self._link.execute(leave), 1.0, "broker close: leave")
         await self._disconnect()
         self.up = False
         self._release_waiters()
@@ -388,17 +382,12 @@ class RedisBroker:
 
     async def _disconnect(self) -> None:
         tasks = [*self._tasks, *self._side]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
         self._tasks = []
         self._side.clear()
+        await stop_tasks(tasks, 2.0, "broker disconnect")
         link, self._link = self._link, None
         if link is not None:
-            with contextlib.suppress(Exception):
-                await link.close()
+            await bounded(link.close(), 2.0, "broker disconnect: closing the Redis connections")
 
     # -- subscriptions ----------------------------------------------------------------------------
 

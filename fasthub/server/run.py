@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import gc
 import importlib
 import logging
+import signal
 import socket
 from types import FrameType
 from typing import Any
 
 from ..config import HubConfig
 from ..hub import Hub
+from ..stopping import where
 from .asgi import FasthubApp, create_app
 from .http import guarded_http_protocol
 from .listener import listener_protocol
@@ -20,6 +23,10 @@ from .protocol import HubProtocol
 # uvicorn's own WebSocket implementations (the portable path) and the module each one needs
 PORTABLE_WS = {"websockets-sansio": "websockets", "websockets": "websockets", "wsproto": "wsproto"}
 PORTABLE_EXTRA = "fasthub[portable]"
+
+
+#: seconds past ``HubConfig.drain_timeout`` after which a stopping server logs what it waits on
+STUCK_REPORT = 5.0
 
 
 class MissingWebSocketImplementation(ImportError):
@@ -163,8 +170,19 @@ def run(
     # generation less often, and move everything alive at start-up out of the collector's way.
     gc.set_threshold(20_000, 50, 100)
     gc.freeze()
+    dump_stacks_on(signal.SIGUSR1)
     server = draining_server(uvicorn_config(app, host, port, log_level, **uvicorn_options), app, reuse_port, io)
     server.run(sockets=[reuse_port_socket(host, port)] if reuse_port else None)
+
+
+def dump_stacks_on(signum: int) -> bool:
+    """Make ``signum`` write every thread's Python stack to stderr (``faulthandler``), unless the
+    application handles that signal itself. Works while the event loop is blocked; the
+    supervisor of ``--workers`` sends it to a worker that does not stop, before killing it."""
+    if signal.getsignal(signum) is not signal.SIG_DFL:
+        return False
+    faulthandler.register(signum, all_threads=True)
+    return True
 
 
 def draining_server(config: Any, app: FasthubApp, stop_listening: bool, io: str = "fasthub") -> Any:
@@ -176,7 +194,6 @@ def draining_server(config: Any, app: FasthubApp, stop_listening: bool, io: str 
     ``--workers``): the listening socket closes at once, so the kernel sends new connections to
     the processes still serving the port. A second SIGTERM, or SIGINT, exits at once.
     """
-    import signal
 
     from .serving import HubServer
 
@@ -204,6 +221,15 @@ def draining_server(config: Any, app: FasthubApp, stop_listening: bool, io: str 
         def _start_drain(self) -> None:
             assert self.loop is not None
             self.drain_task = self.loop.create_task(self._drain())
+            # a stop that outlives its drain by STUCK_REPORT seconds says what it waits on (a
+            # supervisor kills it STOP_GRACE seconds after the drain's bound)
+            self.loop.call_later(app.hub.config.drain_timeout + STUCK_REPORT, self._report_stuck)
+
+        def _report_stuck(self) -> None:
+            waiting = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
+            logging.getLogger("fasthub").warning(
+                "fasthub: still stopping %.1f s after SIGTERM; waiting on: %s",
+                app.hub.config.drain_timeout + STUCK_REPORT, "; ".join(where(t) for t in waiting) or "no task")
 
         async def _drain(self) -> None:
             try:

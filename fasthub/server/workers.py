@@ -7,7 +7,8 @@ that exits is logged and started again (after a pause that grows while it keeps 
 
 - SIGTERM (or SIGINT) stops every worker with SIGTERM, so each drains (1012 to its clients,
   which resume on the others or after the restart), then SIGKILL after ``drain_timeout`` plus
-  ``STOP_GRACE`` seconds. A second SIGTERM passes on and makes every worker exit at once.
+  ``STOP_GRACE`` seconds (SIGUSR1 first: the worker writes every thread's stack to stderr, so
+  the log says where it was stuck). A second SIGTERM passes on and makes every worker exit at once.
 - SIGHUP restarts the workers one at a time without closing the port: a new worker starts,
   and once it serves (its first metrics snapshot is written) the old one drains and exits.
 - The workers' ``/metrics`` add up through a folder they share (``FASTHUB_METRICS_DIR``, a
@@ -18,6 +19,7 @@ A first worker that exits 2 (a usage or configuration error) stops them all with
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -35,6 +37,8 @@ log = logging.getLogger("fasthub")
 
 #: seconds a stopping worker gets beyond its drain timeout before SIGKILL
 STOP_GRACE = 10.0
+#: seconds given to a worker that does not stop to write its stacks (SIGUSR1) before SIGKILL
+DUMP_WAIT = 0.5
 #: seconds a new worker of a rolling restart may take to start serving
 START_TIMEOUT = 30.0
 #: a worker that lived less than this is restarted after a growing pause (at most 5 s)
@@ -133,8 +137,11 @@ class Supervisor:
             try:
                 worker.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("fasthub: worker pid %d did not stop in %.0f s; killing it",
+                log.warning("fasthub: worker pid %d did not stop in %.0f s; its stacks follow, then it is killed",
                             worker.pid, self.drain_timeout + STOP_GRACE)
+                with contextlib.suppress(OSError):
+                    worker.send_signal(signal.SIGUSR1)  # faulthandler: every thread's stack to stderr
+                    time.sleep(DUMP_WAIT)
                 worker.kill()
                 worker.wait()
 
