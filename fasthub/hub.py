@@ -1420,8 +1420,8 @@ class Hub:
         done = not self._connections
         if not done:
             left_open = list(self._connections.values())
-            log.warning("fasthub: drain timed out after %.0f s with %d connections left: %s", timeout,
-                        len(left_open), ", ".join(f"{c!r} closing={c.closing}" for c in left_open[:5]))
+            log.warning("fasthub: drain timed out after %.1f s with %d connections left: %s", timeout,
+                        len(left_open), ", ".join(f"{c!r} closing={bool(c.closing)}" for c in left_open[:5]))
         left = max(0.1, deadline - loop.time())
         flushed = await self.broker.flush(min(left, 5.0))
         return done and flushed

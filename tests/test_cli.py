@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import socket
+import signal
 import subprocess
 import sys
 import time
@@ -286,3 +287,29 @@ def test_serve_on_a_busy_port_exits_with_redis_connecting(redis_server: Any) -> 
     assert b"address already in use" in out.stderr
     assert b"Application shutdown complete" in out.stderr
     assert took < 10
+
+
+def test_serve_writes_its_stacks_on_sigusr1_and_goes_on() -> None:
+    """SIGUSR1: every thread's Python stack to stderr (faulthandler); the server keeps serving."""
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    cmd = [sys.executable, "-m", "fasthub", "serve", "--port", str(port), "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None and time.monotonic() < deadline, "fasthub serve did not start"
+                time.sleep(0.1)
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(0.3)
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    assert "Current thread" in err and "(most recent call first)" in err and "run.py" in err, err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -454,3 +455,23 @@ def test_cli_turns_metrics_and_probes_off() -> None:
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
+
+
+def test_a_drain_that_times_out_names_the_connections_it_left(caplog: pytest.LogCaptureFixture) -> None:
+    """A peer that does not answer its 1012 keeps its connection past a short drain timeout (the
+    protocol's close timeout is longer): the drain says False and logs which connection it left."""
+    from tests.conftest import RawClient
+
+    with serve({}, HubConfig(), ws="fasthub") as server:
+        silent = RawClient(server, "")
+        hello = silent.json()
+        loop = server.hub.loop
+        assert loop is not None
+        with caplog.at_level(logging.WARNING, logger="fasthub"):
+            done = asyncio.run_coroutine_threadsafe(server.app.drain(rate=0, timeout=0.5), loop).result(10)
+        assert done is False
+        assert silent.frame() == (0x8, (1012).to_bytes(2, "big") + b"server restarting")
+        assert "fasthub: drain timed out after 0.5 s with 1 connections left: <Connection" in caplog.text
+        assert f"<Connection {hello['payload']['connection_id']} user=" in caplog.text
+        assert "> closing=True" in caplog.text
+        silent.close()

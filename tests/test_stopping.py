@@ -155,3 +155,19 @@ def test_a_stop_that_outlives_its_drain_says_what_it_waits_on(
         server.drain_task.cancel()
 
     run(scenario())
+
+
+def test_dump_stacks_on_leaves_an_application_handler_alone() -> None:
+    import faulthandler
+    import signal
+
+    from fasthub.server.run import dump_stacks_on
+
+    previous = signal.signal(signal.SIGUSR2, lambda *_: None)
+    try:
+        assert dump_stacks_on(signal.SIGUSR2) is False  # the application's own handler stays
+        signal.signal(signal.SIGUSR2, signal.SIG_DFL)
+        assert dump_stacks_on(signal.SIGUSR2) is True
+        assert faulthandler.unregister(signal.SIGUSR2) is True  # it was registered
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
