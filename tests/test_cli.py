@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import signal
+import socket
 import subprocess
 import sys
 import time
