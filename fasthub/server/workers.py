@@ -123,12 +123,15 @@ class Supervisor:
                     new.kill()
                     new.wait()
                 return
+            started = time.monotonic() - self.started_at[i]
+            stop_began = time.monotonic()
             if old is not None and old.poll() is None:
                 old.send_signal(signal.SIGTERM)
                 self._wait([old])
             if old is not None:
                 metrics.archive(self.metrics_dir, old.pid)
-            log.info("fasthub: rolling restart: worker %d is pid %d", i, new.pid)
+            log.info("fasthub: rolling restart: worker %d is pid %d (started in %.1f s; pid %s stopped in %.1f s)",
+                     i, new.pid, started, old.pid if old is not None else "-", time.monotonic() - stop_began)
         log.info("fasthub: rolling restart done")
 
     def _wait(self, workers: list[subprocess.Popen[bytes]]) -> None:
