@@ -251,6 +251,66 @@ def test_a_node_whose_keys_expired_writes_them_again(redis_server: Any) -> None:
         run(scenario())
 
 
+def test_a_user_is_online_for_every_node_once_connected(redis_server: Any) -> None:
+    """``connected`` waits until the user's node has listed the user in its users hash (what the
+    other nodes' online check reads): a direct message sent right after it is delivered, never
+    answered ``unknown_user``, even when that node's writes to Redis are slow."""
+    with cluster(redis_server.url) as (a_node, b_node):
+        broker = b_node.hub.broker
+        wait_for(lambda: broker.up)
+        link = broker._link
+        plain = link.execute
+
+        async def slow(commands: Any) -> Any:
+            if any(c[0] == "HSET" and str(c[1]).endswith(":users") for c in commands):
+                await asyncio.sleep(0.5)  # node B's users hash lags behind its subscriptions
+            return await plain(commands)
+
+        link.execute = slow
+
+        async def scenario() -> None:
+            near = await connect(a_node, "user=near")
+            for i in range(3):
+                t0 = time.monotonic()
+                bob = await connect(b_node, f"user=bob{i}")
+                assert time.monotonic() - t0 >= 0.4  # connected after the entry was written
+                await near.send({"type": "user_message", "to": f"bob{i}", "payload": "hi", "id": i})
+                await near.expect("ack", id=i)
+                assert (await bob.expect("user_message"))["payload"] == "hi"
+
+        run(scenario())
+
+
+def test_an_open_that_does_not_happen_leaves_no_user_online(
+    redis_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``user_ready`` lists the user before the open; if no connection of the user registers
+    after all, the entry goes again (after 2 x READY_TIMEOUT) and the user is not online."""
+    from fasthub.broker import redis as redis_module
+
+    monkeypatch.setattr(redis_module, "READY_TIMEOUT", 0.3)
+    with cluster(redis_server.url) as (a_node, b_node):
+        broker = b_node.hub.broker
+        wait_for(lambda: broker.up)
+        me = broker.node_id
+
+        async def ready() -> None:
+            waiter = broker.user_ready("ghost")
+            assert waiter is not None
+            await waiter
+
+        asyncio.run_coroutine_threadsafe(ready(), b_node.hub.loop).result(5)
+        assert redis_server.command("HEXISTS", f"t:n:{{{me}}}:users", "ghost").strip() == "1"
+        wait_for(lambda: redis_server.command("HEXISTS", f"t:n:{{{me}}}:users", "ghost").strip() == "0", 3)
+
+        async def scenario() -> None:
+            near = await connect(a_node, "user=near")
+            await near.send({"type": "user_message", "to": "ghost", "id": 1})
+            assert (await near.expect("error", id=1))["payload"]["code"] == "unknown_user"
+
+        run(scenario())
+
+
 def test_a_user_on_a_node_started_after_the_last_heartbeat_is_online(redis_server: Any) -> None:
     late = RedisBroker(redis_server.url, prefix="t")
     with (

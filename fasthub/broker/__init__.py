@@ -142,9 +142,10 @@ class Broker(Protocol):
         any node. The future must complete (also when the broker is down) within seconds.
         """
 
-    def user_ready(self, user_id: str) -> Awaitable[None] | None:
+    def user_ready(self, user_id: str) -> Awaitable[Any] | None:
         """Before a connection of ``user_id`` opens: None if this node hears the user's traffic
-        now, else a future the ``connected`` message waits for (completes within seconds)."""
+        and every node sees the user online now, else a future the ``connected`` message waits
+        for (completes within seconds)."""
 
     def user_opened(self, user_id: str) -> None: ...
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -154,6 +155,10 @@ class RedisBroker:
         self._subs_scheduled = False
         self._ready: dict[str, asyncio.Future[None]] = {}  # room -> join replies waiting for it
         self._user_waiters: dict[bytes, asyncio.Future[None]] = {}  # user channel -> opens waiting
+        # user -> opens waiting for the user's entry in this node's users hash (the other nodes'
+        # online check), and the users listed there while their first connection opens
+        self._user_listed: dict[str, asyncio.Future[None]] = {}
+        self._opening: set[str] = set()
         self._to_load: set[str] = set()  # rooms subscribed whose counts are being read
         self._loading = False
         # cluster counts: room -> node -> (seq, members) for rooms this node is subscribed to
@@ -359,7 +364,8 @@ class RedisBroker:
 
     def _release_waiters(self) -> None:
         """Joins and opens waiting for a subscription go on now, with what is known."""
-        for table in (self._ready, self._user_waiters):
+        tables: tuple[dict[Any, asyncio.Future[None]], ...] = (self._ready, self._user_waiters, self._user_listed)
+        for table in tables:
             for fut in table.values():
                 _settle(fut)
             table.clear()
@@ -474,28 +480,44 @@ class RedisBroker:
             return None
         return self._waiter(self._ready, room)
 
-    def user_ready(self, user_id: str) -> Awaitable[None] | None:
-        """Before a user's connection opens: None if this node hears the user's channel, else a
-        future that completes once Redis confirmed the subscription (the ``connected`` message
-        waits for it, so a ``user_message`` sent from any node after it arrives)."""
+    def user_ready(self, user_id: str) -> Awaitable[Any] | None:
+        """Before a user's connection opens: None if this node hears the user's channel and lists
+        the user in its users hash, else a future that completes once Redis confirmed both the
+        subscription and the entry (the ``connected`` message waits for it, so a ``user_message``
+        sent from any node after it arrives: the sender's node finds the user online, and this
+        node hears the channel)."""
         if not self.up:
             return None
+        node = self.node
         channel = self.user_channel(user_id)
-        if channel in self._confirmed:
+        listed = node is not None and node.local_user_online(user_id)
+        if channel in self._confirmed and listed:
             return None
         if channel not in self._routes:
             self._want(channel, ("u", user_id))
             assert self._loop is not None
             # forget it again if no connection of the user registers (the client went away)
             self._loop.call_later(2 * READY_TIMEOUT, self._drop_unused_user, user_id)
-        return self._waiter(self._user_waiters, channel)
+        waits = []
+        if channel not in self._confirmed:
+            waits.append(self._waiter(self._user_waiters, channel))
+        if not listed:
+            waits.append(self._waiter(self._user_listed, user_id))
+            self._opening.add(user_id)
+            self._users_dirty.add(user_id)
+            self._wake_writer()
+        return waits[0] if len(waits) == 1 else asyncio.gather(*waits)
 
     def _drop_unused_user(self, user_id: str) -> None:
+        self._opening.discard(user_id)
         node = self.node
         if node is not None and not node.local_user_online(user_id):
             self._unwant(self.user_channel(user_id))
+            self._users_dirty.add(user_id)  # the entry written for the open that did not happen
+            self._wake_writer()
 
     def user_opened(self, user_id: str) -> None:
+        self._opening.discard(user_id)
         self._want(self.user_channel(user_id), ("u", user_id))
         self._users_dirty.add(user_id)
         self._wake_writer()
@@ -927,9 +949,17 @@ class RedisBroker:
             self._rooms_dirty.clear()
         if self._users_dirty:
             users_key = self._node_key(self.node_id, ":users")
+            listed = self._user_listed
             for user in self._users_dirty:
-                if node is not None and node.local_user_online(user):
-                    out.append((False, "HSET", users_key, user, 1))
+                if user in self._opening or (node is not None and node.local_user_online(user)):
+                    cmd = (False, "HSET", users_key, user, 1)
+                    waiter = listed.pop(user, None)
+                    if waiter is not None:  # an open waits for this entry
+                        assert self._loop is not None
+                        answer = self._loop.create_future()
+                        answer.add_done_callback(functools.partial(_answered, waiter))
+                        self._futures[id(cmd)] = (answer, None)
+                    out.append(cmd)
                 else:
                     out.append((False, "HDEL", users_key, user))
             out.append((False, "PEXPIRE", users_key, int(self.ttl * 1000)))
@@ -1272,3 +1302,10 @@ def _field(fields: list[Any], name: bytes) -> bytes:
 def _settle(fut: asyncio.Future[None] | None) -> None:
     if fut is not None and not fut.done():
         fut.set_result(None)
+
+
+def _answered(waiter: asyncio.Future[None], answer: asyncio.Future[Any]) -> None:
+    """A command an open waits for was answered (or failed: the open goes on all the same)."""
+    if not answer.cancelled():
+        answer.exception()
+    _settle(waiter)
