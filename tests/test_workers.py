@@ -142,8 +142,17 @@ def test_two_workers_act_as_one_hub_and_survive_a_sigkill(redis_server: Any) -> 
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(20)
-        finally:
-            err = stderr_of(proc)
+        except subprocess.TimeoutExpired:
+            from tests.test_operations import _children, _dump_stacks
+
+            workers = _children(proc.pid)
+            _dump_stacks(workers)  # where the workers that did not stop wait
+            for pid in workers:
+                os.kill(pid, signal.SIGKILL)
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"the workers did not stop within 20 s:\n{stderr_of(proc)}") from None
+        err = stderr_of(proc)
     assert proc.returncode == 0, err
     assert "ended with signal 9" in err, err
     # every worker is gone with the supervisor
