@@ -26,12 +26,17 @@ SECRET = "cli-secret-cli-secret-cli-secret-cli!!"
 
 
 @contextlib.contextmanager
-def fasthub_serve(*args: str, env: dict[str, str] | None = None) -> Iterator[int]:
+def fasthub_serve(
+    *args: str, env: dict[str, str] | None = None, procs: list[subprocess.Popen[bytes]] | None = None
+) -> Iterator[int]:
+    """``fasthub serve ARGS`` on a free port, ready; ``procs``: the process is appended there."""
     sock = free_socket()
     port = sock.getsockname()[1]
     sock.close()
     cmd = [sys.executable, "-m", "fasthub", "serve", "--port", str(port), "--log-level", "warning", *args]
     proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stderr=subprocess.PIPE)
+    if procs is not None:
+        procs.append(proc)
     try:
         deadline = time.monotonic() + 15
         while True:
@@ -291,25 +296,11 @@ def test_serve_on_a_busy_port_exits_with_redis_connecting(redis_server: Any) -> 
 
 def test_serve_writes_its_stacks_on_sigusr1_and_goes_on() -> None:
     """SIGUSR1: every thread's Python stack to stderr (faulthandler); the server keeps serving."""
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    cmd = [sys.executable, "-m", "fasthub", "serve", "--port", str(port), "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
-                break
-            except httpx.HTTPError:
-                assert proc.poll() is None and time.monotonic() < deadline, "fasthub serve did not start"
-                time.sleep(0.1)
-        proc.send_signal(signal.SIGUSR1)
+    procs: list[subprocess.Popen[bytes]] = []
+    with fasthub_serve(procs=procs) as port:
+        procs[0].send_signal(signal.SIGUSR1)
         time.sleep(0.3)
         assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
-    finally:
-        proc.terminate()
-        proc.wait(10)
-    err = proc.stderr.read().decode() if proc.stderr else ""
+    stderr = procs[0].stderr
+    err = stderr.read().decode() if stderr else ""
     assert "Current thread" in err and "(most recent call first)" in err and "run.py" in err, err
