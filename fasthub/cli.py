@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -296,7 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .config import HubConfig
         from .hub import Hub
         from .server.asgi import create_app
-        from .server.run import MissingWebSocketImplementation, run
+        from .server.run import MissingWebSocketImplementation, dump_stacks_on, run
+
+        dump_stacks_on(signal.SIGUSR1)  # from the start (the --workers supervisor passes it on)
 
         overrides = {
             name: value

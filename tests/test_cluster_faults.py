@@ -285,23 +285,35 @@ def test_an_open_that_does_not_happen_leaves_no_user_online(
     redis_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``user_ready`` lists the user before the open; if no connection of the user registers
-    after all, the entry goes again (after 2 x READY_TIMEOUT) and the user is not online."""
+    after all, the entry goes again 2 x READY_TIMEOUT after the latest open of that user began
+    (a second open pushes it back), and the user is not online."""
     from fasthub.broker import redis as redis_module
 
-    monkeypatch.setattr(redis_module, "READY_TIMEOUT", 0.3)
+    monkeypatch.setattr(redis_module, "READY_TIMEOUT", 1.0)
     with cluster(redis_server.url) as (a_node, b_node):
         broker = b_node.hub.broker
         wait_for(lambda: broker.up)
         me = broker.node_id
+
+        def listed() -> bool:
+            return redis_server.command("HEXISTS", f"t:n:{{{me}}}:users", "ghost").strip() == "1"
 
         async def ready() -> None:
             waiter = broker.user_ready("ghost")
             assert waiter is not None
             await waiter
 
-        asyncio.run_coroutine_threadsafe(ready(), b_node.hub.loop).result(5)
-        assert redis_server.command("HEXISTS", f"t:n:{{{me}}}:users", "ghost").strip() == "1"
-        wait_for(lambda: redis_server.command("HEXISTS", f"t:n:{{{me}}}:users", "ghost").strip() == "0", 3)
+        loop = b_node.hub.loop
+        assert loop is not None
+        t0 = time.monotonic()
+        asyncio.run_coroutine_threadsafe(ready(), loop).result(5)
+        assert listed()
+        time.sleep(max(0.0, 1.2 - (time.monotonic() - t0)))
+        asyncio.run_coroutine_threadsafe(ready(), loop).result(5)  # a second open of the same user
+        time.sleep(max(0.0, 2.4 - (time.monotonic() - t0)))
+        assert listed()  # the first open's 2 s are over, the second's are not
+        wait_for(lambda: not listed(), 5)
+        assert time.monotonic() - t0 >= 3.2
 
         async def scenario() -> None:
             near = await connect(a_node, "user=near")
@@ -309,6 +321,51 @@ def test_an_open_that_does_not_happen_leaves_no_user_online(
             assert (await near.expect("error", id=1))["payload"]["code"] == "unknown_user"
 
         run(scenario())
+
+
+class _StuckLink:
+    """A link whose pipelines never return (a Redis that stopped answering)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def execute(self, commands: Any) -> list[Any]:
+        self.calls += 1
+        await asyncio.sleep(3600)
+        return []
+
+
+def test_the_writer_answers_its_waiters_when_cancelled_mid_pipeline() -> None:
+    """A disconnect cancels the writer while a pipeline is out: every command of it that waits
+    for an answer gets ``ConnectionError`` (not a future that never completes); a writer left
+    behind by a disconnect that could not stop it ends at its next wake (the new one writes)."""
+
+    async def scenario() -> None:
+        broker = RedisBroker("redis://127.0.0.1:1", prefix="w")
+        broker._link = _StuckLink()  # type: ignore[assignment]
+        broker._wake = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Any] = loop.create_future()
+        entry = (False, "PING")
+        broker._out.append(entry)
+        broker._futures[id(entry)] = (answer, None)
+        writer = asyncio.create_task(broker._writer())
+        broker._wake_writer()
+        await asyncio.sleep(0.05)
+        assert broker._writing and not answer.done()
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+        assert isinstance(answer.exception(), ConnectionError) and not broker._futures
+
+        old = asyncio.create_task(broker._writer())  # its link, then a new one
+        await asyncio.sleep(0)
+        broker._link = _StuckLink()  # type: ignore[assignment]
+        broker._out.append((False, "PING"))
+        broker._wake_writer()
+        await asyncio.wait_for(old, 1.0)  # it returned without writing
+        assert broker._link.calls == 0 and broker._out  # type: ignore[attr-defined]
+
+    run(scenario())
 
 
 def test_a_user_on_a_node_started_after_the_last_heartbeat_is_online(redis_server: Any) -> None:

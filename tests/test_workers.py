@@ -276,13 +276,17 @@ sys.exit(sup.run())
 
 
 def test_a_worker_that_does_not_stop_has_its_stacks_logged_then_is_killed(tmp_path: Any) -> None:
-    """The supervisor's SIGTERM is ignored: after drain_timeout + STOP_GRACE it asks the worker
-    for its stacks (SIGUSR1, faulthandler) and kills it; the log says where it was stuck."""
+    """SIGUSR1 to the supervisor is passed on to the workers (their stacks, nobody stops). The
+    supervisor's SIGTERM is ignored: after drain_timeout + STOP_GRACE it asks the worker for its
+    stacks (SIGUSR1, faulthandler) and kills it; the log says where it was stuck."""
     env = dict(os.environ, FASTHUB_METRICS_DIR=str(tmp_path))
     proc = subprocess.Popen([sys.executable, "-c", SUPERVISOR, STUCK_WORKER], env=env, stderr=subprocess.PIPE)
     try:
         wait_for(lambda: any(p.suffix == ".json" for p in tmp_path.iterdir()), timeout=20)
         worker = int(next(p.stem for p in tmp_path.iterdir() if p.suffix == ".json"))
+        proc.send_signal(signal.SIGUSR1)  # passed on: the worker writes its stacks, all go on
+        time.sleep(0.5)
+        assert proc.poll() is None and process_alive(worker)
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(20)
@@ -294,5 +298,5 @@ def test_a_worker_that_does_not_stop_has_its_stacks_logged_then_is_killed(tmp_pa
     assert code == 0, err
     assert 1.0 <= took < 5.0, (took, err)  # drain_timeout + STOP_GRACE, the dump's half second, the kill
     assert f"worker pid {worker} did not stop in 1 s; its stacks follow, then it is killed" in err, err
-    assert 'in stuck_here' in err and "Current thread" in err, err  # faulthandler's dump
+    assert err.count("in stuck_here") == 2 and "Current thread" in err, err  # SIGUSR1, then before the kill
     assert not process_alive(worker)

@@ -158,7 +158,7 @@ class RedisBroker:
         # user -> opens waiting for the user's entry in this node's users hash (the other nodes'
         # online check), and the users listed there while their first connection opens
         self._user_listed: dict[str, asyncio.Future[None]] = {}
-        self._opening: set[str] = set()
+        self._opening: dict[str, float] = {}  # user -> loop time of the latest such open
         self._to_load: set[str] = set()  # rooms subscribed whose counts are being read
         self._loading = False
         # cluster counts: room -> node -> (seq, members) for rooms this node is subscribed to
@@ -256,7 +256,7 @@ class RedisBroker:
         main, self._main = self._main, None
         if main is not None:
             # redis-py can swallow a cancel that lands inside its connect: stop_tasks cancels again
-            await stop_tasks([main], 5.0, "broker close")
+            await stop_tasks([main], 2.0, "broker close")
         if self._link is not None and self.up:
             me = self.node_id
             rooms = [name for kind, name in self._routes.values() if kind == "r"]
@@ -373,7 +373,7 @@ class RedisBroker:
     def _waiter(self, table: dict[Any, asyncio.Future[None]], key: Any) -> asyncio.Future[None]:
         """The future for ``key`` in ``table``, completed by ``READY_TIMEOUT`` at the latest."""
         fut = table.get(key)
-        if fut is None:
+        if fut is None or fut.done():  # one settled by its timeout: a new wait gets its own
             assert self._loop is not None
             fut = table[key] = self._loop.create_future()
             self._loop.call_later(READY_TIMEOUT, _settle, fut)
@@ -390,10 +390,10 @@ class RedisBroker:
         tasks = [*self._tasks, *self._side]
         self._tasks = []
         self._side.clear()
-        await stop_tasks(tasks, 2.0, "broker disconnect")
+        await stop_tasks(tasks, 1.0, "broker disconnect")
         link, self._link = self._link, None
         if link is not None:
-            await bounded(link.close(), 2.0, "broker disconnect: closing the Redis connections")
+            await bounded(link.close(), 1.5, "broker disconnect: closing the Redis connections")
 
     # -- subscriptions ----------------------------------------------------------------------------
 
@@ -493,23 +493,37 @@ class RedisBroker:
         listed = node is not None and node.local_user_online(user_id)
         if channel in self._confirmed and listed:
             return None
+        loop = self._loop
+        assert loop is not None
+        if user_id not in self._opening:
+            # forget the user again if no connection of the user registers (the client went away)
+            loop.call_later(2 * READY_TIMEOUT, self._drop_unused_user, user_id)
+        self._opening[user_id] = loop.time()  # a later open of the user pushes that back
         if channel not in self._routes:
             self._want(channel, ("u", user_id))
-            assert self._loop is not None
-            # forget it again if no connection of the user registers (the client went away)
-            self._loop.call_later(2 * READY_TIMEOUT, self._drop_unused_user, user_id)
         waits = []
         if channel not in self._confirmed:
             waits.append(self._waiter(self._user_waiters, channel))
         if not listed:
             waits.append(self._waiter(self._user_listed, user_id))
-            self._opening.add(user_id)
             self._users_dirty.add(user_id)
             self._wake_writer()
         return waits[0] if len(waits) == 1 else asyncio.gather(*waits)
 
     def _drop_unused_user(self, user_id: str) -> None:
-        self._opening.discard(user_id)
+        """2 x READY_TIMEOUT after the latest open of ``user_id`` began: if no connection of the
+        user registered, the channel and the users-hash entry made for it go again."""
+        since = self._opening.get(user_id)
+        if since is None:
+            return
+        loop = self._loop
+        assert loop is not None
+        due = since + 2 * READY_TIMEOUT
+        if loop.time() < due:  # another open of the user began since
+            loop.call_at(due, self._drop_unused_user, user_id)
+            return
+        del self._opening[user_id]
+        _settle(self._user_listed.pop(user_id, None))
         node = self.node
         if node is not None and not node.local_user_online(user_id):
             self._unwant(self.user_channel(user_id))
@@ -517,13 +531,16 @@ class RedisBroker:
             self._wake_writer()
 
     def user_opened(self, user_id: str) -> None:
-        self._opening.discard(user_id)
+        # registered: listed as a local user from now on (and no longer once it closes, not
+        # 4 s later; an open of the same user still under way then may see its entry late)
+        self._opening.pop(user_id, None)
         self._want(self.user_channel(user_id), ("u", user_id))
         self._users_dirty.add(user_id)
         self._wake_writer()
 
     def user_closed(self, user_id: str) -> None:
-        self._unwant(self.user_channel(user_id))
+        if user_id not in self._opening:  # else another open of the user still needs the channel
+            self._unwant(self.user_channel(user_id))
         self._users_dirty.add(user_id)
         self._wake_writer()
 
@@ -878,9 +895,12 @@ class RedisBroker:
 
     async def _writer(self) -> None:
         wake = self._wake
+        link = self._link
         assert wake is not None
         while True:
             await wake.wait()
+            if self._link is not link:
+                return  # left behind by a disconnect that could not stop it: the new writer writes
             wake.clear()
             if self._rooms_dirty or self._users_dirty:
                 self._state_commands()
@@ -896,6 +916,9 @@ class RedisBroker:
                 except Exception as exc:
                     self.broker_errors += messages
                     self._fail_futures(batch, exc)
+                    raise
+                except asyncio.CancelledError:  # a disconnect: what waits for an answer gets one
+                    self._fail_futures(batch, ConnectionError("the broker disconnected"))
                     raise
                 finally:
                     self._writing = False

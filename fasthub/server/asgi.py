@@ -230,7 +230,7 @@ class FasthubApp:
                 if hub.broker.remote:  # in a cluster: hear the user's channel before "connected"
                     waiter = hub.broker.user_ready(str(user_id))
                     if waiter is not None:
-                        await waiter
+                        await asyncio.shield(waiter)  # shared by the user's opens: not cancelled for all
                         refused = hub.admit_user(str(user_id))  # others may have opened meanwhile
                         if refused is not None:
                             await self._deny(scope, send, refused.status, refused.reason)

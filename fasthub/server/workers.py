@@ -9,6 +9,7 @@ that exits is logged and started again (after a pause that grows while it keeps 
   which resume on the others or after the restart), then SIGKILL after ``drain_timeout`` plus
   ``STOP_GRACE`` seconds (SIGUSR1 first: the worker writes every thread's stack to stderr, so
   the log says where it was stuck). A second SIGTERM passes on and makes every worker exit at once.
+- SIGUSR1 is passed on: each worker writes every thread's stack to stderr.
 - SIGHUP restarts the workers one at a time without closing the port: a new worker starts,
   and once it serves (its first metrics snapshot is written) the old one drains and exits.
 - The workers' ``/metrics`` add up through a folder they share (``FASTHUB_METRICS_DIR``, a
@@ -81,10 +82,18 @@ class Supervisor:
     def hang_up(self, signum: int = signal.SIGHUP, frame: FrameType | None = None) -> None:
         self.rolling = True
 
+    def pass_on(self, signum: int = signal.SIGUSR1, frame: FrameType | None = None) -> None:
+        """SIGUSR1: every worker writes its stacks to stderr (the supervisor itself goes on)."""
+        for worker in self.workers:
+            if worker is not None and worker.poll() is None:
+                with contextlib.suppress(OSError):
+                    worker.send_signal(signum)
+
     def run(self) -> int:
         handled = (signal.SIGINT, signal.SIGTERM)
         previous = {sig: signal.signal(sig, self.stop) for sig in handled}
         previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self.hang_up)
+        previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, self.pass_on)
         try:
             for i in range(self.count):
                 self.spawn(i)
