@@ -485,3 +485,41 @@ def test_a_drain_that_times_out_names_the_connections_it_left(caplog: pytest.Log
         assert f"<Connection {hello['payload']['connection_id']} user=" in caplog.text
         assert "> closing=True" in caplog.text
         silent.close()
+
+
+def test_a_new_process_says_it_serves_once_its_broker_is_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first metrics snapshot (the ``--workers`` supervisor's sign that a new worker serves,
+    after which a rolling restart drains the old one) waits until the broker is up, so the
+    clients moved over can resume at once; with Redis away, for at most BROKER_WAIT seconds."""
+    from redisproc import RedisServer, free_port
+
+    from fasthub.broker.redis import RedisBroker
+    from fasthub.server import asgi
+
+    monkeypatch.setattr(asgi, "BROKER_WAIT", 1.5)
+    redis = RedisServer(free_port())  # not started yet
+    snapshots = tmp_path / "metrics"
+    snapshots.mkdir()
+    broker = RedisBroker(redis.url, prefix="late", ttl=2.0, retry_max=0.2)
+    try:
+        with serve({"metrics_dir": str(snapshots)}, ws="fasthub", broker=broker):
+            time.sleep(0.4)
+            assert not list(snapshots.glob("*.json")) and not broker.up  # not yet: no broker
+            redis.start()
+            deadline = time.monotonic() + 5
+            while not list(snapshots.glob("*.json")):
+                assert time.monotonic() < deadline
+                time.sleep(0.005)
+            assert broker.up  # the snapshot came once the broker was up
+    finally:
+        redis.stop()
+    away = tmp_path / "away"
+    away.mkdir()
+    t0 = time.monotonic()
+    with serve({"metrics_dir": str(away)}, ws="fasthub", broker=RedisBroker(redis.url, prefix="a", ttl=2.0)):
+        while not list(away.glob("*.json")):
+            assert time.monotonic() - t0 < 5
+            time.sleep(0.01)
+        assert time.monotonic() - t0 >= 1.4  # Redis never came: it serves after BROKER_WAIT anyway

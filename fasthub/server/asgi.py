@@ -40,6 +40,10 @@ from .types import Receive, Scope, Send
 
 log = logging.getLogger("fasthub")
 
+#: seconds a new process waits for its broker before it writes its first metrics snapshot
+#: (the --workers supervisor's sign that it serves)
+BROKER_WAIT = 5.0
+
 Authenticate = Callable[[Scope], "Awaitable[str | int | Identity | None] | str | int | Identity | None"]
 ConnectionCallback = Callable[[Connection], "Awaitable[None] | None"]
 
@@ -124,6 +128,7 @@ class FasthubApp:
         self.health_path = health_path
         self.ready_path = ready_path
         self.exporter = Exporter(hub, metrics_dir or os.environ.get("FASTHUB_METRICS_DIR") or None)
+        self._exporting: asyncio.Task[None] | None = None
         verify = getattr(authenticate, "verify", None)
         self.dispatcher = Dispatcher(
             hub,
@@ -168,14 +173,28 @@ class FasthubApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                self.hub.attach(asyncio.get_running_loop())
-                self.exporter.start(asyncio.get_running_loop())
+                loop = asyncio.get_running_loop()
+                self.hub.attach(loop)
+                self._exporting = loop.create_task(self._start_exporter(loop))
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self._exporting is not None and not self._exporting.done():
+                    self._exporting.cancel()
                 await self.shutdown()
                 self.exporter.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _start_exporter(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The first metrics snapshot is what the ``--workers`` supervisor takes as "this worker
+        serves" (a rolling restart then drains the old one): with a broker, it waits until the
+        broker is up, so that the clients the drain moves over can resume at once, for at most
+        ``BROKER_WAIT`` seconds (a worker still starts while Redis is down)."""
+        broker = self.hub.broker
+        deadline = loop.time() + BROKER_WAIT
+        while broker.remote and not getattr(broker, "up", True) and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        self.exporter.start(loop)
 
     async def drain(self, rate: float | None = None, timeout: float | None = None) -> bool:  # noqa: ASYNC109
         """``Hub.drain`` (1012 to every connection, new ones refused, the broker flushed): what

@@ -11,7 +11,8 @@ that exits is logged and started again (after a pause that grows while it keeps 
   the log says where it was stuck). A second SIGTERM passes on and makes every worker exit at once.
 - SIGUSR1 is passed on: each worker writes every thread's stack to stderr.
 - SIGHUP restarts the workers one at a time without closing the port: a new worker starts,
-  and once it serves (its first metrics snapshot is written) the old one drains and exits.
+  and once it serves (its first metrics snapshot is written: once its broker is up, or after
+  ``asgi.BROKER_WAIT`` seconds) the old one drains and exits.
 - The workers' ``/metrics`` add up through a folder they share (``FASTHUB_METRICS_DIR``, a
   temporary one unless set); an ended worker's counters are folded into its archive.
 
