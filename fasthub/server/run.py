@@ -170,7 +170,6 @@ def run(
     # generation less often, and move everything alive at start-up out of the collector's way.
     gc.set_threshold(20_000, 50, 100)
     gc.freeze()
-    dump_stacks_on(signal.SIGUSR1)
     server = draining_server(uvicorn_config(app, host, port, log_level, **uvicorn_options), app, reuse_port, io)
     server.run(sockets=[reuse_port_socket(host, port)] if reuse_port else None)
 
@@ -178,7 +177,8 @@ def run(
 def dump_stacks_on(signum: int) -> bool:
     """Make ``signum`` write every thread's Python stack to stderr (``faulthandler``), unless the
     application handles that signal itself. Works while the event loop is blocked; the
-    supervisor of ``--workers`` sends it to a worker that does not stop, before killing it."""
+    supervisor of ``--workers`` sends it to a worker that does not stop, before killing it.
+    ``fasthub serve`` calls it first thing (once, for every way it serves)."""
     if signal.getsignal(signum) is not signal.SIG_DFL:
         return False
     faulthandler.register(signum, all_threads=True)
